@@ -1,0 +1,209 @@
+//! Game events, in the original system's wire format.
+//!
+//! The original backend published `{"gameId", "action", "gameData", "timestamp"}` and its
+//! consumer read exactly that; we add `eventId` and `version`, which old consumers ignore.
+//! Decoding is lenient where the original was (no `eventId`, no `version`, no
+//! `timestamp`), and strict where processing depends on it (`gameId`, `action`).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+/// Identifies one event across redeliveries: the inbox records it once processed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(String);
+
+impl EventId {
+    /// A new, time-ordered id for an event we create.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7().to_string())
+    }
+
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// An id for a message that arrived without one (the original producer set none):
+    /// a digest of the body, so a redelivery of the same message maps to the same id.
+    pub fn from_body(body: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(body);
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("sha256:{hex}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GameAction {
+    Create,
+    Update,
+    Delete,
+    /// The original producer's "process this game again".
+    Process,
+}
+
+impl GameAction {
+    /// The routing key on `catalog.events`.
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Self::Create => "game.created",
+            Self::Update | Self::Process => "game.updated",
+            Self::Delete => "game.deleted",
+        }
+    }
+}
+
+/// The game's fields as the original event carried them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GameData {
+    pub title: Option<String>,
+    pub platform_id: Option<i64>,
+    pub genre_id: Option<i64>,
+    pub developer: Option<String>,
+    pub release_year: Option<i32>,
+    pub year_category: Option<String>,
+    pub description: Option<String>,
+    pub image_url: Option<String>,
+}
+
+/// One change to a game, as it travels through `game_events`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GameEvent {
+    pub game_id: i64,
+    pub action: GameAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub game_data: Option<GameData>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// The game's version this event describes; absent in the original's messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+/// Why a message cannot be processed at all: it goes to the dead-letter queue with this
+/// reason rather than being retried.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PoisonMessage(pub String);
+
+impl GameEvent {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a GameEvent always serializes")
+    }
+
+    /// Parses a message body; `message_id` is the AMQP property, used when the body
+    /// carries no `eventId`.
+    pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Self, PoisonMessage> {
+        let mut event: Self = serde_json::from_slice(body).map_err(|e| {
+            PoisonMessage(format!("not a game event ({e}); expected {{\"gameId\": number, \"action\": \"create|update|delete|process\", ...}}"))
+        })?;
+        if event.game_id <= 0 {
+            return Err(PoisonMessage(format!(
+                "gameId must be a positive integer, got {}",
+                event.game_id
+            )));
+        }
+        if event.event_id.is_none() {
+            event.event_id = Some(match message_id {
+                Some(id) if !id.is_empty() => EventId::new(id),
+                _ => EventId::from_body(body),
+            });
+        }
+        Ok(event)
+    }
+
+    /// The event id: always present on a decoded or freshly built event.
+    pub fn id(&self) -> EventId {
+        self.event_id
+            .clone()
+            .unwrap_or_else(|| EventId::from_body(&self.encode()))
+    }
+}
+
+/// The outcome of processing one version of a game (`game.processed` / `game.failed`):
+/// what the live stream and the audit log show.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GameProcessed {
+    pub game_id: i64,
+    pub version: i64,
+    pub processing_status: crate::domain::ProcessingStatus,
+    /// The event whose processing produced this result.
+    pub event_id: EventId,
+    pub timestamp: String,
+}
+
+/// Now, as the original system wrote timestamps (JavaScript's `toISOString`).
+pub fn timestamp_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_original_systems_message() {
+        let body = br#"{"gameId":42,"action":"create","gameData":{"title":"Tetris","platformId":4,"genreId":6,"developer":"Nintendo","releaseYear":1989,"yearCategory":"1980s","description":"Blocks","imageUrl":null},"timestamp":"2024-05-01T10:00:00.000Z"}"#;
+        let event = GameEvent::decode(body, None).unwrap();
+        assert_eq!(event.game_id, 42);
+        assert_eq!(event.action, GameAction::Create);
+        assert_eq!(event.game_data.unwrap().title.as_deref(), Some("Tetris"));
+        assert_eq!(event.version, None);
+        // Same body, same id: a redelivery is recognised by the inbox.
+        assert_eq!(
+            GameEvent::decode(body, None).unwrap().event_id,
+            GameEvent::decode(body, None).unwrap().event_id
+        );
+    }
+
+    #[test]
+    fn the_message_id_property_names_an_event_without_event_id() {
+        let event = GameEvent::decode(br#"{"gameId":1,"action":"delete"}"#, Some("m-1")).unwrap();
+        assert_eq!(event.event_id, Some(EventId::new("m-1")));
+    }
+
+    #[test]
+    fn poison_messages_are_refused_with_a_reason() {
+        for body in [
+            &b"not json"[..],
+            br#"{"action":"create"}"#,
+            br#"{"gameId":1,"action":"explode"}"#,
+            br#"{"gameId":-3,"action":"create"}"#,
+        ] {
+            assert!(GameEvent::decode(body, None).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn delete_events_carry_no_game_data() {
+        let event = GameEvent {
+            game_id: 7,
+            action: GameAction::Delete,
+            game_data: None,
+            timestamp: Some("t".into()),
+            event_id: Some(EventId::new("e")),
+            version: Some(3),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&event.encode()).unwrap();
+        assert!(json.get("gameData").is_none());
+        assert_eq!(json["gameId"], 7);
+        assert_eq!(json["action"], "delete");
+    }
+}

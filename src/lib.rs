@@ -1,0 +1,35 @@
+//! retrocat — the Retro Gaming Catalog on a message-oriented architecture.
+//!
+//! A write to the catalog and the event that describes it commit together; everything
+//! that follows happens in the background, through a broker, and survives crashes.
+//! Read the modules in this order:
+//!
+//! - [`domain`]: games, platforms, genres and game events, parsed once at the edge so
+//!   the rest of the code can trust them.
+//! - [`storage`]: the catalog database. Every catalog write also inserts its event into
+//!   the *outbox* in the same transaction, so an event is never lost nor invented.
+//! - [`outbox`]: the *relay*, which publishes outbox rows to the broker in batches and
+//!   marks them sent only once the broker has confirmed them.
+//! - [`broker`]: what a message broker must do (the [`broker::Broker`] trait), the
+//!   embedded SQLite-backed broker used by default, and the topology every role declares.
+//! - [`processing`]: the worker that consumes `game_events`, derives thumbnails, retries
+//!   with backoff and dead-letters what cannot succeed. An *inbox* of processed event ids
+//!   makes redeliveries harmless.
+//! - [`api`]: the HTTP API (the original system's routes and shapes, plus ours) and the
+//!   live stream of processing updates.
+//! - [`web`]: the web UI, its assets embedded in the binary.
+//! - [`config`], [`cli`], [`telemetry`], [`shutdown`] and [`startup`]: how a process reads
+//!   its settings, logs, stops cleanly, and composes the roles (`serve` = `api` + `worker`).
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod outbox;
+pub mod processing;
+pub mod shutdown;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod web;
