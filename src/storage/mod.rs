@@ -1,0 +1,307 @@
+//! The catalog database, behind the [`Store`] trait.
+//!
+//! Every catalog write commits its event to the *outbox* in the same transaction, so the
+//! catalog and the event stream can never disagree: a write without its event, or an
+//! event without its write, is impossible. Processing results commit together with the
+//! *inbox* row of the event they answer, so a redelivered event cannot apply twice.
+//!
+//! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB implement the same
+//! trait. SQL is kept portable where that costs nothing.
+
+pub mod sqlite;
+
+use crate::broker::Headers;
+use crate::domain::{
+    EventId, Game, GameDraft, Genre, GenreDraft, Platform, PlatformDraft, ProcessingStatus,
+};
+use crate::processing::thumbnail::Thumbnail;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: i64 },
+    /// A foreign key names a row that does not exist (`platformId`, `genreId`).
+    #[error("{field}: no such {entity} {id}")]
+    UnknownReference {
+        field: &'static str,
+        entity: &'static str,
+        id: i64,
+    },
+    /// A uniqueness or reference rule refuses the write (e.g. deleting a used platform).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("cursor: not a cursor this server issued for this sort order")]
+    InvalidCursor,
+    /// The database cannot be reached now; the request may be retried.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Sort orders of `GET /api/games`; `-` means descending. The original sorted by title.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GameSort {
+    #[default]
+    Title,
+    TitleDesc,
+    ReleaseYear,
+    ReleaseYearDesc,
+    CreatedAt,
+    CreatedAtDesc,
+}
+
+impl GameSort {
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "title" => Self::Title,
+            "-title" => Self::TitleDesc,
+            "releaseYear" => Self::ReleaseYear,
+            "-releaseYear" => Self::ReleaseYearDesc,
+            "createdAt" => Self::CreatedAt,
+            "-createdAt" => Self::CreatedAtDesc,
+            _ => return None,
+        })
+    }
+
+    pub const NAMES: &'static str =
+        "title, -title, releaseYear, -releaseYear, createdAt, -createdAt";
+}
+
+/// Filters of `GET /api/games`, already validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GameQuery {
+    /// Substring of the title or the developer, case-insensitive.
+    pub search: Option<String>,
+    pub platform_id: Option<i64>,
+    pub genre_id: Option<i64>,
+    pub year_category: Option<String>,
+    pub status: Option<ProcessingStatus>,
+    pub sort: GameSort,
+    /// `None`: every matching game, as the original answered.
+    pub page: Option<PageRequest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 1..=[`PageRequest::MAX_LIMIT`].
+    pub limit: u32,
+    /// Opaque, from a previous page's `nextCursor`; keyset pagination, so deep pages
+    /// cost the same as the first.
+    pub cursor: Option<String>,
+}
+
+impl PageRequest {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 500;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GamePage {
+    pub items: Vec<Game>,
+    pub next_cursor: Option<String>,
+}
+
+/// An uploaded cover image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cover {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// One game still waiting for processing, in the original's `/api/processing` shape.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PendingGame {
+    pub id: i64,
+    pub title: String,
+    pub processing_status: ProcessingStatus,
+}
+
+/// A game's processing at a glance (`GET /api/tasks`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView {
+    pub game_id: i64,
+    pub title: String,
+    pub processing_status: ProcessingStatus,
+    pub version: i64,
+    /// Processing attempts recorded for the game's current version.
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub last_duration_ms: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How one processing attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Completed,
+    /// Failed, will be retried after a backoff.
+    Retry,
+    /// Failed for good: the event is dead-lettered.
+    Failed,
+    /// Nothing to do: the event was for an older version or a deleted game.
+    Skipped,
+}
+
+/// One processing attempt (`GET /api/games/{id}/history`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub event_id: String,
+    pub version: i64,
+    pub attempt: i64,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: i64,
+}
+
+/// What a worker needs to process one version of a game.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkItem {
+    pub game_id: i64,
+    pub version: i64,
+    pub title: String,
+    pub image_url: Option<String>,
+    pub has_cover: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartOutcome {
+    /// The game is now `processing` at this version.
+    Ready(WorkItem),
+    /// A newer version exists; its own event will process it.
+    Stale { current_version: i64 },
+    /// The game was deleted.
+    Missing,
+}
+
+/// The result of processing one event, recorded in one transaction.
+#[derive(Clone, Debug)]
+pub struct ProcessingRecord {
+    pub event_id: EventId,
+    pub game_id: i64,
+    pub version: i64,
+    /// 1 for the first delivery, then 2, 3, … across retries.
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub result: ProcessingResult,
+}
+
+#[derive(Clone, Debug)]
+pub enum ProcessingResult {
+    /// Store the thumbnail (if any), mark `completed`, publish `game.processed`.
+    Completed { thumbnail: Option<Thumbnail> },
+    /// Record the failed attempt only; the event will be delivered again later.
+    Retry { error: String },
+    /// Mark `failed`, publish `game.failed`.
+    Failed { error: String },
+    /// Nothing to apply (older version, deleted game); recorded so history explains it.
+    Skipped { reason: String },
+    /// A `delete` event: remove the game's derived data (thumbnail).
+    CleanedUp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishOutcome {
+    Applied,
+    /// Recorded, but a newer version was written meanwhile: its status was left alone.
+    Superseded,
+    /// The inbox already holds this event: nothing was written.
+    AlreadyProcessed,
+}
+
+/// A row of the outbox: an event waiting to be published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub message: OutboxMessage,
+}
+
+/// What the relay publishes: exchange, routing key, message id, headers and body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]); PostgreSQL
+/// and MySQL/MariaDB next.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations (schema and seed data). Safe to run repeatedly.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Fails when the database cannot be reached (readiness checks).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // Catalog reads.
+    async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError>;
+    async fn game(&self, id: i64) -> Result<Option<Game>, StoreError>;
+    async fn platforms(&self) -> Result<Vec<Platform>, StoreError>;
+    async fn genres(&self) -> Result<Vec<Genre>, StoreError>;
+    async fn cover(&self, game_id: i64) -> Result<Option<Cover>, StoreError>;
+    async fn thumbnail(&self, game_id: i64) -> Result<Option<Thumbnail>, StoreError>;
+
+    // Catalog writes: each commits its event to the outbox in the same transaction and
+    // increments the game's `version`.
+    async fn create_game(&self, draft: &GameDraft) -> Result<Game, StoreError>;
+    async fn update_game(&self, id: i64, draft: &GameDraft) -> Result<Game, StoreError>;
+    async fn delete_game(&self, id: i64) -> Result<(), StoreError>;
+    /// Replaces the uploaded cover; the game goes back to `pending` for a new thumbnail.
+    async fn set_cover(&self, id: i64, cover: &Cover) -> Result<Game, StoreError>;
+    /// The original consumer's callback: sets the status of the current version.
+    async fn set_status(&self, id: i64, status: ProcessingStatus) -> Result<Game, StoreError>;
+
+    async fn create_platform(&self, draft: &PlatformDraft) -> Result<Platform, StoreError>;
+    async fn update_platform(&self, id: i64, draft: &PlatformDraft)
+    -> Result<Platform, StoreError>;
+    /// Refused with [`StoreError::Conflict`] while games use the platform.
+    async fn delete_platform(&self, id: i64) -> Result<(), StoreError>;
+    async fn create_genre(&self, draft: &GenreDraft) -> Result<Genre, StoreError>;
+    async fn update_genre(&self, id: i64, draft: &GenreDraft) -> Result<Genre, StoreError>;
+    async fn delete_genre(&self, id: i64) -> Result<(), StoreError>;
+
+    // Processing views.
+    /// Games still `pending`, newest first (the original's `/api/processing`).
+    async fn pending_games(&self) -> Result<Vec<PendingGame>, StoreError>;
+    /// The most recently updated games with their processing summary.
+    async fn tasks(&self, limit: u32) -> Result<Vec<TaskView>, StoreError>;
+    async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError>;
+
+    // Worker.
+    /// True when the inbox holds this event: it was fully processed already.
+    async fn is_processed(&self, event_id: &EventId) -> Result<bool, StoreError>;
+    /// Marks the game `processing` if `version` (default: the current one) is current.
+    async fn start_processing(
+        &self,
+        game_id: i64,
+        version: Option<i64>,
+    ) -> Result<StartOutcome, StoreError>;
+    /// Records an attempt and, unless it is a retry, the inbox row, the status, the
+    /// thumbnail and the `game.processed`/`game.failed` outbox event: one transaction.
+    async fn finish_processing(
+        &self,
+        record: &ProcessingRecord,
+    ) -> Result<FinishOutcome, StoreError>;
+
+    // Outbox relay.
+    /// Notified after every commit that wrote outbox rows, so an in-process relay
+    /// publishes at once instead of waiting for its next poll.
+    fn outbox_written(&self) -> &tokio::sync::Notify;
+    /// The oldest unsent rows, in commit order.
+    async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
+    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Rows waiting to be published.
+    async fn outbox_depth(&self) -> Result<u64, StoreError>;
+}
