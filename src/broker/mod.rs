@@ -1,0 +1,347 @@
+//! What a message broker must do for retrocat, and the brokers that do it.
+//!
+//! The [`Broker`] trait is the contract: exchanges and queues declared idempotently,
+//! confirmed batch publishing (a publish returns only once every message is durable),
+//! delayed publishing, priorities, consumers with a prefetch window and manual
+//! acknowledgement, and dead-lettering with a reason. The embedded broker
+//! ([`embedded`]) implements it on SQLite for the one-process default; RabbitMQ is the
+//! second implementation. `tests/broker_conformance.rs` holds both to the same behaviour.
+//!
+//! Delivery is at least once: a delivery that is dropped without being settled, or whose
+//! consumer dies, is delivered again. Consumers are therefore idempotent.
+
+pub mod embedded;
+pub mod topology;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Header names shared by every broker and consumer.
+pub mod headers {
+    /// How many times the message was retried (the original consumer's header).
+    pub const RETRY_COUNT: &str = "x-retry-count";
+    /// Why a message was dead-lettered.
+    pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
+    /// The queue the message was dead-lettered from.
+    pub const DEAD_LETTER_QUEUE: &str = "x-dead-letter-queue";
+    /// When the message was dead-lettered (RFC 3339).
+    pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+    /// W3C trace context, so a trace follows an event from the API to the worker.
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// A header value: the subset of AMQP field types retrocat uses.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    Int(i64),
+    Bool(bool),
+    Str(String),
+}
+
+impl HeaderValue {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Self::Int(value) => Some(*value),
+            Self::Str(value) => value.parse().ok(),
+            Self::Bool(_) => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(value: String) -> Self {
+        Self::Str(value)
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(value: &str) -> Self {
+        Self::Str(value.to_owned())
+    }
+}
+
+pub type Headers = BTreeMap<String, HeaderValue>;
+
+/// AMQP basic properties that retrocat sets or reads.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Properties {
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    /// 0 (default) to 10; higher is delivered first from a queue with `max_priority`.
+    pub priority: u8,
+    /// Delivery mode 2: survives a broker restart.
+    pub persistent: bool,
+    pub headers: Headers,
+}
+
+impl Default for Properties {
+    fn default() -> Self {
+        Self {
+            message_id: None,
+            content_type: None,
+            correlation_id: None,
+            reply_to: None,
+            priority: 0,
+            persistent: true,
+            headers: Headers::new(),
+        }
+    }
+}
+
+impl Properties {
+    /// Persistent JSON with a message id: what every event we publish carries.
+    pub fn json(message_id: impl Into<String>) -> Self {
+        Self {
+            message_id: Some(message_id.into()),
+            content_type: Some("application/json".into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn header_int(&self, name: &str) -> Option<i64> {
+        self.headers.get(name).and_then(HeaderValue::as_int)
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(HeaderValue::as_str)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub body: Bytes,
+    pub properties: Properties,
+}
+
+/// One message to publish. The exchange `""` is the default exchange: it routes to the
+/// queue named by the routing key, as in AMQP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message: Message,
+    /// Deliver no earlier than this long after the publish is confirmed.
+    pub delay: Option<Duration>,
+}
+
+impl Publish {
+    /// A message straight to a queue through the default exchange.
+    pub fn to_queue(queue: &str, message: Message) -> Self {
+        Self {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            message,
+            delay: None,
+        }
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routing keys are dot-separated words; `*` matches one word, `#` zero or more.
+    Topic,
+    /// The routing key must equal the binding key.
+    Direct,
+    /// Every bound queue gets every message.
+    Fanout,
+}
+
+/// A queue's declaration. Declaring the same spec twice is a no-op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Survives a broker restart, and so do its persistent messages.
+    pub durable: bool,
+    /// Belongs to this process: deleted when the broker connection closes.
+    pub exclusive: bool,
+    /// Enables priorities 0..=max_priority (RabbitMQ's `x-max-priority`).
+    pub max_priority: Option<u8>,
+    /// Where [`Delivery::dead_letter`] sends messages. Brokers republish there with the
+    /// reason rather than setting a dead-letter argument on the queue, so a queue keeps
+    /// the plain arguments older clients declare it with.
+    pub dead_letter_queue: Option<String>,
+}
+
+impl QueueSpec {
+    pub fn durable(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            durable: true,
+            exclusive: false,
+            max_priority: None,
+            dead_letter_queue: None,
+        }
+    }
+
+    pub fn exclusive(name: impl Into<String>) -> Self {
+        Self {
+            durable: false,
+            exclusive: true,
+            ..Self::durable(name)
+        }
+    }
+
+    pub fn with_max_priority(mut self, max: u8) -> Self {
+        self.max_priority = Some(max);
+        self
+    }
+
+    pub fn with_dead_letter_queue(mut self, queue: impl Into<String>) -> Self {
+        self.dead_letter_queue = Some(queue.into());
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now; the caller retries later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// A declaration conflicts with what exists (e.g. a queue with other arguments).
+    #[error("topology conflict: {0}")]
+    Topology(String),
+    /// Publishing to an exchange or queue that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("broker error: {0}")]
+    Other(String),
+}
+
+/// A message broker, as retrocat uses one.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// `"embedded"` or `"rabbitmq"`, for health reports and logs.
+    fn kind(&self) -> &'static str;
+
+    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), BrokerError>;
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError>;
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        pattern: &str,
+    ) -> Result<(), BrokerError>;
+
+    /// Deletes a queue and its messages (exclusive queues on shutdown, tests).
+    async fn delete_queue(&self, name: &str) -> Result<(), BrokerError>;
+
+    /// Publishes a batch and returns once the broker has durably accepted every message
+    /// (publisher confirms). On error none or some may have been accepted: the caller
+    /// publishes again, and consumers' idempotency absorbs the duplicates.
+    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError>;
+
+    /// Starts consuming a queue with at most `prefetch` unacknowledged deliveries.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError>;
+
+    /// Messages ready or waiting (delayed) in a queue, excluding unacknowledged ones.
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Fails when the broker cannot be reached (readiness checks).
+    async fn ping(&self) -> Result<(), BrokerError>;
+}
+
+/// A stream of deliveries from one queue. Dropping it stops consumption; its
+/// unacknowledged deliveries are delivered again.
+pub struct Consumer {
+    deliveries: tokio::sync::mpsc::Receiver<Delivery>,
+}
+
+impl Consumer {
+    /// Built by broker implementations around the channel they feed.
+    pub fn new(deliveries: tokio::sync::mpsc::Receiver<Delivery>) -> Self {
+        Self { deliveries }
+    }
+
+    /// The next delivery, or `None` once the consumer was cancelled by the broker.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+}
+
+/// How a broker settles one delivery. Implemented by each broker.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(&mut self) -> Result<(), BrokerError>;
+    /// `requeue`: deliver again (to any consumer); otherwise drop it.
+    async fn nack(&mut self, requeue: bool) -> Result<(), BrokerError>;
+    /// Moves the message to its queue's dead-letter queue with `reason` in the
+    /// [`headers::DEAD_LETTER_REASON`] header, then settles it.
+    async fn dead_letter(&mut self, reason: &str) -> Result<(), BrokerError>;
+}
+
+/// A message delivered to a consumer. Settle it exactly once with [`Delivery::ack`],
+/// [`Delivery::nack`] or [`Delivery::dead_letter`]; dropping it unsettled requeues it.
+pub struct Delivery {
+    pub message: Message,
+    pub exchange: String,
+    pub routing_key: String,
+    /// True when the message may have been delivered before (crash, requeue).
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    pub fn new(
+        message: Message,
+        exchange: String,
+        routing_key: String,
+        redelivered: bool,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Self {
+            message,
+            exchange,
+            routing_key,
+            redelivered,
+            acker,
+        }
+    }
+
+    pub async fn ack(mut self) -> Result<(), BrokerError> {
+        self.acker.ack().await
+    }
+
+    pub async fn nack(mut self, requeue: bool) -> Result<(), BrokerError> {
+        self.acker.nack(requeue).await
+    }
+
+    pub async fn dead_letter(mut self, reason: &str) -> Result<(), BrokerError> {
+        self.acker.dead_letter(reason).await
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("redelivered", &self.redelivered)
+            .field("message_id", &self.message.properties.message_id)
+            .finish()
+    }
+}
