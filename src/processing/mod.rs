@@ -1,0 +1,11 @@
+//! Background processing of game events.
+//!
+//! [`worker`] consumes `game_events` and turns each event into its effect: the game's
+//! status, its thumbnail ([`thumbnail`], from an uploaded cover or one fetched by
+//! [`fetch`]), and an attempt in its history. [`retry`] decides what happens after a
+//! failure: retry later with backoff, or dead-letter.
+
+pub mod fetch;
+pub mod retry;
+pub mod thumbnail;
+pub mod worker;

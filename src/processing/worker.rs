@@ -1,0 +1,361 @@
+//! The worker: consumes `game_events` and applies each event exactly once.
+//!
+//! Delivery is at least once, so every step is safe to repeat: the inbox check skips an
+//! event already processed; `start_processing` touches only the version the event
+//! describes; `finish_processing` commits the result together with the inbox row, so a
+//! crash before the acknowledgement leads to a redelivery that changes nothing.
+
+use super::fetch::CoverFetcher;
+use super::retry::{Failure, RetryPolicy};
+use super::thumbnail::{Thumbnail, make_thumbnail};
+use crate::broker::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
+use crate::domain::{GameAction, GameEvent};
+use crate::shutdown::Shutdown;
+use crate::storage::{
+    FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, Store, StoreError, WorkItem,
+};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Deliveries processed at the same time by one worker.
+    pub concurrency: usize,
+    /// Unacknowledged deliveries the broker may push ahead of processing.
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+    /// Pretend each event takes this long (the original's demo setting was 2 s).
+    pub simulate_work: Duration,
+    /// Thumbnails fit in a square of this side, in pixels.
+    pub thumbnail_side: u32,
+    /// How long in-flight deliveries may take to finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            prefetch: 64,
+            retry: RetryPolicy::default(),
+            simulate_work: Duration::ZERO,
+            thumbnail_side: 160,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What became of one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// Failed; published again with a delay.
+    Retried {
+        attempt: u32,
+        delay: Duration,
+    },
+    /// Failed for good, or unreadable: moved to the dead-letter queue.
+    DeadLettered {
+        reason: String,
+    },
+    /// Already processed: acknowledged without effect.
+    Duplicate,
+    /// For an older version or a deleted game: nothing to do.
+    Skipped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+pub struct Worker {
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    fetcher: CoverFetcher,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        fetcher: CoverFetcher,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            store,
+            broker,
+            fetcher,
+            config,
+        }
+    }
+
+    /// Consumes `game_events` until shutdown, reconnecting with backoff when the broker
+    /// goes away. On shutdown it stops taking deliveries, lets in-flight ones finish
+    /// within the grace period, and leaves everything else unacknowledged.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        let mut backoff = crate::outbox::reconnect_backoff();
+        while !shutdown.is_triggered() {
+            match self
+                .broker
+                .consume(topology::GAME_EVENTS_QUEUE, self.config.prefetch)
+                .await
+            {
+                Ok(consumer) => {
+                    backoff = crate::outbox::reconnect_backoff();
+                    self.clone().drain(consumer, &shutdown).await;
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%error, retry_in = ?delay, "cannot consume game_events");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("worker stopped");
+    }
+
+    /// Processes deliveries from one consumer, up to `concurrency` at a time, until the
+    /// consumer ends (broker gone: the caller reconnects) or shutdown is requested.
+    async fn drain(self: Arc<Self>, mut consumer: crate::broker::Consumer, shutdown: &Shutdown) {
+        let mut in_flight = JoinSet::new();
+        loop {
+            if in_flight.len() >= self.config.concurrency.max(1) {
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    Some(joined) = in_flight.join_next() => log_task(joined),
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_task(joined),
+                next = consumer.next() => match next {
+                    Some(delivery) => {
+                        let worker = self.clone();
+                        in_flight.spawn(async move {
+                            let result = worker.handle(delivery).await;
+                            if result.is_err() {
+                                // The delivery went back to the queue; don't hot-loop on
+                                // it while the database or broker is down.
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            result
+                        });
+                    }
+                    None => break,
+                },
+            }
+        }
+        // Deliveries buffered but not started go back to the queue now.
+        drop(consumer);
+        let finish = async {
+            while let Some(joined) = in_flight.join_next().await {
+                log_task(joined);
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_grace, finish)
+            .await
+            .is_err()
+        {
+            // Aborting drops the deliveries unsettled (they are redelivered) and rolls
+            // back any open transaction: nothing half-applied remains.
+            tracing::warn!(
+                aborted = in_flight.len(),
+                "grace period over; unfinished deliveries left for redelivery"
+            );
+            in_flight.abort_all();
+        }
+    }
+
+    /// Handles one delivery from start to settlement.
+    #[tracing::instrument(skip_all, fields(message_id = delivery.message.properties.message_id))]
+    pub async fn handle(&self, delivery: Delivery) -> Result<Outcome, WorkerError> {
+        let properties = &delivery.message.properties;
+        let event =
+            match GameEvent::decode(&delivery.message.body, properties.message_id.as_deref()) {
+                Ok(event) => event,
+                Err(poison) => {
+                    tracing::warn!(reason = %poison, "unreadable message dead-lettered");
+                    delivery.dead_letter(&poison.0).await?;
+                    return Ok(Outcome::DeadLettered { reason: poison.0 });
+                }
+            };
+        let event_id = event.id();
+        if self.store.is_processed(&event_id).await? {
+            delivery.ack().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let attempt = properties
+            .header_int(headers::RETRY_COUNT)
+            .unwrap_or(0)
+            .clamp(0, i64::from(u32::MAX - 1)) as u32
+            + 1;
+        let started_at = Utc::now();
+        let record = |version: i64, result: ProcessingResult| ProcessingRecord {
+            event_id: event_id.clone(),
+            game_id: event.game_id,
+            version,
+            attempt,
+            started_at,
+            finished_at: Utc::now(),
+            result,
+        };
+
+        if event.action == GameAction::Delete {
+            let version = event.version.unwrap_or(0);
+            return self
+                .settle(delivery, record(version, ProcessingResult::CleanedUp))
+                .await;
+        }
+        let version = match event.action {
+            GameAction::Process => None,
+            _ => event.version,
+        };
+        let item = match self.store.start_processing(event.game_id, version).await? {
+            StartOutcome::Ready(item) => item,
+            StartOutcome::Stale { current_version } => {
+                let reason = format!("superseded by version {current_version}");
+                let skipped = ProcessingResult::Skipped { reason };
+                return self
+                    .settle(delivery, record(event.version.unwrap_or(0), skipped))
+                    .await;
+            }
+            StartOutcome::Missing => {
+                let skipped = ProcessingResult::Skipped {
+                    reason: "game no longer exists".into(),
+                };
+                return self
+                    .settle(delivery, record(event.version.unwrap_or(0), skipped))
+                    .await;
+            }
+        };
+
+        match self.process(&item).await {
+            Ok(thumbnail) => {
+                let completed = ProcessingResult::Completed { thumbnail };
+                self.settle(delivery, record(item.version, completed)).await
+            }
+            Err(failure) => match self.config.retry.delay_after(attempt, &failure) {
+                Some(delay) => {
+                    let retry = ProcessingResult::Retry {
+                        error: failure.to_string(),
+                    };
+                    self.store
+                        .finish_processing(&record(item.version, retry))
+                        .await?;
+                    self.retry_later(delivery, attempt, delay).await?;
+                    tracing::info!(game_id = item.game_id, attempt, ?delay, error = %failure, "processing failed; will retry");
+                    Ok(Outcome::Retried { attempt, delay })
+                }
+                None => {
+                    let reason = format!("attempt {attempt}: {failure}");
+                    let failed = ProcessingResult::Failed {
+                        error: reason.clone(),
+                    };
+                    self.store
+                        .finish_processing(&record(item.version, failed))
+                        .await?;
+                    delivery.dead_letter(&reason).await?;
+                    tracing::warn!(game_id = item.game_id, %reason, "processing failed for good; dead-lettered");
+                    Ok(Outcome::DeadLettered { reason })
+                }
+            },
+        }
+    }
+
+    /// Records a final result and acknowledges the delivery.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        record: ProcessingRecord,
+    ) -> Result<Outcome, WorkerError> {
+        let outcome = match (&record.result, self.store.finish_processing(&record).await?) {
+            (_, FinishOutcome::AlreadyProcessed) => Outcome::Duplicate,
+            (ProcessingResult::Skipped { .. }, _) | (_, FinishOutcome::Superseded) => {
+                Outcome::Skipped
+            }
+            _ => Outcome::Completed,
+        };
+        delivery.ack().await?;
+        Ok(outcome)
+    }
+
+    /// Publishes a copy of the delivery with a delay and an incremented retry count,
+    /// then acknowledges the original: the retry survives a crash between the two
+    /// (the copy is confirmed before the original is released).
+    async fn retry_later(
+        &self,
+        delivery: Delivery,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        let mut properties = delivery.message.properties.clone();
+        properties
+            .headers
+            .insert(headers::RETRY_COUNT.into(), i64::from(attempt).into());
+        let copy = Message {
+            body: delivery.message.body.clone(),
+            properties,
+        };
+        self.broker
+            .publish(vec![
+                Publish::to_queue(topology::GAME_EVENTS_QUEUE, copy).delayed(delay),
+            ])
+            .await?;
+        delivery.ack().await
+    }
+
+    /// The real work: a thumbnail of the cover, uploaded or fetched from `image_url`.
+    async fn process(&self, item: &WorkItem) -> Result<Option<Thumbnail>, Failure> {
+        if !self.config.simulate_work.is_zero() {
+            tokio::time::sleep(self.config.simulate_work).await;
+        }
+        let image = if item.has_cover {
+            self.store
+                .cover(item.game_id)
+                .await
+                .map_err(|e| Failure::Transient(format!("reading the cover: {e}")))?
+                .map(|cover| bytes::Bytes::from(cover.bytes))
+        } else if let Some(url) = &item.image_url {
+            Some(self.fetcher.fetch(url).await.map_err(|e| {
+                let message = format!("fetching {url}: {e}");
+                if e.is_permanent() {
+                    Failure::Permanent(message)
+                } else {
+                    Failure::Transient(message)
+                }
+            })?)
+        } else {
+            None
+        };
+        let Some(image) = image else {
+            return Ok(None);
+        };
+        let side = self.config.thumbnail_side;
+        let thumbnail = tokio::task::spawn_blocking(move || make_thumbnail(&image, side))
+            .await
+            .map_err(|e| Failure::Transient(format!("thumbnail task failed: {e}")))?
+            .map_err(|e| Failure::Permanent(format!("cover image: {e}")))?;
+        Ok(Some(thumbnail))
+    }
+}
+
+/// Logs how a delivery ended. A delivery whose handling failed was dropped unsettled and
+/// goes back to the queue.
+fn log_task(joined: Result<Result<Outcome, WorkerError>, tokio::task::JoinError>) {
+    match joined {
+        Ok(Ok(outcome)) => tracing::debug!(?outcome, "delivery handled"),
+        Ok(Err(error)) => tracing::error!(%error, "delivery not handled; it will be redelivered"),
+        Err(error) => tracing::error!(%error, "delivery task panicked; it will be redelivered"),
+    }
+}
