@@ -1,0 +1,175 @@
+//! The HTTP layer's one error type, answered as `application/problem+json` (RFC 9457).
+//!
+//! Client errors name the field and the reason. Internal errors are logged once, by the
+//! middleware in [`super::router`] inside the request's trace span, and never shown: the
+//! client gets a generic 500. The body also carries `message`, the field the original
+//! page displays from an error response.
+
+use crate::domain::ValidationError;
+use crate::storage::StoreError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed: bad JSON, wrong types, unknown fields, bad query.
+    #[error("{detail}")]
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// Well-formed but refused by the catalog's rules.
+    #[error("{detail}")]
+    Unprocessable {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large (the server's limit is --max-body-bytes)")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A dependency (database, broker) is down; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// One refused field: `field` is the JSON name (`title`, `platformId`, `limit`…).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn bad_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        let error = FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        };
+        Self::BadRequest {
+            detail: format!("{}: {}", error.field, error.reason),
+            errors: vec![error],
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "Malformed request",
+            Self::Unprocessable { .. } => "Invalid value",
+            Self::NotFound(_) => "Not found",
+            Self::Conflict(_) => "Conflict",
+            Self::PayloadTooLarge => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::Unavailable(_) => "Service unavailable",
+            Self::Internal(_) => "Internal server error",
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        Self::Unprocessable {
+            detail: error.to_string(),
+            errors: vec![FieldError {
+                field: error.field.into(),
+                reason: error.reason,
+            }],
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound { .. } => Self::NotFound(error.to_string()),
+            StoreError::UnknownReference { field, entity, id } => Self::Unprocessable {
+                detail: error.to_string(),
+                errors: vec![FieldError {
+                    field: field.into(),
+                    reason: format!("no {entity} with id {id}"),
+                }],
+            },
+            StoreError::Conflict(message) => Self::Conflict(message),
+            StoreError::InvalidCursor => Self::bad_field(
+                "cursor",
+                "not a cursor this server issued for this sort order",
+            ),
+            StoreError::Unavailable(message) => {
+                Self::Unavailable(format!("database unavailable: {message}"))
+            }
+            StoreError::Database(error) => Self::Internal(error.into()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    /// The original API's error field, which its page shows.
+    message: String,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+/// Marks a response that carries an internal error, for the logging middleware.
+#[derive(Clone)]
+pub struct InternalError(pub std::sync::Arc<anyhow::Error>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            Self::Internal(_) => "the server failed to answer; the error was logged".to_owned(),
+            other => other.to_string(),
+        };
+        let errors = match &self {
+            Self::BadRequest { errors, .. } | Self::Unprocessable { errors, .. } => {
+                errors.as_slice()
+            }
+            _ => &[],
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: self.title(),
+            status: status.as_u16(),
+            message: detail.clone(),
+            detail,
+            errors,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Self::Internal(error) = self {
+            response
+                .extensions_mut()
+                .insert(InternalError(std::sync::Arc::new(error)));
+        }
+        response
+    }
+}

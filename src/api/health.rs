@@ -1,0 +1,59 @@
+//! Health endpoints: the original's `/health`, plus `/healthz` (alive) and `/readyz`
+//! (database and broker reachable) for orchestrators.
+
+use super::ApiContext;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Serialize;
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    status: &'static str,
+    database: &'static str,
+    rabbitmq: &'static str,
+    /// `embedded` or `rabbitmq`: which broker answers as `rabbitmq` above.
+    broker: &'static str,
+    outbox_pending: Option<u64>,
+    timestamp: String,
+}
+
+async fn check(ctx: &ApiContext) -> (StatusCode, Health) {
+    let (database, broker) = tokio::join!(ctx.store.ping(), ctx.broker.ping());
+    let up = |ok: bool| if ok { "connected" } else { "disconnected" };
+    let ready = database.is_ok() && broker.is_ok();
+    let health = Health {
+        status: if ready { "ok" } else { "degraded" },
+        database: up(database.is_ok()),
+        rabbitmq: up(broker.is_ok()),
+        broker: ctx.broker.kind(),
+        outbox_pending: ctx.store.outbox_depth().await.ok(),
+        timestamp: crate::domain::timestamp_now(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, health)
+}
+
+/// Always 200, as the original: the body says what is down.
+async fn health(State(ctx): State<ApiContext>) -> axum::Json<Health> {
+    axum::Json(check(&ctx).await.1)
+}
+
+/// 503 while the database or the broker cannot be reached.
+async fn ready(State(ctx): State<ApiContext>) -> (StatusCode, axum::Json<Health>) {
+    let (status, health) = check(&ctx).await;
+    (status, axum::Json(health))
+}

@@ -1,0 +1,100 @@
+//! The HTTP API: the original system's routes and JSON shapes, plus ours.
+//!
+//! One module per resource, each with its own `router()`, merged here with the layers
+//! every route shares: tracing, CORS, body limit, timeout, and the logging of internal
+//! errors (inside the trace span, so the log line carries the route).
+
+pub mod error;
+pub mod extract;
+mod games;
+mod health;
+mod processing;
+mod reference;
+pub mod stream;
+
+use crate::broker::Broker;
+use crate::config::HttpArgs;
+use crate::shutdown::Shutdown;
+use crate::storage::Store;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use error::{ApiError, InternalError};
+use std::sync::Arc;
+use std::time::Duration;
+use stream::LiveFeed;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub live: LiveFeed,
+    pub shutdown: Shutdown,
+}
+
+/// The API and the web UI, ready to serve.
+pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
+    let api = Router::new()
+        .merge(games::router())
+        .merge(reference::router())
+        .merge(processing::router())
+        .merge(stream::router())
+        .merge(health::router())
+        .route("/api/{*rest}", axum::routing::any(unknown_route))
+        .with_state(ctx);
+    api.merge(crate::web::router())
+        .layer(axum::middleware::map_response(log_internal_error))
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(cors(&http.cors_origins))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::NotFound("no such API route".into())
+}
+
+/// Logs the error behind a 500 once, inside the request's span.
+async fn log_internal_error(response: Response) -> Response {
+    if let Some(InternalError(error)) = response.extensions().get::<InternalError>() {
+        tracing::error!(error = format!("{error:#}"), "request failed");
+    }
+    response
+}
+
+/// Browsers may call the API from the listed origins (the original page was served by
+/// nginx on another origin than its API). Empty: same origin only.
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| match HeaderValue::from_str(origin.trim()) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::warn!(%origin, "ignoring an unusable CORS origin");
+                None
+            }
+        })
+        .collect();
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([header::CONTENT_TYPE])
+}

@@ -1,0 +1,148 @@
+//! Live updates: `GET /api/stream` (Server-Sent Events), fed by this instance's own
+//! live-feed queue.
+//!
+//! Each API instance declares an exclusive queue bound to every `game.*` event, so a
+//! browser connected to any instance sees every update, whichever worker produced it.
+//! The [`LiveFeed`] consumes that queue and fans messages out to the connected streams.
+
+use super::ApiContext;
+use crate::broker::{Broker, Delivery, topology};
+use crate::domain::{EventId, GameEvent, GameProcessed, ProcessingStatus};
+use crate::shutdown::Shutdown;
+use axum::Router;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+pub fn router() -> Router<ApiContext> {
+    Router::new().route("/api/stream", get(stream))
+}
+
+/// One update, as sent to browsers: the SSE event name is the routing key.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveEvent {
+    #[serde(skip)]
+    pub kind: String,
+    pub game_id: i64,
+    pub version: Option<i64>,
+    pub processing_status: Option<ProcessingStatus>,
+    pub event_id: Option<EventId>,
+}
+
+impl LiveEvent {
+    /// Reads a `catalog.events` message; `None` for messages that are not about games.
+    fn from_delivery(delivery: &Delivery) -> Option<Self> {
+        let body = &delivery.message.body;
+        let kind = delivery.routing_key.clone();
+        if kind == topology::GAME_PROCESSED_KEY || kind == topology::GAME_FAILED_KEY {
+            let processed: GameProcessed = serde_json::from_slice(body).ok()?;
+            return Some(Self {
+                kind,
+                game_id: processed.game_id,
+                version: Some(processed.version),
+                processing_status: Some(processed.processing_status),
+                event_id: Some(processed.event_id),
+            });
+        }
+        let event =
+            GameEvent::decode(body, delivery.message.properties.message_id.as_deref()).ok()?;
+        Some(Self {
+            kind,
+            game_id: event.game_id,
+            version: event.version,
+            processing_status: None,
+            event_id: event.event_id,
+        })
+    }
+}
+
+/// Fans this instance's live-feed queue out to every connected stream.
+#[derive(Clone)]
+pub struct LiveFeed {
+    sender: broadcast::Sender<LiveEvent>,
+}
+
+impl Default for LiveFeed {
+    fn default() -> Self {
+        // Slow browsers that fall this far behind get a `resync` event instead.
+        let (sender, _) = broadcast::channel(1024);
+        Self { sender }
+    }
+}
+
+impl LiveFeed {
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.sender.subscribe()
+    }
+
+    /// Declares this instance's queue and relays it until shutdown, reconnecting when
+    /// the broker goes away. The queue is exclusive: it disappears with the instance.
+    pub async fn run(self, broker: Arc<dyn Broker>, instance: String, shutdown: Shutdown) {
+        let mut backoff = crate::outbox::reconnect_backoff();
+        while !shutdown.is_triggered() {
+            let consumer = match topology::declare_live_feed(broker.as_ref(), &instance).await {
+                Ok(queue) => broker.consume(&queue, 256).await,
+                Err(error) => Err(error),
+            };
+            match consumer {
+                Ok(mut consumer) => {
+                    backoff = crate::outbox::reconnect_backoff();
+                    loop {
+                        let delivery = tokio::select! {
+                            delivery = consumer.next() => delivery,
+                            _ = shutdown.wait() => break,
+                        };
+                        let Some(delivery) = delivery else { break };
+                        if let Some(event) = LiveEvent::from_delivery(&delivery) {
+                            // No subscriber is fine: nobody is watching.
+                            let _ = self.sender.send(event);
+                        }
+                        // Notifications only: losing one costs a browser a refresh.
+                        if let Err(error) = delivery.ack().await {
+                            tracing::debug!(%error, "live-feed ack failed");
+                        }
+                    }
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%error, retry_in = ?delay, "live feed cannot consume");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /api/stream`: one SSE event per game update. Ends when the server shuts down,
+/// so open streams never hold a graceful shutdown open.
+async fn stream(
+    State(ctx): State<ApiContext>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let shutdown = ctx.shutdown.clone();
+    let events = BroadcastStream::new(ctx.live.subscribe())
+        .map(|received| {
+            Ok(match received {
+                Ok(event) => Event::default()
+                    .event(event.kind.clone())
+                    .json_data(&event)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable event")),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Event::default()
+                    .event("resync")
+                    .data(format!("{{\"missed\":{missed}}}")),
+            })
+        })
+        .take_until(async move { shutdown.wait().await });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

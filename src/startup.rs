@@ -1,0 +1,171 @@
+//! Builds the roles and runs them. `serve` is literally `api` and `worker` composed.
+
+use crate::api::{self, ApiContext, stream::LiveFeed};
+use crate::broker::{Broker, embedded::EmbeddedBroker, topology};
+use crate::cli::{Cli, Command, ServeArgs};
+use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
+use crate::outbox::Relay;
+use crate::processing::fetch::CoverFetcher;
+use crate::processing::worker::Worker;
+use crate::shutdown::Shutdown;
+use crate::storage::{Store, sqlite::SqliteStore};
+use anyhow::{Context, bail};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Runs the command line's command until it finishes or a signal stops it.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or_else(Command::default_serve);
+    let shutdown = Shutdown::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { shutdown.trigger_on_signal().await }
+    });
+    match command {
+        Command::Migrate => {
+            connect_store(&cli.storage.database_url).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let parts = Components::connect(&cli.storage).await?;
+            let listener = bind(&args.http).await?;
+            run_serve(&parts, &args, listener, shutdown).await
+        }
+        Command::Api(http) => {
+            let parts = Components::connect(&cli.storage).await?;
+            let listener = bind(&http).await?;
+            run_api(&parts, &http, listener, shutdown).await
+        }
+        Command::Worker(worker) => {
+            let parts = Components::connect(&cli.storage).await?;
+            run_worker(&parts, &worker, shutdown).await
+        }
+    }
+}
+
+/// The database and the broker, connected, migrated and declared.
+#[derive(Clone)]
+pub struct Components {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+}
+
+impl Components {
+    pub async fn connect(storage: &StorageArgs) -> anyhow::Result<Self> {
+        let store = connect_store(&storage.database_url).await?;
+        let broker = connect_broker(storage).await?;
+        topology::declare(broker.as_ref())
+            .await
+            .context("declaring the broker topology")?;
+        Ok(Self { store, broker })
+    }
+}
+
+/// Opens the catalog database and applies pending migrations.
+pub async fn connect_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        Arc::new(
+            SqliteStore::connect(url)
+                .await
+                .with_context(|| format!("opening the database {url}"))?,
+        )
+    } else {
+        bail!(
+            "DATABASE_URL {url:?} is not supported by this build: use sqlite://PATH \
+             (PostgreSQL and MySQL support is tracked in the project's issues)"
+        );
+    };
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
+    if let Some(url) = &storage.rabbitmq_url {
+        bail!(
+            "RABBITMQ_URL={url:?}: RabbitMQ support is not in this build yet; unset \
+             RABBITMQ_URL to use the embedded broker"
+        );
+    }
+    let broker = EmbeddedBroker::open(&storage.broker_path)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the embedded broker at {}",
+                storage.broker_path.display()
+            )
+        })?;
+    Ok(Arc::new(broker))
+}
+
+async fn bind(http: &HttpArgs) -> anyhow::Result<TcpListener> {
+    let addr = http.listen_addr();
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: is another retrocat running? (set PORT or --listen)")
+    })
+}
+
+/// Every role in one process.
+pub async fn run_serve(
+    parts: &Components,
+    args: &ServeArgs,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    tokio::try_join!(
+        run_api(parts, &args.http, listener, shutdown.clone()),
+        run_worker(parts, &args.worker, shutdown),
+    )?;
+    Ok(())
+}
+
+/// HTTP API and web UI, outbox relay and live feed, until shutdown.
+pub async fn run_api(
+    parts: &Components,
+    http: &HttpArgs,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let live = LiveFeed::default();
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    let relay = Relay::new(parts.store.clone(), parts.broker.clone(), http.relay());
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    let feed = tokio::spawn(
+        live.clone()
+            .run(parts.broker.clone(), instance, shutdown.clone()),
+    );
+    let ctx = ApiContext {
+        store: parts.store.clone(),
+        broker: parts.broker.clone(),
+        live,
+        shutdown: shutdown.clone(),
+    };
+    let app = api::router(ctx, http);
+    let addr = listener.local_addr()?;
+    tracing::info!("retrocat listening on http://{addr}");
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.wait().await }
+    });
+    let served = server.await.context("HTTP server failed");
+    // Whatever ended the server ends the other tasks of this role too.
+    shutdown.trigger();
+    let _ = tokio::join!(relay, feed);
+    served
+}
+
+/// Consumers of `game_events`, until shutdown.
+pub async fn run_worker(
+    parts: &Components,
+    args: &WorkerArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let worker = Worker::new(
+        parts.store.clone(),
+        parts.broker.clone(),
+        CoverFetcher::new(args.fetch()),
+        args.worker(),
+    );
+    Arc::new(worker).run(shutdown).await;
+    Ok(())
+}
