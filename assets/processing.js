@@ -1,0 +1,64 @@
+// The Processing page: every game's processing, live, with its attempt history.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let selected = null;
+
+function counters(tasks) {
+  const counts = { pending: 0, processing: 0, completed: 0, failed: 0 };
+  for (const task of tasks) counts[task.processingStatus] += 1;
+  $("counters").replaceChildren(
+    ...Object.entries(counts).map(([status, n]) => el("span", {}, statusBadge(status), ` ${n}`)),
+  );
+}
+
+function taskRow(task) {
+  const row = el(
+    "tr",
+    { onclick: () => showHistory(task) },
+    el("td", { textContent: task.title }),
+    el("td", {}, statusBadge(task.processingStatus)),
+    el("td", { textContent: task.version }),
+    el("td", { textContent: task.attempts }),
+    el("td", { textContent: task.lastDurationMs === null ? "" : `${task.lastDurationMs} ms` }),
+    el("td", { className: "error-text", textContent: task.lastError || "" }),
+  );
+  row.dataset.id = task.gameId;
+  return row;
+}
+
+async function loadTasks() {
+  const tasks = await api("/api/tasks?limit=200");
+  counters(tasks);
+  $("tasks").replaceChildren(...tasks.map(taskRow));
+  if (selected) await showHistory(selected, false);
+}
+
+async function showHistory(task, scroll = true) {
+  selected = task;
+  const attempts = await api(`/api/games/${Number(task.gameId)}/history`).catch(() => []);
+  $("history-title").textContent = `History of ${task.title}`;
+  $("history").replaceChildren(
+    ...attempts.map((a) =>
+      el(
+        "tr",
+        {},
+        el("td", { textContent: a.attempt }),
+        el("td", { textContent: a.version }),
+        el("td", {}, statusBadge(a.outcome === "retry" ? "pending" : a.outcome === "skipped" ? "processing" : a.outcome), ` ${a.outcome}`),
+        el("td", { textContent: formatTime(a.startedAt) }),
+        el("td", { textContent: `${a.durationMs} ms` }),
+        el("td", { className: "error-text", textContent: a.error || "" }),
+      ),
+    ),
+  );
+  if (!attempts.length) $("history").append(el("tr", {}, el("td", { colSpan: 6, className: "empty", textContent: "No attempts yet." })));
+  $("history-panel").classList.remove("hidden");
+  if (scroll) $("history-panel").scrollIntoView({ behavior: "smooth" });
+}
+
+const refresh = debounce(() => loadTasks().catch(console.error), 200);
+liveUpdates(refresh);
+loadTasks().catch((error) => {
+  $("tasks").replaceChildren(el("tr", {}, el("td", { colSpan: 6, className: "error-text", textContent: `Failed to load: ${error.message}` })));
+});
