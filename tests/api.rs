@@ -1,0 +1,595 @@
+//! The HTTP API against a real server on a random port with a fresh database.
+
+mod common;
+
+use common::{Roles, TestApp, game_body, with, without};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_fresh_install_serves_the_seed_catalog() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let games = app.get_json("/api/games").await;
+    let games = games
+        .as_array()
+        .expect("without paging, a plain array as the original");
+    assert!(games.len() >= 24, "{} seed games", games.len());
+    let titles: Vec<&str> = games.iter().filter_map(|g| g["title"].as_str()).collect();
+    for title in [
+        "Super Mario Bros.",
+        "Chrono Trigger",
+        "Tetris",
+        "Donkey Kong Country",
+    ] {
+        assert!(titles.contains(&title), "{title} missing from {titles:?}");
+    }
+    let mut sorted = titles.clone();
+    sorted.sort();
+    assert_eq!(titles, sorted, "sorted by title, as the original");
+    assert!(
+        app.get_json("/api/platforms")
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+            >= 8
+    );
+    assert!(app.get_json("/api/genres").await.as_array().unwrap().len() >= 8);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn creating_a_game_answers_201_pending_with_a_derived_decade() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let body = with(game_body("Gunstar Heroes"), "yearCategory", json!("1970s"));
+    let response = app.post_json("/api/games", &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let game: Value = response.json().await.unwrap();
+    assert_eq!(location, format!("/api/games/{}", game["id"]));
+    assert_eq!(game["title"], "Gunstar Heroes");
+    assert_eq!(game["processingStatus"], "pending");
+    assert_eq!(game["version"], 1);
+    assert_eq!(
+        game["yearCategory"], "1990s",
+        "the client's yearCategory is ignored"
+    );
+    assert_eq!(game["platformName"], "NES", "joined from platform 1");
+    let fetched = app.get_json(&location).await;
+    assert_eq!(fetched["title"], "Gunstar Heroes");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_original_pages_form_body_is_accepted() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    // The original page sent select values as strings and an empty image URL.
+    let body = json!({
+        "title": "Streets of Rage 2", "platformId": "3", "releaseYear": 1992,
+        "yearCategory": "1990s", "genreId": "3", "developer": "Sega",
+        "description": "Beat 'em up.", "imageUrl": ""
+    });
+    let game = app.create_game(&body).await;
+    assert_eq!(game["platformId"], 3);
+    assert_eq!(game["imageUrl"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn updating_a_game_bumps_its_version_and_deleting_removes_it() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let game = app.create_game(&game_body("Draft Title")).await;
+    let path = format!("/api/games/{}", game["id"]);
+    let response = app.put_json(&path, &game_body("Final Title")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let updated: Value = response.json().await.unwrap();
+    assert_eq!(updated["title"], "Final Title");
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["processingStatus"], "pending");
+
+    let response = app.client.delete(app.url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.get(&path).await.status(), StatusCode::NOT_FOUND);
+    let response = app.client.delete(app.url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn filters_search_and_pagination_walk_the_catalog_once() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let all = app.get_json("/api/games").await.as_array().unwrap().clone();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/api/games?limit=5".to_owned();
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = app.get_json(&path).await;
+        let items = page["items"]
+            .as_array()
+            .expect("with paging, a page object");
+        assert!(items.len() <= 5);
+        seen.extend(items.iter().map(|g| g["id"].as_i64().unwrap()));
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let ids: Vec<i64> = all.iter().map(|g| g["id"].as_i64().unwrap()).collect();
+    assert_eq!(seen, ids, "pages in order, each game once");
+
+    let marios = app.get_json("/api/games?search=mario").await;
+    assert!(marios.as_array().unwrap().len() >= 2);
+    for game in marios.as_array().unwrap() {
+        let haystack = format!("{} {}", game["title"], game["developer"]).to_lowercase();
+        assert!(haystack.contains("mario"), "{game}");
+    }
+    let eighties = app
+        .get_json("/api/games?yearCategory=1980s&platformId=1")
+        .await;
+    for game in eighties.as_array().unwrap() {
+        assert_eq!(game["yearCategory"], "1980s");
+        assert_eq!(game["platformId"], 1);
+    }
+    let newest = app.get_json("/api/games?sort=-releaseYear").await;
+    let years: Vec<i64> = newest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["releaseYear"].as_i64().unwrap())
+        .collect();
+    assert!(years.windows(2).all(|w| w[0] >= w[1]), "{years:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_original_consumers_callback_sets_the_status() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let game = app.create_game(&game_body("Callback")).await;
+    let pending = app.get_json("/api/processing").await;
+    assert_eq!(
+        pending[0],
+        json!({"id": game["id"], "title": "Callback", "processing_status": "pending"}),
+        "the original's shape, newest first"
+    );
+    let path = format!("/api/games/{}/process-complete", game["id"]);
+    let response = app.put_json(&path, &json!({"status": "completed"})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let game = app.get_json(&format!("/api/games/{}", game["id"])).await;
+    assert_eq!(game["processingStatus"], "completed");
+    assert!(
+        app.get_json("/api/processing")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["id"] != game["id"])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_endpoints_report_the_database_and_broker() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let health = app.get_json("/health").await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["database"], "connected");
+    assert_eq!(health["rabbitmq"], "connected");
+    assert!(health["timestamp"].is_string());
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cors_allows_the_configured_origin_only() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &["--cors-origins", "http://localhost"]).await;
+    let allowed = app
+        .client
+        .get(app.url("/api/genres"))
+        .header("origin", "http://localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://localhost"
+    );
+    let other = app
+        .client
+        .get(app.url("/api/genres"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+/// Everything a bad request could change, to compare before and after.
+async fn snapshot(app: &TestApp) -> (Value, Value, Value, u64) {
+    (
+        app.get_json("/api/games").await,
+        app.get_json("/api/platforms").await,
+        app.get_json("/api/genres").await,
+        app.store().outbox_depth().await.unwrap(),
+    )
+}
+
+/// (method, path, content type, body, expected status, field named in the problem)
+type BadRequest = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    Option<&'static str>,
+);
+
+#[tokio::test]
+async fn malformed_requests_get_a_problem_and_change_nothing() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let valid = game_body("Valid");
+    let long = "x".repeat(101);
+    let cases: Vec<BadRequest> = vec![
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            b"{}".to_vec(),
+            400,
+            Some("title"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "title", json!(""))),
+            422,
+            Some("title"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "title", json!("   "))),
+            422,
+            Some("title"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "title", json!(long))),
+            422,
+            Some("title"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "title", json!(42))),
+            400,
+            Some("title"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(without(valid.clone(), "developer")),
+            400,
+            Some("developer"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "developer", json!(long))),
+            422,
+            Some("developer"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "releaseYear", json!(1949))),
+            422,
+            Some("releaseYear"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "releaseYear", json!(2999))),
+            422,
+            Some("releaseYear"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "releaseYear", json!("nineteen"))),
+            400,
+            Some("releaseYear"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "releaseYear", json!(1991.5))),
+            400,
+            Some("releaseYear"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "platformId", json!(9999))),
+            422,
+            Some("platformId"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "platformId", json!(-1))),
+            422,
+            Some("platformId"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "platformId", json!("abc"))),
+            400,
+            Some("platformId"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "genreId", json!(9999))),
+            422,
+            Some("genreId"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "genreId", json!({"id": 1}))),
+            400,
+            Some("genreId"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(
+                valid.clone(),
+                "imageUrl",
+                json!("javascript:alert(1)"),
+            )),
+            422,
+            Some("imageUrl"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(
+                valid.clone(),
+                "imageUrl",
+                json!(format!("https://e.com/{}", "a".repeat(300))),
+            )),
+            422,
+            Some("imageUrl"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            json_bytes(with(valid.clone(), "rating", json!(5))),
+            400,
+            Some("rating"),
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            b"{\"title\": oops".to_vec(),
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            b"[]".to_vec(),
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/api/games",
+            "text/plain",
+            json_bytes(valid.clone()),
+            415,
+            None,
+        ),
+        (
+            "POST",
+            "/api/games",
+            "application/json",
+            vec![b' '; 6 * 1024 * 1024],
+            413,
+            None,
+        ),
+        (
+            "PUT",
+            "/api/games/abc",
+            "application/json",
+            json_bytes(valid.clone()),
+            400,
+            Some("id"),
+        ),
+        (
+            "PUT",
+            "/api/games/0",
+            "application/json",
+            json_bytes(valid.clone()),
+            400,
+            Some("id"),
+        ),
+        (
+            "PUT",
+            "/api/games/1",
+            "application/json",
+            json_bytes(with(valid.clone(), "title", json!(""))),
+            422,
+            Some("title"),
+        ),
+        (
+            "PUT",
+            "/api/games/99999",
+            "application/json",
+            json_bytes(valid.clone()),
+            404,
+            None,
+        ),
+        (
+            "PUT",
+            "/api/games/1/process-complete",
+            "application/json",
+            br#"{"status":"done"}"#.to_vec(),
+            422,
+            Some("status"),
+        ),
+        (
+            "PUT",
+            "/api/games/1/cover",
+            "text/plain",
+            b"hello".to_vec(),
+            415,
+            None,
+        ),
+        (
+            "PUT",
+            "/api/games/1/cover",
+            "image/png",
+            b"not an image at all".to_vec(),
+            415,
+            None,
+        ),
+        (
+            "GET",
+            "/api/games?limit=0",
+            "",
+            Vec::new(),
+            400,
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/api/games?status=done",
+            "",
+            Vec::new(),
+            400,
+            Some("status"),
+        ),
+        (
+            "GET",
+            "/api/games?limit=5&cursor=garbage",
+            "",
+            Vec::new(),
+            400,
+            Some("cursor"),
+        ),
+        (
+            "POST",
+            "/api/platforms",
+            "application/json",
+            br#"{"name":""}"#.to_vec(),
+            422,
+            Some("name"),
+        ),
+        ("DELETE", "/api/platforms/1", "", Vec::new(), 409, None),
+        ("DELETE", "/api/genres/1", "", Vec::new(), 409, None),
+        ("GET", "/api/nothing-here", "", Vec::new(), 404, None),
+    ];
+    assert!(cases.len() >= 20);
+    let before = snapshot(&app).await;
+    for (method, path, content_type, body, status, field) in cases {
+        let mut request = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .body(body);
+        if !content_type.is_empty() {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        let case = format!("{method} {path} ({content_type})");
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], status, "{case}: {problem}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{case}: {problem}"
+        );
+        assert_eq!(
+            problem["message"], problem["detail"],
+            "{case}: the original's field"
+        );
+        if let Some(field) = field {
+            let fields: Vec<&str> = problem["errors"]
+                .as_array()
+                .map(|errors| errors.iter().filter_map(|e| e["field"].as_str()).collect())
+                .unwrap_or_default();
+            assert!(
+                fields.contains(&field),
+                "{case}: expected {field} in {problem}"
+            );
+        }
+        assert_eq!(snapshot(&app).await, before, "{case} changed the database");
+    }
+    app.stop().await;
+}
+
+fn json_bytes(value: Value) -> Vec<u8> {
+    serde_json::to_vec(&value).unwrap()
+}
+
+#[tokio::test]
+async fn every_invalid_field_is_reported_at_once() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let body =
+        json!({"title": "", "platformId": 1, "genreId": 1, "developer": "", "releaseYear": 1900});
+    let response = app.post_json("/api/games", &body).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = response.json().await.unwrap();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["title", "developer", "releaseYear"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn markup_in_a_title_is_stored_and_returned_as_text() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let title = "<img src=x onerror=alert(1)>";
+    let game = app.create_game(&game_body(title)).await;
+    let fetched = app.get_json(&format!("/api/games/{}", game["id"])).await;
+    assert_eq!(fetched["title"], title);
+    app.stop().await;
+}

@@ -1,0 +1,884 @@
+//! The broker conformance suite: the behaviour retrocat relies on from any [`Broker`],
+//! written once against the trait and run for each implementation.
+//!
+//! Each case in `cases` takes a [`Fixture`]: a broker plus unique names, so that on a
+//! shared RabbitMQ server concurrent runs never touch each other's queues. The
+//! `conformance_suite!` macro stamps out one `#[tokio::test]` per case for a broker
+//! constructor; adding RabbitMQ is one more `mod` with one macro call. Behaviour only
+//! the embedded broker has (reopening its file) is tested in `embedded_only`.
+//!
+//! Time is asserted in one direction only: a delayed message must not arrive *before*
+//! its delay. Upper bounds are left to the timeouts that keep a failing test from
+//! hanging.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use retrocat::broker::embedded::EmbeddedBroker;
+use retrocat::broker::{
+    Broker, BrokerError, Consumer, Delivery, ExchangeKind, HeaderValue, Message, Properties,
+    Publish, QueueSpec, headers,
+};
+
+/// How long a delivery that should come may take before the test fails.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to watch for a delivery that should not come.
+const QUIET_PERIOD: Duration = Duration::from_millis(150);
+
+/// A broker for one test, with the names that test declares.
+struct Fixture {
+    broker: Arc<dyn Broker>,
+    suffix: String,
+    queues: Mutex<Vec<String>>,
+    /// Keeps an embedded broker's directory alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    fn new(broker: Arc<dyn Broker>, dir: Option<tempfile::TempDir>) -> Self {
+        Self {
+            broker,
+            suffix: format!("{:012x}", rand::random::<u64>() >> 16),
+            queues: Mutex::new(Vec::new()),
+            _dir: dir,
+        }
+    }
+
+    fn broker(&self) -> &dyn Broker {
+        &*self.broker
+    }
+
+    /// A name no other test run uses.
+    fn name(&self, base: &str) -> String {
+        format!("conformance.{base}.{}", self.suffix)
+    }
+
+    /// Declares `spec` under a unique version of its name, which it returns.
+    async fn declare(&self, spec: QueueSpec) -> String {
+        let spec = QueueSpec {
+            name: self.name(&spec.name),
+            ..spec
+        };
+        self.broker
+            .declare_queue(&spec)
+            .await
+            .expect("declare queue");
+        self.queues.lock().unwrap().push(spec.name.clone());
+        spec.name
+    }
+
+    async fn queue(&self, base: &str) -> String {
+        self.declare(QueueSpec::durable(base)).await
+    }
+
+    async fn exchange(&self, base: &str, kind: ExchangeKind) -> String {
+        let name = self.name(base);
+        self.broker
+            .declare_exchange(&name, kind)
+            .await
+            .expect("declare exchange");
+        name
+    }
+
+    async fn send(&self, queue: &str, bodies: &[&str]) {
+        let batch = bodies
+            .iter()
+            .map(|body| Publish::to_queue(queue, message(body)))
+            .collect();
+        self.broker.publish(batch).await.expect("publish");
+    }
+
+    async fn depth(&self, queue: &str) -> u64 {
+        self.broker.queue_depth(queue).await.expect("queue depth")
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Consumer {
+        self.broker.consume(queue, prefetch).await.expect("consume")
+    }
+
+    /// Deletes the test's queues (exchanges stay: the trait cannot delete them).
+    async fn cleanup(self) {
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap());
+        for queue in queues {
+            let _ = self.broker.delete_queue(&queue).await;
+        }
+    }
+}
+
+fn message(body: &str) -> Message {
+    Message {
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        properties: Properties::default(),
+    }
+}
+
+fn body(delivery: &Delivery) -> String {
+    String::from_utf8_lossy(&delivery.message.body).into_owned()
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(DELIVERY_TIMEOUT, consumer.next())
+        .await
+        .expect("a delivery within the timeout")
+        .expect("the consumer is still open")
+}
+
+async fn assert_quiet(consumer: &mut Consumer) {
+    if let Ok(Some(delivery)) = tokio::time::timeout(QUIET_PERIOD, consumer.next()).await {
+        panic!("unexpected delivery: {} ({delivery:?})", body(&delivery));
+    }
+}
+
+/// Takes `count` deliveries, acking each, and returns their bodies in arrival order.
+async fn take_and_ack(consumer: &mut Consumer, count: usize) -> Vec<String> {
+    let mut bodies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let delivery = next(consumer).await;
+        bodies.push(body(&delivery));
+        delivery.ack().await.expect("ack");
+    }
+    bodies
+}
+
+/// The cases, each a behaviour every broker must have.
+mod cases {
+    use super::*;
+
+    pub async fn an_acked_message_is_gone(f: &Fixture) {
+        let queue = f.queue("acked").await;
+        f.send(&queue, &["one"]).await;
+        let mut consumer = f.consume(&queue, 10).await;
+        let delivery = next(&mut consumer).await;
+        assert!(!delivery.redelivered);
+        delivery.ack().await.expect("ack");
+        drop(consumer);
+
+        assert_eq!(f.depth(&queue).await, 0);
+        let mut fresh = f.consume(&queue, 10).await;
+        assert_quiet(&mut fresh).await;
+    }
+
+    pub async fn a_nack_with_requeue_delivers_again_as_redelivered(f: &Fixture) {
+        let queue = f.queue("requeue").await;
+        f.send(&queue, &["again"]).await;
+        let mut consumer = f.consume(&queue, 10).await;
+        next(&mut consumer).await.nack(true).await.expect("nack");
+
+        let again = next(&mut consumer).await;
+        assert_eq!(body(&again), "again");
+        assert!(
+            again.redelivered,
+            "a requeued message is marked redelivered"
+        );
+        again.ack().await.expect("ack");
+        assert_eq!(f.depth(&queue).await, 0);
+    }
+
+    pub async fn a_nack_without_requeue_drops_the_message(f: &Fixture) {
+        let queue = f.queue("drop").await;
+        f.send(&queue, &["gone"]).await;
+        let mut consumer = f.consume(&queue, 10).await;
+        next(&mut consumer).await.nack(false).await.expect("nack");
+
+        assert_quiet(&mut consumer).await;
+        assert_eq!(f.depth(&queue).await, 0);
+    }
+
+    pub async fn a_dead_consumers_unacked_messages_go_to_another_consumer(f: &Fixture) {
+        let queue = f.queue("dead_consumer").await;
+        f.send(&queue, &["a", "b", "c"]).await;
+        let mut doomed = f.consume(&queue, 10).await;
+        let held = next(&mut doomed).await;
+        assert_eq!(body(&held), "a");
+        // The consumer dies: its delivery in hand and those still buffered are dropped.
+        drop(held);
+        drop(doomed);
+
+        let mut survivor = f.consume(&queue, 10).await;
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            let delivery = next(&mut survivor).await;
+            assert!(
+                delivery.redelivered,
+                "{} is marked redelivered",
+                body(&delivery)
+            );
+            seen.insert(body(&delivery));
+            delivery.ack().await.expect("ack");
+        }
+        assert_eq!(seen, BTreeSet::from(["a".into(), "b".into(), "c".into()]));
+        assert_quiet(&mut survivor).await;
+    }
+
+    pub async fn delayed_messages_arrive_in_delay_order_and_never_early(f: &Fixture) {
+        let queue = f.queue("delays").await;
+        // Measured from before the publish: a safe (lenient) origin for "not before".
+        let start = Instant::now();
+        let batch = [300u64, 100, 200]
+            .into_iter()
+            .map(|ms| {
+                Publish::to_queue(&queue, message(&ms.to_string()))
+                    .delayed(Duration::from_millis(ms))
+            })
+            .collect();
+        f.broker().publish(batch).await.expect("publish");
+        let mut consumer = f.consume(&queue, 10).await;
+
+        for expected in [100u64, 200, 300] {
+            let delivery = next(&mut consumer).await;
+            let elapsed = start.elapsed();
+            assert_eq!(body(&delivery), expected.to_string());
+            assert!(
+                elapsed >= Duration::from_millis(expected),
+                "message delayed {expected} ms arrived after {elapsed:?}"
+            );
+            delivery.ack().await.expect("ack");
+        }
+    }
+
+    pub async fn a_delayed_message_counts_in_the_depth_while_it_waits(f: &Fixture) {
+        let queue = f.queue("delay_depth").await;
+        let publish = Publish::to_queue(&queue, message("later")).delayed(Duration::from_secs(30));
+        f.broker().publish(vec![publish]).await.expect("publish");
+        assert_eq!(f.depth(&queue).await, 1);
+        let mut consumer = f.consume(&queue, 10).await;
+        assert_quiet(&mut consumer).await;
+    }
+
+    pub async fn a_priority_queue_delivers_highest_priority_first_fifo_within_one(f: &Fixture) {
+        let queue = f
+            .declare(QueueSpec::durable("priorities").with_max_priority(10))
+            .await;
+        let batch = [
+            (1, "p1"),
+            (5, "p5-first"),
+            (9, "p9"),
+            (3, "p3"),
+            (5, "p5-second"),
+        ]
+        .into_iter()
+        .map(|(priority, text)| {
+            let mut message = message(text);
+            message.properties.priority = priority;
+            Publish::to_queue(&queue, message)
+        })
+        .collect();
+        f.broker().publish(batch).await.expect("publish");
+
+        let mut consumer = f.consume(&queue, 10).await;
+        let order = take_and_ack(&mut consumer, 5).await;
+        assert_eq!(order, ["p9", "p5-first", "p5-second", "p3", "p1"]);
+    }
+
+    pub async fn a_high_priority_message_overtakes_a_backlog_being_consumed(f: &Fixture) {
+        let queue = f
+            .declare(QueueSpec::durable("overtake").with_max_priority(10))
+            .await;
+        let backlog: Vec<String> = (0..20).map(|n| format!("low-{n}")).collect();
+        let batch = backlog
+            .iter()
+            .map(|text| {
+                let mut message = message(text);
+                message.properties.priority = 1;
+                Publish::to_queue(&queue, message)
+            })
+            .collect();
+        f.broker().publish(batch).await.expect("publish");
+        let mut consumer = f.consume(&queue, 1).await;
+        let first = next(&mut consumer).await;
+        assert_eq!(body(&first), "low-0");
+
+        let mut urgent = message("urgent");
+        urgent.properties.priority = 9;
+        f.broker()
+            .publish(vec![Publish::to_queue(&queue, urgent)])
+            .await
+            .expect("publish");
+        first.ack().await.expect("ack");
+        assert_eq!(take_and_ack(&mut consumer, 2).await, ["urgent", "low-1"]);
+    }
+
+    pub async fn a_queue_without_max_priority_ignores_priorities(f: &Fixture) {
+        let queue = f.queue("no_priorities").await;
+        let batch = [(1, "first"), (9, "second"), (5, "third")]
+            .into_iter()
+            .map(|(priority, text)| {
+                let mut message = message(text);
+                message.properties.priority = priority;
+                Publish::to_queue(&queue, message)
+            })
+            .collect();
+        f.broker().publish(batch).await.expect("publish");
+
+        let mut consumer = f.consume(&queue, 10).await;
+        assert_eq!(
+            take_and_ack(&mut consumer, 3).await,
+            ["first", "second", "third"]
+        );
+    }
+
+    pub async fn a_dead_lettered_message_lands_in_the_dlq_with_its_reason(f: &Fixture) {
+        let dlq = f.queue("work.dlq").await;
+        let queue = f
+            .declare(QueueSpec::durable("work").with_dead_letter_queue(&dlq))
+            .await;
+        let mut original = message(r#"{"broken": true"#);
+        original.properties = Properties::json("event-42");
+        original
+            .properties
+            .headers
+            .insert(headers::RETRY_COUNT.into(), 3.into());
+        f.broker()
+            .publish(vec![Publish::to_queue(&queue, original.clone())])
+            .await
+            .expect("publish");
+
+        let mut consumer = f.consume(&queue, 10).await;
+        next(&mut consumer)
+            .await
+            .dead_letter("malformed JSON")
+            .await
+            .expect("dead-letter");
+        assert_eq!(f.depth(&queue).await, 0);
+        assert_quiet(&mut consumer).await;
+
+        let mut dead = f.consume(&dlq, 10).await;
+        let delivery = next(&mut dead).await;
+        let properties = &delivery.message.properties;
+        assert_eq!(delivery.message.body, original.body);
+        assert_eq!(properties.message_id.as_deref(), Some("event-42"));
+        assert_eq!(properties.header_int(headers::RETRY_COUNT), Some(3));
+        assert_eq!(
+            properties.header_str(headers::DEAD_LETTER_REASON),
+            Some("malformed JSON")
+        );
+        assert_eq!(
+            properties.header_str(headers::DEAD_LETTER_QUEUE),
+            Some(queue.as_str())
+        );
+        let at = properties
+            .header_str(headers::DEAD_LETTERED_AT)
+            .expect("dead-lettered-at header");
+        chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time");
+        delivery.ack().await.expect("ack");
+    }
+
+    pub async fn dead_lettering_without_a_dlq_fails_and_keeps_the_message(f: &Fixture) {
+        let queue = f.queue("no_dlq").await;
+        f.send(&queue, &["keep me"]).await;
+        let mut consumer = f.consume(&queue, 10).await;
+        let result = next(&mut consumer)
+            .await
+            .dead_letter("no place to go")
+            .await;
+        assert!(result.is_err(), "dead-lettering without a DLQ must fail");
+
+        let again = next(&mut consumer).await;
+        assert_eq!(body(&again), "keep me");
+        assert!(again.redelivered);
+        again.ack().await.expect("ack");
+    }
+
+    pub async fn prefetch_bounds_unsettled_deliveries(f: &Fixture) {
+        let queue = f.queue("prefetch").await;
+        f.send(&queue, &["1", "2", "3", "4", "5"]).await;
+        let mut consumer = f.consume(&queue, 2).await;
+        let first = next(&mut consumer).await;
+        let _second = next(&mut consumer).await;
+        assert_quiet(&mut consumer).await;
+
+        first.ack().await.expect("ack");
+        assert_eq!(body(&next(&mut consumer).await), "3");
+    }
+
+    pub async fn competing_consumers_share_messages_each_delivered_once(f: &Fixture) {
+        let queue = f.queue("competing").await;
+        let consumers = [f.consume(&queue, 10).await, f.consume(&queue, 10).await];
+        let bodies: Vec<String> = (0..100).map(|n| n.to_string()).collect();
+        let batch = bodies
+            .iter()
+            .map(|text| Publish::to_queue(&queue, message(text)))
+            .collect();
+        f.broker().publish(batch).await.expect("publish");
+
+        let (seen, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let workers: Vec<_> = consumers
+            .into_iter()
+            .enumerate()
+            .map(|(worker, mut consumer)| {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    while let Some(delivery) = consumer.next().await {
+                        let _ = seen.send((worker, body(&delivery)));
+                        delivery.ack().await.expect("ack");
+                    }
+                })
+            })
+            .collect();
+        let mut per_worker = [0; 2];
+        let mut all = Vec::new();
+        while all.len() < 100 {
+            let (worker, text) = tokio::time::timeout(DELIVERY_TIMEOUT, received.recv())
+                .await
+                .expect("all 100 messages within the timeout")
+                .expect("workers running");
+            per_worker[worker] += 1;
+            all.push(text);
+        }
+        tokio::time::sleep(QUIET_PERIOD).await;
+        assert!(
+            received.try_recv().is_err(),
+            "no message is delivered twice"
+        );
+        for worker in workers {
+            worker.abort();
+        }
+        all.sort_by_key(|text| text.parse::<u32>().unwrap());
+        assert_eq!(all, bodies, "every message exactly once");
+        assert!(
+            per_worker.iter().all(|&count| count > 0),
+            "both consumers got work: {per_worker:?}"
+        );
+    }
+
+    pub async fn a_topic_exchange_routes_by_star_and_hash(f: &Fixture) {
+        let exchange = f.exchange("topic", ExchangeKind::Topic).await;
+        let star = f.queue("star").await;
+        let hash = f.queue("hash").await;
+        let broker = f.broker();
+        broker
+            .bind_queue(&star, &exchange, "game.*")
+            .await
+            .expect("bind");
+        broker
+            .bind_queue(&hash, &exchange, "game.#")
+            .await
+            .expect("bind");
+        let keys = [
+            "game.created",
+            "game.created.late",
+            "game",
+            "platform.created",
+        ];
+        let batch = keys
+            .iter()
+            .map(|key| Publish {
+                exchange: exchange.clone(),
+                routing_key: (*key).to_owned(),
+                message: message(key),
+                delay: None,
+            })
+            .collect();
+        broker.publish(batch).await.expect("publish");
+
+        let mut consumer = f.consume(&star, 10).await;
+        let delivery = next(&mut consumer).await;
+        assert_eq!(body(&delivery), "game.created");
+        assert_eq!(delivery.exchange, exchange);
+        assert_eq!(delivery.routing_key, "game.created");
+        delivery.ack().await.expect("ack");
+        assert_quiet(&mut consumer).await;
+
+        let mut consumer = f.consume(&hash, 10).await;
+        assert_eq!(
+            take_and_ack(&mut consumer, 3).await,
+            ["game.created", "game.created.late", "game"]
+        );
+        assert_quiet(&mut consumer).await;
+    }
+
+    pub async fn a_direct_exchange_routes_by_exact_key(f: &Fixture) {
+        let exchange = f.exchange("direct", ExchangeKind::Direct).await;
+        let queue = f.queue("direct").await;
+        f.broker()
+            .bind_queue(&queue, &exchange, "exact")
+            .await
+            .expect("bind");
+        let batch = ["exact", "exact.not", "other"]
+            .iter()
+            .map(|key| Publish {
+                exchange: exchange.clone(),
+                routing_key: (*key).to_owned(),
+                message: message(key),
+                delay: None,
+            })
+            .collect();
+        f.broker().publish(batch).await.expect("publish");
+
+        assert_eq!(f.depth(&queue).await, 1);
+        let mut consumer = f.consume(&queue, 10).await;
+        assert_eq!(take_and_ack(&mut consumer, 1).await, ["exact"]);
+    }
+
+    pub async fn a_fanout_exchange_copies_to_every_bound_queue(f: &Fixture) {
+        let exchange = f.exchange("fanout", ExchangeKind::Fanout).await;
+        let audit = f.queue("audit").await;
+        let live = f.queue("live").await;
+        for queue in [&audit, &live] {
+            f.broker()
+                .bind_queue(queue, &exchange, "")
+                .await
+                .expect("bind");
+        }
+        let publish = Publish {
+            exchange: exchange.clone(),
+            routing_key: "anything".into(),
+            message: message("everyone"),
+            delay: None,
+        };
+        f.broker().publish(vec![publish]).await.expect("publish");
+
+        for queue in [&audit, &live] {
+            let mut consumer = f.consume(queue, 10).await;
+            assert_eq!(take_and_ack(&mut consumer, 1).await, ["everyone"]);
+        }
+    }
+
+    pub async fn the_default_exchange_routes_by_queue_name(f: &Fixture) {
+        let queue = f.queue("by_name").await;
+        let other = f.queue("other").await;
+        f.send(&queue, &["mine"]).await;
+        assert_eq!(f.depth(&queue).await, 1);
+        assert_eq!(f.depth(&other).await, 0);
+        let mut consumer = f.consume(&queue, 10).await;
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.exchange, "");
+        assert_eq!(delivery.routing_key, queue);
+        delivery.ack().await.expect("ack");
+    }
+
+    pub async fn publishing_to_an_undeclared_exchange_is_not_found(f: &Fixture) {
+        let publish = Publish {
+            exchange: f.name("never_declared"),
+            routing_key: "key".into(),
+            message: message("lost"),
+            delay: None,
+        };
+        let result = f.broker().publish(vec![publish]).await;
+        assert!(
+            matches!(result, Err(BrokerError::NotFound(_))),
+            "expected NotFound, got {result:?}"
+        );
+    }
+
+    pub async fn an_undeclared_queue_is_not_found(f: &Fixture) {
+        let queue = f.name("never_declared");
+        assert!(matches!(
+            f.broker().queue_depth(&queue).await,
+            Err(BrokerError::NotFound(_))
+        ));
+        assert!(matches!(
+            f.broker().consume(&queue, 1).await,
+            Err(BrokerError::NotFound(_))
+        ));
+    }
+
+    pub async fn declarations_are_idempotent_and_conflicts_are_topology_errors(f: &Fixture) {
+        let queue = f.queue("declared").await;
+        let broker = f.broker();
+        broker
+            .declare_queue(&QueueSpec::durable(&queue))
+            .await
+            .expect("the same declaration again is a no-op");
+        let conflict = broker
+            .declare_queue(&QueueSpec::durable(&queue).with_max_priority(5))
+            .await;
+        assert!(
+            matches!(conflict, Err(BrokerError::Topology(_))),
+            "expected a topology error, got {conflict:?}"
+        );
+
+        let exchange = f.exchange("declared", ExchangeKind::Topic).await;
+        broker
+            .declare_exchange(&exchange, ExchangeKind::Topic)
+            .await
+            .expect("the same declaration again is a no-op");
+        broker
+            .bind_queue(&queue, &exchange, "a.*")
+            .await
+            .expect("bind");
+        broker
+            .bind_queue(&queue, &exchange, "a.*")
+            .await
+            .expect("the same binding again is a no-op");
+        let publish = Publish {
+            exchange,
+            routing_key: "a.b".into(),
+            message: message("once"),
+            delay: None,
+        };
+        broker.publish(vec![publish]).await.expect("publish");
+        assert_eq!(f.depth(&queue).await, 1, "one copy despite two bindings");
+    }
+
+    pub async fn properties_and_headers_round_trip(f: &Fixture) {
+        let queue = f
+            .declare(QueueSpec::durable("properties").with_max_priority(10))
+            .await;
+        let mut sent = message(r#"{"gameId":42}"#);
+        sent.properties = Properties {
+            message_id: Some("event-7".into()),
+            content_type: Some("application/json".into()),
+            correlation_id: Some("request-9".into()),
+            reply_to: Some("replies".into()),
+            priority: 7,
+            persistent: true,
+            headers: [
+                (headers::RETRY_COUNT.to_owned(), HeaderValue::Int(2)),
+                (
+                    headers::TRACEPARENT.to_owned(),
+                    HeaderValue::from("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                ),
+                ("x-flag".to_owned(), HeaderValue::Bool(true)),
+            ]
+            .into(),
+        };
+        f.broker()
+            .publish(vec![Publish::to_queue(&queue, sent.clone())])
+            .await
+            .expect("publish");
+
+        let mut consumer = f.consume(&queue, 10).await;
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.message, sent);
+        delivery.ack().await.expect("ack");
+    }
+
+    pub async fn a_batch_of_a_thousand_is_consumed_exactly_once(f: &Fixture) {
+        let queue = f.queue("batch").await;
+        let bodies: Vec<String> = (0..1000).map(|n| n.to_string()).collect();
+        let batch = bodies
+            .iter()
+            .map(|text| Publish::to_queue(&queue, message(text)))
+            .collect();
+        f.broker().publish(batch).await.expect("publish");
+        assert_eq!(f.depth(&queue).await, 1000);
+
+        let mut consumer = f.consume(&queue, 100).await;
+        assert_eq!(
+            take_and_ack(&mut consumer, 1000).await,
+            bodies,
+            "all, in order"
+        );
+        assert_quiet(&mut consumer).await;
+        assert_eq!(f.depth(&queue).await, 0);
+    }
+
+    pub async fn an_idle_consumer_is_woken_by_a_publish(f: &Fixture) {
+        let queue = f.queue("wake").await;
+        let mut consumer = f.consume(&queue, 10).await;
+        assert_quiet(&mut consumer).await;
+        f.send(&queue, &["wake up"]).await;
+        assert_eq!(take_and_ack(&mut consumer, 1).await, ["wake up"]);
+    }
+
+    pub async fn deleting_a_queue_removes_its_messages(f: &Fixture) {
+        let queue = f.queue("deleted").await;
+        f.send(&queue, &["x", "y"]).await;
+        f.broker().delete_queue(&queue).await.expect("delete");
+        assert!(matches!(
+            f.broker().queue_depth(&queue).await,
+            Err(BrokerError::NotFound(_))
+        ));
+        f.queue("deleted").await;
+        assert_eq!(f.depth(&queue).await, 0, "a redeclared queue starts empty");
+    }
+}
+
+/// Stamps out one `#[tokio::test]` per conformance case, each on a fresh fixture made by
+/// `$open` (an async fn returning a [`Fixture`]).
+macro_rules! conformance_suite {
+    ($open:path) => {
+        conformance_suite!(@cases $open;
+            an_acked_message_is_gone,
+            a_nack_with_requeue_delivers_again_as_redelivered,
+            a_nack_without_requeue_drops_the_message,
+            a_dead_consumers_unacked_messages_go_to_another_consumer,
+            delayed_messages_arrive_in_delay_order_and_never_early,
+            a_delayed_message_counts_in_the_depth_while_it_waits,
+            a_priority_queue_delivers_highest_priority_first_fifo_within_one,
+            a_high_priority_message_overtakes_a_backlog_being_consumed,
+            a_queue_without_max_priority_ignores_priorities,
+            a_dead_lettered_message_lands_in_the_dlq_with_its_reason,
+            dead_lettering_without_a_dlq_fails_and_keeps_the_message,
+            prefetch_bounds_unsettled_deliveries,
+            competing_consumers_share_messages_each_delivered_once,
+            a_topic_exchange_routes_by_star_and_hash,
+            a_direct_exchange_routes_by_exact_key,
+            a_fanout_exchange_copies_to_every_bound_queue,
+            the_default_exchange_routes_by_queue_name,
+            publishing_to_an_undeclared_exchange_is_not_found,
+            an_undeclared_queue_is_not_found,
+            declarations_are_idempotent_and_conflicts_are_topology_errors,
+            properties_and_headers_round_trip,
+            a_batch_of_a_thousand_is_consumed_exactly_once,
+            an_idle_consumer_is_woken_by_a_publish,
+            deleting_a_queue_removes_its_messages,
+        );
+    };
+    (@cases $open:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let fixture = $open().await;
+                super::cases::$case(&fixture).await;
+                fixture.cleanup().await;
+            }
+        )+
+    };
+}
+
+async fn fresh_embedded() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = EmbeddedBroker::open(&dir.path().join("broker.db"))
+        .await
+        .expect("open the embedded broker");
+    Fixture::new(Arc::new(broker), Some(dir))
+}
+
+mod embedded {
+    conformance_suite!(super::fresh_embedded);
+}
+
+/// What only the embedded broker does: it owns a file, so it can be stopped and reopened.
+mod embedded_only {
+    use super::*;
+
+    /// Opens the broker at `path`, waiting for a previous instance in this process to
+    /// finish stopping (its engine releases the file lock when it exits).
+    async fn reopen(path: &Path) -> EmbeddedBroker {
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        loop {
+            match EmbeddedBroker::open(path).await {
+                Ok(broker) => return broker,
+                Err(BrokerError::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("reopen: {error}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_after_an_unclean_stop_redelivers_unacked_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        let broker = EmbeddedBroker::open(&path).await.unwrap();
+        broker
+            .declare_exchange("events", ExchangeKind::Topic)
+            .await
+            .unwrap();
+        broker
+            .declare_queue(&QueueSpec::durable("work"))
+            .await
+            .unwrap();
+        broker.bind_queue("work", "events", "game.*").await.unwrap();
+        let publish = |text: &str| Publish {
+            exchange: "events".into(),
+            routing_key: "game.created".into(),
+            message: message(text),
+            delay: None,
+        };
+        broker
+            .publish(vec![
+                publish("acked"),
+                publish("in flight"),
+                publish("waiting"),
+            ])
+            .await
+            .unwrap();
+        let mut consumer = broker.consume("work", 2).await.unwrap();
+        next(&mut consumer).await.ack().await.unwrap();
+        let in_flight = next(&mut consumer).await;
+        assert_eq!(body(&in_flight), "in flight");
+        // Stop without settling: nothing is acked or requeued on the way out that the
+        // file would not also show after a crash.
+        drop((in_flight, consumer, broker));
+
+        let broker = reopen(&path).await;
+        assert_eq!(broker.queue_depth("work").await.unwrap(), 2);
+        broker.publish(vec![publish("after")]).await.unwrap();
+        let mut consumer = broker.consume("work", 10).await.unwrap();
+        let first = next(&mut consumer).await;
+        assert_eq!(body(&first), "in flight");
+        assert!(first.redelivered, "unacked before the stop: redelivered");
+        let second = next(&mut consumer).await;
+        assert_eq!(body(&second), "waiting");
+        let third = next(&mut consumer).await;
+        assert_eq!(body(&third), "after", "the binding survived the reopen");
+        assert!(!third.redelivered);
+        for delivery in [first, second, third] {
+            delivery.ack().await.unwrap();
+        }
+        assert_quiet(&mut consumer).await;
+    }
+
+    #[tokio::test]
+    async fn delayed_messages_survive_a_reopen_and_still_wait_their_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        let broker = EmbeddedBroker::open(&path).await.unwrap();
+        broker
+            .declare_queue(&QueueSpec::durable("later"))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let publish =
+            Publish::to_queue("later", message("patience")).delayed(Duration::from_millis(300));
+        broker.publish(vec![publish]).await.unwrap();
+        drop(broker);
+
+        let broker = reopen(&path).await;
+        assert_eq!(broker.queue_depth("later").await.unwrap(), 1);
+        let mut consumer = broker.consume("later", 10).await.unwrap();
+        let delivery = next(&mut consumer).await;
+        assert_eq!(body(&delivery), "patience");
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        delivery.ack().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn exclusive_queues_do_not_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.db");
+        let broker = EmbeddedBroker::open(&path).await.unwrap();
+        broker
+            .declare_queue(&QueueSpec::exclusive("live_feed.one"))
+            .await
+            .unwrap();
+        broker
+            .publish(vec![Publish::to_queue("live_feed.one", message("stale"))])
+            .await
+            .unwrap();
+        drop(broker);
+
+        let broker = reopen(&path).await;
+        assert!(matches!(
+            broker.queue_depth("live_feed.one").await,
+            Err(BrokerError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_second_instance_cannot_open_a_file_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("broker.db");
+        let _broker = EmbeddedBroker::open(&path).await.unwrap();
+        match EmbeddedBroker::open(&path).await {
+            Err(BrokerError::Unavailable(message)) => {
+                assert!(message.contains("in use"), "a clear message: {message}")
+            }
+            other => panic!("expected the file to be locked, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_embedded_broker_reports_its_kind_and_answers_pings() {
+        let fixture = fresh_embedded().await;
+        assert_eq!(fixture.broker().kind(), "embedded");
+        fixture.broker().ping().await.unwrap();
+    }
+}

@@ -1,0 +1,397 @@
+//! Background processing end to end: from a catalog write to `completed`, retries,
+//! dead letters, idempotency and version races.
+
+mod common;
+
+use common::{Roles, TestApp, game_body, png, with};
+use retrocat::broker::{Consumer, Delivery, Message, Properties, Publish, headers, topology};
+use retrocat::processing::fetch::{CoverFetcher, FetchConfig};
+use retrocat::processing::retry::RetryPolicy;
+use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A worker the test drives one delivery at a time.
+fn manual_worker(app: &TestApp, simulate_work: Duration) -> Worker {
+    Worker::new(
+        app.parts.store.clone(),
+        app.parts.broker.clone(),
+        CoverFetcher::new(FetchConfig {
+            allow_private: true,
+            ..FetchConfig::default()
+        }),
+        WorkerConfig {
+            simulate_work,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(100),
+            },
+            ..WorkerConfig::default()
+        },
+    )
+}
+
+async fn next_delivery(consumer: &mut Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("consumer open")
+}
+
+async fn history(app: &TestApp, id: &Value) -> Vec<Value> {
+    app.get_json(&format!("/api/games/{id}/history"))
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn outcomes(history: &[Value]) -> Vec<&str> {
+    history
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect()
+}
+
+/// A local image server: `/cover.png` answers a PNG, `/broken` always 503.
+async fn image_server() -> String {
+    use axum::{Router, http::StatusCode, routing::get};
+    let cover = png(640, 480);
+    let app = Router::new()
+        .route(
+            "/cover.png",
+            get(move || {
+                let cover = cover.clone();
+                async move { ([("content-type", "image/png")], cover) }
+            }),
+        )
+        .route("/broken", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_new_game_goes_from_pending_to_completed() {
+    let app = TestApp::spawn().await;
+    let game = app.create_game(&game_body("Shinobi")).await;
+    assert_eq!(game["processingStatus"], "pending");
+    let id = game["id"].as_i64().unwrap();
+    app.wait_for_status(id, "completed", 1).await;
+    let attempts = history(&app, &game["id"]).await;
+    assert_eq!(outcomes(&attempts), ["completed"]);
+    assert_eq!(
+        app.store().outbox_depth().await.unwrap(),
+        0,
+        "every event was relayed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_uploaded_cover_becomes_a_thumbnail() {
+    let app = TestApp::spawn().await;
+    let game = app.create_game(&game_body("Ecco the Dolphin")).await;
+    let id = game["id"].as_i64().unwrap();
+    let response = app
+        .client
+        .put(app.url(&format!("/api/games/{id}/cover")))
+        .header("content-type", "image/png")
+        .body(png(800, 400))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let done = app.wait_for_status(id, "completed", 2).await;
+    assert_eq!(done["thumbnailUrl"], format!("/api/games/{id}/thumbnail"));
+    let thumbnail = app.get(&format!("/api/games/{id}/thumbnail")).await;
+    assert_eq!(thumbnail.headers()["content-type"], "image/png");
+    let image = image::load_from_memory(&thumbnail.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (image.width(), image.height()),
+        (160, 80),
+        "fits 160 px, keeps 2:1"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cover_url_is_fetched_and_thumbnailed() {
+    let images = image_server().await;
+    let app = TestApp::spawn().await;
+    let body = with(
+        game_body("Golden Axe"),
+        "imageUrl",
+        json!(format!("{images}/cover.png")),
+    );
+    let game = app.create_game(&body).await;
+    let done = app
+        .wait_for_status(game["id"].as_i64().unwrap(), "completed", 1)
+        .await;
+    assert!(done["thumbnailUrl"].is_string(), "{done}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered() {
+    let images = image_server().await;
+    let app = TestApp::spawn_with(Roles::Serve, &["--max-attempts", "4"]).await;
+    let body = with(
+        game_body("Altered Beast"),
+        "imageUrl",
+        json!(format!("{images}/broken")),
+    );
+    let game = app.create_game(&body).await;
+    let id = game["id"].as_i64().unwrap();
+    app.wait_for_status(id, "failed", 1).await;
+
+    let attempts = history(&app, &game["id"]).await;
+    assert_eq!(outcomes(&attempts), ["retry", "retry", "retry", "failed"]);
+    assert!(
+        attempts[3]["error"].as_str().unwrap().contains("503"),
+        "{attempts:?}"
+    );
+    // Test settings: 50 ms base delay, doubled, jittered down to half at most.
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let finished =
+            chrono::DateTime::parse_from_rfc3339(pair[0]["finishedAt"].as_str().unwrap()).unwrap();
+        let started =
+            chrono::DateTime::parse_from_rfc3339(pair[1]["startedAt"].as_str().unwrap()).unwrap();
+        let gap = (started - finished).num_milliseconds();
+        let minimum = (50 << n) / 2;
+        assert!(
+            gap >= minimum,
+            "retry {} came after {gap} ms, before its backoff of {minimum} ms",
+            n + 1
+        );
+    }
+
+    let mut dlq = app
+        .broker()
+        .consume(topology::GAME_EVENTS_DLQ, 1)
+        .await
+        .unwrap();
+    let dead = next_delivery(&mut dlq).await;
+    let reason = dead
+        .message
+        .properties
+        .header_str(headers::DEAD_LETTER_REASON)
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("503"), "{reason}");
+    let event: Value = serde_json::from_slice(&dead.message.body).unwrap();
+    assert_eq!(event["gameId"], id);
+    dead.nack(true).await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_has_one_effect() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let worker = manual_worker(&app, Duration::ZERO);
+    let game = app.create_game(&game_body("Duplicated")).await;
+    let mut consumer = app
+        .broker()
+        .consume(topology::GAME_EVENTS_QUEUE, 10)
+        .await
+        .unwrap();
+    let first = next_delivery(&mut consumer).await;
+    // The broker delivers the same message again (a crash before the ack, a relay
+    // that published twice): same id, same body.
+    app.broker()
+        .publish(vec![Publish::to_queue(
+            topology::GAME_EVENTS_QUEUE,
+            first.message.clone(),
+        )])
+        .await
+        .unwrap();
+    let second = next_delivery(&mut consumer).await;
+    assert_eq!(first.message, second.message);
+
+    assert_eq!(worker.handle(first).await.unwrap(), Outcome::Completed);
+    assert_eq!(worker.handle(second).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(outcomes(&history(&app, &game["id"]).await), ["completed"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_older_version_finishing_late_never_overwrites_the_newer_one() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let worker = Arc::new(manual_worker(&app, Duration::from_millis(300)));
+    let game = app.create_game(&game_body("Racing v1")).await;
+    let id = game["id"].as_i64().unwrap();
+    let mut consumer = app
+        .broker()
+        .consume(topology::GAME_EVENTS_QUEUE, 10)
+        .await
+        .unwrap();
+    let v1 = next_delivery(&mut consumer).await;
+
+    // v1 is being processed when the game is updated to v2.
+    let processing_v1 = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.handle(v1).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let updated: Value = app
+        .put_json(&format!("/api/games/{id}"), &game_body("Racing v2"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["version"], 2);
+    assert_eq!(
+        processing_v1.await.unwrap(),
+        Outcome::Skipped,
+        "v1's result is superseded"
+    );
+    let game = app.get_json(&format!("/api/games/{id}")).await;
+    assert_eq!(
+        game["processingStatus"], "pending",
+        "v2 still waits: {game}"
+    );
+
+    let v2 = next_delivery(&mut consumer).await;
+    assert_eq!(worker.handle(v2).await.unwrap(), Outcome::Completed);
+    let game = app.get_json(&format!("/api/games/{id}")).await;
+    assert_eq!(
+        (game["processingStatus"].as_str(), game["version"].as_i64()),
+        (Some("completed"), Some(2))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_for_an_old_version_delivered_after_the_new_one_is_skipped() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+    let worker = manual_worker(&app, Duration::ZERO);
+    let game = app.create_game(&game_body("Order v1")).await;
+    let id = game["id"].as_i64().unwrap();
+    app.put_json(&format!("/api/games/{id}"), &game_body("Order v2"))
+        .await;
+    let mut consumer = app
+        .broker()
+        .consume(topology::GAME_EVENTS_QUEUE, 10)
+        .await
+        .unwrap();
+    let v1 = next_delivery(&mut consumer).await;
+    let v2 = next_delivery(&mut consumer).await;
+    assert_eq!(worker.handle(v2).await.unwrap(), Outcome::Completed);
+    assert_eq!(worker.handle(v1).await.unwrap(), Outcome::Skipped);
+    let game = app.get_json(&format!("/api/games/{id}")).await;
+    assert_eq!(
+        (game["processingStatus"].as_str(), game["version"].as_i64()),
+        (Some("completed"), Some(2))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_the_worker_keeps_going() {
+    let app = TestApp::spawn().await;
+    let poison = [
+        &b"not json"[..],
+        br#"{"action":"create"}"#,
+        br#"{"gameId":1,"action":"explode"}"#,
+    ];
+    let batch = poison
+        .iter()
+        .map(|body| {
+            Publish::to_queue(
+                topology::GAME_EVENTS_QUEUE,
+                Message {
+                    body: body.to_vec().into(),
+                    properties: Properties::default(),
+                },
+            )
+        })
+        .collect();
+    app.broker().publish(batch).await.unwrap();
+    let game = app.create_game(&game_body("After the poison")).await;
+    app.wait_for_status(game["id"].as_i64().unwrap(), "completed", 1)
+        .await;
+
+    let mut dlq = app
+        .broker()
+        .consume(topology::GAME_EVENTS_DLQ, 10)
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..poison.len() {
+        let dead = next_delivery(&mut dlq).await;
+        reasons.push(
+            dead.message
+                .properties
+                .header_str(headers::DEAD_LETTER_REASON)
+                .unwrap()
+                .to_owned(),
+        );
+        dead.ack().await.unwrap();
+    }
+    assert!(reasons.iter().all(|r| !r.is_empty()), "{reasons:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_original_systems_message_is_processed_like_ours() {
+    let app = TestApp::spawn().await;
+    let game = app.create_game(&game_body("Original format")).await;
+    let id = game["id"].as_i64().unwrap();
+    app.wait_for_status(id, "completed", 1).await;
+    // As the original producer sent it: no eventId, no version, action "process".
+    let body = json!({"gameId": id, "action": "process", "gameData": {"title": "Original format"}, "timestamp": "2024-01-01T00:00:00.000Z"});
+    let mut properties = Properties::default();
+    properties
+        .headers
+        .insert(headers::RETRY_COUNT.into(), 0.into());
+    app.broker()
+        .publish(vec![Publish::to_queue(
+            topology::GAME_EVENTS_QUEUE,
+            Message {
+                body: body.to_string().into_bytes().into(),
+                properties,
+            },
+        )])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while outcomes(&history(&app, &game["id"]).await).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the original message was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        outcomes(&history(&app, &game["id"]).await),
+        ["completed", "completed"]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_live_stream_shows_a_game_going_to_completed() {
+    let app = TestApp::spawn().await;
+    let mut stream = app.get("/api/stream").await;
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let game = app.create_game(&game_body("Live")).await;
+    let wanted = format!("\"gameId\":{}", game["id"]);
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(seen.contains("event: game.processed")
+        && seen.contains(&wanted)
+        && seen.contains("\"processingStatus\":\"completed\""))
+    {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("game.processed within 10 s")
+            .unwrap()
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: game.created"), "{seen}");
+    app.stop().await;
+}
