@@ -75,6 +75,19 @@ impl SqliteStore {
             .await
             .map_err(classify)
     }
+
+    /// Appends the write's event to the outbox in the same transaction, commits both,
+    /// and wakes the relay.
+    async fn commit_with_event(
+        &self,
+        mut tx: sqlx::Transaction<'static, Sqlite>,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        insert_outbox(&mut tx, message).await?;
+        tx.commit().await.map_err(classify)?;
+        self.outbox_written.notify_one();
+        Ok(())
+    }
 }
 
 /// Connection-level failures mean "unavailable, retry later"; the rest are bugs.
@@ -462,13 +475,8 @@ impl Store for SqliteStore {
         let game = fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        insert_outbox(
-            &mut tx,
-            &OutboxMessage::game_event(&game, GameAction::Create),
-        )
-        .await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Create))
+            .await?;
         Ok(game)
     }
 
@@ -498,13 +506,8 @@ impl Store for SqliteStore {
         let game = fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        insert_outbox(
-            &mut tx,
-            &OutboxMessage::game_event(&game, GameAction::Update),
-        )
-        .await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Update))
+            .await?;
         Ok(game)
     }
 
@@ -517,13 +520,8 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        insert_outbox(
-            &mut tx,
-            &OutboxMessage::game_event(&game, GameAction::Delete),
-        )
-        .await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Delete))
+            .await?;
         Ok(())
     }
 
@@ -553,13 +551,8 @@ impl Store for SqliteStore {
         let game = fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        insert_outbox(
-            &mut tx,
-            &OutboxMessage::game_event(&game, GameAction::Update),
-        )
-        .await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Update))
+            .await?;
         Ok(game)
     }
 
@@ -577,9 +570,7 @@ impl Store for SqliteStore {
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
         let message = OutboxMessage::game_processed(id, game.version, status, &EventId::generate());
-        insert_outbox(&mut tx, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &message).await?;
         Ok(game)
     }
 
@@ -597,9 +588,7 @@ impl Store for SqliteStore {
         .map_err(|e| unique_conflict(e, &format!("platform {:?}", draft.name.as_str())))?;
         let message =
             OutboxMessage::reference_event("platform", "created", id, Some(draft.name.as_str()));
-        insert_outbox(&mut tx, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &message).await?;
         Ok(Platform {
             id,
             name: draft.name.as_str().to_owned(),
@@ -632,9 +621,7 @@ impl Store for SqliteStore {
         }
         let message =
             OutboxMessage::reference_event("platform", "updated", id, Some(draft.name.as_str()));
-        insert_outbox(&mut tx, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &message).await?;
         Ok(Platform {
             id,
             name: draft.name.as_str().to_owned(),
@@ -659,9 +646,7 @@ impl Store for SqliteStore {
                 .map_err(|e| unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
         let message =
             OutboxMessage::reference_event("genre", "created", id, Some(draft.name.as_str()));
-        insert_outbox(&mut tx, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &message).await?;
         Ok(Genre {
             id,
             name: draft.name.as_str().to_owned(),
@@ -686,9 +671,7 @@ impl Store for SqliteStore {
         }
         let message =
             OutboxMessage::reference_event("genre", "updated", id, Some(draft.name.as_str()));
-        insert_outbox(&mut tx, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &message).await?;
         Ok(Genre {
             id,
             name: draft.name.as_str().to_owned(),
@@ -931,9 +914,7 @@ impl Store for SqliteStore {
         }
         let message =
             OutboxMessage::game_processed(record.game_id, record.version, status, &record.event_id);
-        insert_outbox(&mut tx, &message).await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, &message).await?;
         Ok(FinishOutcome::Applied)
     }
 
@@ -1039,13 +1020,11 @@ impl SqliteStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound { entity, id });
         }
-        insert_outbox(
-            &mut tx,
+        self.commit_with_event(
+            tx,
             &OutboxMessage::reference_event(entity, "deleted", id, None),
         )
         .await?;
-        tx.commit().await.map_err(classify)?;
-        self.outbox_written.notify_one();
         Ok(())
     }
 }
