@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use retrocat::broker::embedded::EmbeddedBroker;
+use retrocat::broker::rabbitmq::RabbitMqBroker;
 use retrocat::broker::{
     Broker, BrokerError, Consumer, Delivery, ExchangeKind, HeaderValue, Message, Properties,
     Publish, QueueSpec, headers,
@@ -689,7 +690,8 @@ mod cases {
 }
 
 /// Stamps out one `#[tokio::test]` per conformance case, each on a fresh fixture made by
-/// `$open` (an async fn returning a [`Fixture`]).
+/// `$open` (an async fn returning a [`Fixture`], or `None` when its broker is not
+/// configured here and the case is skipped).
 macro_rules! conformance_suite {
     ($open:path) => {
         conformance_suite!(@cases $open;
@@ -723,7 +725,7 @@ macro_rules! conformance_suite {
         $(
             #[tokio::test]
             async fn $case() {
-                let fixture = $open().await;
+                let Some(fixture) = $open().await else { return };
                 super::cases::$case(&fixture).await;
                 fixture.cleanup().await;
             }
@@ -731,16 +733,32 @@ macro_rules! conformance_suite {
     };
 }
 
-async fn fresh_embedded() -> Fixture {
+async fn fresh_embedded() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = EmbeddedBroker::open(&dir.path().join("broker.db"))
         .await
         .expect("open the embedded broker");
-    Fixture::new(Arc::new(broker), Some(dir))
+    Some(Fixture::new(Arc::new(broker), Some(dir)))
+}
+
+/// A connection to the RabbitMQ at `TEST_RABBITMQ_URL`; the case is skipped without it.
+async fn fresh_rabbitmq() -> Option<Fixture> {
+    let Ok(url) = std::env::var("TEST_RABBITMQ_URL") else {
+        eprintln!("skipped: set TEST_RABBITMQ_URL to run the conformance suite on RabbitMQ");
+        return None;
+    };
+    let broker = RabbitMqBroker::connect(&url)
+        .await
+        .expect("connect to TEST_RABBITMQ_URL");
+    Some(Fixture::new(Arc::new(broker), None))
 }
 
 mod embedded {
     conformance_suite!(super::fresh_embedded);
+}
+
+mod rabbitmq {
+    conformance_suite!(super::fresh_rabbitmq);
 }
 
 /// What only the embedded broker does: it owns a file, so it can be stopped and reopened.
@@ -877,7 +895,7 @@ mod embedded_only {
 
     #[tokio::test]
     async fn the_embedded_broker_reports_its_kind_and_answers_pings() {
-        let fixture = fresh_embedded().await;
+        let fixture = fresh_embedded().await.expect("embedded always runs");
         assert_eq!(fixture.broker().kind(), "embedded");
         fixture.broker().ping().await.unwrap();
     }

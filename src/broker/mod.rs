@@ -11,6 +11,7 @@
 //! consumer dies, is delivered again. Consumers are therefore idempotent.
 
 pub mod embedded;
+pub mod rabbitmq;
 pub mod topology;
 
 use async_trait::async_trait;
@@ -122,6 +123,17 @@ impl Properties {
 
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(HeaderValue::as_str)
+    }
+
+    /// Adds the headers that say why, from where and when a message was dead-lettered.
+    pub fn mark_dead_lettered(&mut self, reason: &str, queue: &str) {
+        let headers = &mut self.headers;
+        headers.insert(headers::DEAD_LETTER_REASON.into(), reason.into());
+        headers.insert(headers::DEAD_LETTER_QUEUE.into(), queue.into());
+        headers.insert(
+            headers::DEAD_LETTERED_AT.into(),
+            HeaderValue::Str(chrono::Utc::now().to_rfc3339()),
+        );
     }
 }
 

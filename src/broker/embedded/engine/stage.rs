@@ -9,7 +9,7 @@ use super::{Engine, Reply, now_ms};
 use crate::broker::embedded::queue::{Entry, Key, QueueState};
 use crate::broker::embedded::routing::Exchange;
 use crate::broker::embedded::store::NewRow;
-use crate::broker::{BrokerError, HeaderValue, Publish, headers};
+use crate::broker::{BrokerError, Publish};
 
 /// Changes staged for the next commit, and what to do once it is durable.
 #[derive(Default)]
@@ -142,13 +142,7 @@ impl Engine {
         })?;
 
         let mut message = entry.message.clone();
-        let headers = &mut message.properties.headers;
-        headers.insert(headers::DEAD_LETTER_REASON.into(), reason.into());
-        headers.insert(headers::DEAD_LETTER_QUEUE.into(), queue.into());
-        headers.insert(
-            headers::DEAD_LETTERED_AT.into(),
-            HeaderValue::Str(chrono::Utc::now().to_rfc3339()),
-        );
+        message.properties.mark_dead_lettered(reason, queue);
         let properties = serde_json::to_string(&message.properties)
             .map_err(|error| BrokerError::Other(format!("message properties: {error}")))?;
         let priority = dlq.effective_priority(message.properties.priority);

@@ -1,0 +1,686 @@
+//! The [`Broker`] on RabbitMQ, through lapin: what runs when `RABBITMQ_URL` is set.
+//!
+//! One connection per process. Publishing goes through one confirm-mode channel, so a
+//! batch returns only once RabbitMQ has confirmed every message; each consumer gets its
+//! own channel with its prefetch as QoS. Declarations and queue lookups use a short-lived
+//! channel each, because RabbitMQ answers a conflict or a missing queue by closing the
+//! channel it came on.
+//!
+//! Two things AMQP lacks are built from its parts, with the same behaviour as the
+//! embedded broker:
+//! - delays: a delayed message waits in a delay queue (`<target>.delay.<ms>`) whose
+//!   message TTL is the delay and whose dead-letter route is the message's real
+//!   destination; the queue is re-declared on each use and expires when idle;
+//! - dead-lettering with a reason: the consumer republishes the message, with the
+//!   reason headers, to its queue's dead-letter queue and acknowledges it only after
+//!   the broker confirmed the copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
+
+use super::{
+    Acker, Broker, BrokerError, Consumer, Delivery, ExchangeKind, HeaderValue, Headers, Message,
+    Properties, Publish, QueueSpec,
+};
+
+/// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
+const DELAY_QUEUE_IDLE: Duration = Duration::from_secs(60);
+
+pub struct RabbitMqBroker {
+    connection: Arc<Connection>,
+    publisher: Arc<Publisher>,
+    /// What this process declared, so a consumer knows its queue's dead-letter queue and
+    /// the depth of a queue can include the delay queues feeding it.
+    declared: Arc<Mutex<Declared>>,
+}
+
+#[derive(Default)]
+struct Declared {
+    dead_letter_queues: HashMap<String, String>,
+    delay_queues: HashMap<String, Vec<String>>,
+}
+
+impl RabbitMqBroker {
+    /// Connects to `url` (`amqp://` or `amqps://`).
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {e}")))?;
+        let connection = Arc::new(connection);
+        Ok(Self {
+            publisher: Arc::new(Publisher {
+                connection: connection.clone(),
+                channel: AsyncMutex::new(None),
+            }),
+            connection,
+            declared: Arc::default(),
+        })
+    }
+
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        self.connection.create_channel().await.map_err(classify)
+    }
+
+    /// Runs `op` on a channel of its own and closes it, whatever the outcome.
+    async fn on_own_channel<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        let channel = self.channel().await?;
+        let result = op(channel.clone()).await.map_err(classify);
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        result
+    }
+
+    /// Declares the delay queue that holds messages for `exchange`/`routing_key` for
+    /// `delay`, and returns its name.
+    async fn declare_delay_queue(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        delay: Duration,
+    ) -> Result<String, BrokerError> {
+        let ms = delay_bucket(delay);
+        let target = if exchange.is_empty() {
+            routing_key.to_owned()
+        } else {
+            format!("{exchange}.{routing_key}")
+        };
+        let name = format!("{target}.delay.{ms}");
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(ms + DELAY_QUEUE_IDLE.as_millis() as i64),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(exchange.into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(routing_key.into()),
+        );
+        let queue = name.clone();
+        self.on_own_channel(|channel| async move {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    arguments,
+                )
+                .await
+        })
+        .await?;
+        if exchange.is_empty() {
+            let mut declared = self.declared.lock().expect("declared lock");
+            let delays = declared.delay_queues.entry(target).or_default();
+            if !delays.contains(&name) {
+                delays.push(name.clone());
+            }
+        }
+        Ok(name)
+    }
+
+    /// Messages ready in one queue, or `None` when it does not exist.
+    async fn ready(&self, queue: &str) -> Result<Option<u64>, BrokerError> {
+        let name = queue.to_owned();
+        let result = self
+            .on_own_channel(|channel| async move {
+                channel
+                    .queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .await;
+        match result {
+            Ok(state) => Ok(Some(u64::from(state.message_count()))),
+            Err(BrokerError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RabbitMqBroker {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), BrokerError> {
+        let kind = match kind {
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        };
+        let name = name.to_owned();
+        self.on_own_channel(|channel| async move {
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        let mut arguments = FieldTable::default();
+        if let Some(max) = spec.max_priority {
+            arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
+        }
+        let options = QueueDeclareOptions {
+            durable: spec.durable,
+            exclusive: spec.exclusive,
+            auto_delete: spec.exclusive,
+            ..QueueDeclareOptions::default()
+        };
+        let name = spec.name.clone();
+        self.on_own_channel(|channel| async move {
+            channel
+                .queue_declare(name.as_str().into(), options, arguments)
+                .await
+        })
+        .await
+        .map_err(|error| match error {
+            BrokerError::Topology(reason) => BrokerError::Topology(format!(
+                "queue {:?} exists with other arguments ({reason}); delete it \
+                 (rabbitmqctl delete_queue {}) or declare it the same way",
+                spec.name, spec.name
+            )),
+            other => other,
+        })?;
+        if let Some(dlq) = &spec.dead_letter_queue {
+            self.declared
+                .lock()
+                .expect("declared lock")
+                .dead_letter_queues
+                .insert(spec.name.clone(), dlq.clone());
+        }
+        Ok(())
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        pattern: &str,
+    ) -> Result<(), BrokerError> {
+        let (queue, exchange, pattern) =
+            (queue.to_owned(), exchange.to_owned(), pattern.to_owned());
+        self.on_own_channel(|channel| async move {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    pattern.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        let delays = self
+            .declared
+            .lock()
+            .expect("declared lock")
+            .delay_queues
+            .remove(name)
+            .unwrap_or_default();
+        for queue in delays.iter().map(String::as_str).chain([name]) {
+            let queue = queue.to_owned();
+            self.on_own_channel(|channel| async move {
+                channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
+        let mut routed = Vec::with_capacity(batch.len());
+        let mut delay_queues: HashMap<(String, String, Duration), String> = HashMap::new();
+        for publish in batch {
+            match publish.delay.filter(|delay| !delay.is_zero()) {
+                None => routed.push((publish.exchange, publish.routing_key, publish.message)),
+                Some(delay) => {
+                    let key = (publish.exchange.clone(), publish.routing_key.clone(), delay);
+                    let queue = match delay_queues.get(&key) {
+                        Some(queue) => queue.clone(),
+                        None => {
+                            self.ensure_exchange_exists(&publish.exchange).await?;
+                            let queue = self
+                                .declare_delay_queue(&publish.exchange, &publish.routing_key, delay)
+                                .await?;
+                            delay_queues.insert(key, queue.clone());
+                            queue
+                        }
+                    };
+                    routed.push((String::new(), queue, publish.message));
+                }
+            }
+        }
+        self.publisher.publish(&routed).await
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(classify)?;
+        let mut stream = channel
+            .basic_consume(
+                queue.into(),
+                ShortString::from(format!("retrocat-{}", uuid::Uuid::now_v7())),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(classify)?;
+        let dead_letter_queue = self
+            .declared
+            .lock()
+            .expect("declared lock")
+            .dead_letter_queues
+            .get(queue)
+            .cloned();
+        let source = queue.to_owned();
+        let publisher = self.publisher.clone();
+        let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    () = sender.closed() => break,
+                };
+                let Some(Ok(delivery)) = next else { break };
+                let message = Message {
+                    body: Bytes::from(delivery.data.clone()),
+                    properties: from_amqp(&delivery.properties),
+                };
+                let acker = RabbitAcker {
+                    channel: channel.clone(),
+                    delivery_tag: delivery.delivery_tag,
+                    queue: source.clone(),
+                    dead_letter_queue: dead_letter_queue.clone(),
+                    message: message.clone(),
+                    publisher: publisher.clone(),
+                    settled: false,
+                };
+                let delivery = Delivery::new(
+                    message,
+                    delivery.exchange.to_string(),
+                    delivery.routing_key.to_string(),
+                    delivery.redelivered,
+                    Box::new(acker),
+                );
+                if sender.send(delivery).await.is_err() {
+                    break;
+                }
+            }
+            // Closing the channel returns every unacknowledged delivery to the queue.
+            if channel.status().connected() {
+                let _ = channel.close(200, "consumer dropped".into()).await;
+            }
+        });
+        Ok(Consumer::new(receiver))
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
+        let Some(ready) = self.ready(queue).await? else {
+            return Err(BrokerError::NotFound(format!("queue {queue:?}")));
+        };
+        let delays = self
+            .declared
+            .lock()
+            .expect("declared lock")
+            .delay_queues
+            .get(queue)
+            .cloned()
+            .unwrap_or_default();
+        let mut depth = ready;
+        for delay_queue in delays {
+            depth += self.ready(&delay_queue).await?.unwrap_or(0);
+        }
+        Ok(depth)
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        if self.connection.status().connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(
+                "the RabbitMQ connection is down".into(),
+            ))
+        }
+    }
+}
+
+impl RabbitMqBroker {
+    /// Fails with [`BrokerError::NotFound`] unless `exchange` exists (`""` always does):
+    /// a delayed message must not wait only to be dropped at its destination.
+    async fn ensure_exchange_exists(&self, exchange: &str) -> Result<(), BrokerError> {
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        let name = exchange.to_owned();
+        self.on_own_channel(|channel| async move {
+            channel
+                .exchange_declare(
+                    name.as_str().into(),
+                    lapin::ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        })
+        .await
+    }
+}
+
+/// The confirm-mode channel every publish goes through, replaced when it closes.
+/// Shared by the broker and its deliveries' ackers (dead-lettering publishes a copy).
+struct Publisher {
+    connection: Arc<Connection>,
+    channel: AsyncMutex<Option<Channel>>,
+}
+
+impl Publisher {
+    /// Sends a batch on the publisher channel and waits for every confirm.
+    async fn publish(&self, batch: &[(String, String, Message)]) -> Result<(), BrokerError> {
+        let mut guard = self.channel.lock().await;
+        let channel = match guard.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self.connection.create_channel().await.map_err(classify)?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(classify)?;
+                *guard = Some(channel.clone());
+                channel
+            }
+        };
+        let mut confirms = Vec::with_capacity(batch.len());
+        for (exchange, routing_key, message) in batch {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &message.body,
+                    to_amqp(&message.properties),
+                )
+                .await
+                .map_err(classify)?;
+            confirms.push((exchange, routing_key, confirm));
+        }
+        // As in AMQP, a message no binding matches is dropped; the topology gives the
+        // exchanges that matter an alternate exchange to catch those.
+        for (exchange, routing_key, confirm) in confirms {
+            match confirm.await.map_err(classify)? {
+                Confirmation::Ack(_) => {}
+                Confirmation::Nack(_) => {
+                    return Err(BrokerError::Other(format!(
+                        "RabbitMQ refused a message for {exchange:?}/{routing_key:?}"
+                    )));
+                }
+                Confirmation::NotRequested => {
+                    return Err(BrokerError::Other(
+                        "the publisher channel is not in confirm mode".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct RabbitAcker {
+    channel: Channel,
+    delivery_tag: u64,
+    queue: String,
+    dead_letter_queue: Option<String>,
+    message: Message,
+    publisher: Arc<Publisher>,
+    settled: bool,
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(&mut self) -> Result<(), BrokerError> {
+        self.settled = true;
+        self.channel
+            .basic_ack(self.delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(classify)
+    }
+
+    async fn nack(&mut self, requeue: bool) -> Result<(), BrokerError> {
+        self.settled = true;
+        self.channel
+            .basic_nack(
+                self.delivery_tag,
+                BasicNackOptions {
+                    requeue,
+                    ..BasicNackOptions::default()
+                },
+            )
+            .await
+            .map_err(classify)
+    }
+
+    async fn dead_letter(&mut self, reason: &str) -> Result<(), BrokerError> {
+        let Some(dlq) = self.dead_letter_queue.clone() else {
+            self.nack(true).await?;
+            return Err(BrokerError::NotFound(format!(
+                "queue {:?} has no dead-letter queue",
+                self.queue
+            )));
+        };
+        let mut copy = self.message.clone();
+        copy.properties.mark_dead_lettered(reason, &self.queue);
+        // Settled only once the copy is confirmed: a crash in between duplicates the
+        // message in the DLQ rather than losing it.
+        match self.publisher.publish(&[(String::new(), dlq, copy)]).await {
+            Ok(()) => self.ack().await,
+            Err(error) => {
+                self.nack(true).await?;
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for RabbitAcker {
+    fn drop(&mut self) {
+        if !self.settled && self.channel.status().connected() {
+            let channel = self.channel.clone();
+            let tag = self.delivery_tag;
+            tokio::spawn(async move {
+                let _ = channel
+                    .basic_nack(
+                        tag,
+                        BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        },
+                    )
+                    .await;
+            });
+        }
+    }
+}
+
+/// The delay queue a delay waits in, in milliseconds: the delay rounded *up* to two
+/// significant digits, so jittered retry delays share a few queues and no message is
+/// delivered before its time (it may be up to 10 % late).
+fn delay_bucket(delay: Duration) -> i64 {
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut unit = 1;
+    while ms / unit >= 100 {
+        unit *= 10;
+    }
+    i64::try_from(ms.div_ceil(unit).saturating_mul(unit)).unwrap_or(i64::MAX)
+}
+
+fn to_amqp(properties: &Properties) -> BasicProperties {
+    let mut amqp = BasicProperties::default()
+        .with_delivery_mode(if properties.persistent { 2 } else { 1 })
+        .with_priority(properties.priority);
+    if let Some(id) = &properties.message_id {
+        amqp = amqp.with_message_id(id.as_str().into());
+    }
+    if let Some(content_type) = &properties.content_type {
+        amqp = amqp.with_content_type(content_type.as_str().into());
+    }
+    if let Some(id) = &properties.correlation_id {
+        amqp = amqp.with_correlation_id(id.as_str().into());
+    }
+    if let Some(reply_to) = &properties.reply_to {
+        amqp = amqp.with_reply_to(reply_to.as_str().into());
+    }
+    if !properties.headers.is_empty() {
+        let mut table = FieldTable::default();
+        for (name, value) in &properties.headers {
+            let value = match value {
+                HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
+                HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+                HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            };
+            table.insert(name.as_str().into(), value);
+        }
+        amqp = amqp.with_headers(table);
+    }
+    amqp
+}
+
+fn from_amqp(amqp: &BasicProperties) -> Properties {
+    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
+    let mut headers = Headers::new();
+    if let Some(table) = amqp.headers() {
+        for (name, value) in table.inner() {
+            let value = match value {
+                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+                AMQPValue::ShortShortInt(n) => HeaderValue::Int(i64::from(*n)),
+                AMQPValue::ShortShortUInt(n) => HeaderValue::Int(i64::from(*n)),
+                AMQPValue::ShortInt(n) => HeaderValue::Int(i64::from(*n)),
+                AMQPValue::ShortUInt(n) => HeaderValue::Int(i64::from(*n)),
+                AMQPValue::LongInt(n) => HeaderValue::Int(i64::from(*n)),
+                AMQPValue::LongUInt(n) => HeaderValue::Int(i64::from(*n)),
+                AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
+                AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
+                AMQPValue::LongString(s) => {
+                    HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                // Headers of other types (x-death tables, floats) are not ours to read.
+                _ => continue,
+            };
+            headers.insert(name.as_str().to_owned(), value);
+        }
+    }
+    Properties {
+        message_id: text(amqp.message_id()),
+        content_type: text(amqp.content_type()),
+        correlation_id: text(amqp.correlation_id()),
+        reply_to: text(amqp.reply_to()),
+        priority: amqp.priority().unwrap_or(0),
+        persistent: *amqp.delivery_mode() == Some(2),
+        headers,
+    }
+}
+
+/// Maps lapin's errors to what callers act on: retry later, fix the topology, or a
+/// missing exchange or queue.
+fn classify(error: lapin::Error) -> BrokerError {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
+                BrokerError::NotFound(amqp.get_message().to_string())
+            }
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => {
+                BrokerError::Topology(amqp.get_message().to_string())
+            }
+            _ => BrokerError::Other(error.to_string()),
+        },
+        // Connection and channel failures: the caller retries once the broker is back.
+        _ => BrokerError::Unavailable(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_two_significant_digits() {
+        let bucket = |ms| delay_bucket(Duration::from_millis(ms));
+        assert_eq!(bucket(0), 1);
+        assert_eq!(bucket(87), 87);
+        assert_eq!(bucket(100), 100);
+        assert_eq!(bucket(1234), 1300);
+        assert_eq!(bucket(1300), 1300);
+        assert_eq!(bucket(23_456), 24_000);
+        assert_eq!(bucket(60_000), 60_000);
+    }
+
+    #[test]
+    fn properties_survive_the_amqp_mapping() {
+        let properties = Properties {
+            message_id: Some("event-1".into()),
+            content_type: Some("application/json".into()),
+            correlation_id: Some("c".into()),
+            reply_to: Some("r".into()),
+            priority: 4,
+            persistent: true,
+            headers: [
+                ("x-retry-count".to_owned(), HeaderValue::Int(3)),
+                ("x-flag".to_owned(), HeaderValue::Bool(false)),
+                ("traceparent".to_owned(), HeaderValue::from("00-abc-01")),
+            ]
+            .into(),
+        };
+        assert_eq!(from_amqp(&to_amqp(&properties)), properties);
+    }
+}
