@@ -1,7 +1,7 @@
 //! Builds the roles and runs them. `serve` is literally `api` and `worker` composed.
 
 use crate::api::{self, ApiContext, stream::LiveFeed};
-use crate::broker::{Broker, embedded::EmbeddedBroker, topology};
+use crate::broker::{Broker, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, topology};
 use crate::cli::{Cli, Command, ServeArgs};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
@@ -82,10 +82,16 @@ pub async fn connect_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
 
 async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
     if let Some(url) = &storage.rabbitmq_url {
-        bail!(
-            "RABBITMQ_URL={url:?}: RabbitMQ support is not in this build yet; unset \
-             RABBITMQ_URL to use the embedded broker"
-        );
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            bail!(
+                "RABBITMQ_URL must start with amqp:// or amqps:// (got {url:?}); unset it \
+                 to use the embedded broker"
+            );
+        }
+        let broker = RabbitMqBroker::connect(url)
+            .await
+            .context("is RabbitMQ running, and are RABBITMQ_URL's credentials right?")?;
+        return Ok(Arc::new(broker));
     }
     let broker = EmbeddedBroker::open(&storage.broker_path)
         .await
