@@ -41,7 +41,7 @@ use super::{
 const DELAY_QUEUE_IDLE: Duration = Duration::from_secs(60);
 
 pub struct RabbitMqBroker {
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     publisher: Arc<Publisher>,
     /// What this process declared, so a consumer knows its queue's dead-letter queue and
     /// the depth of a queue can include the delay queues feeding it.
@@ -57,22 +57,22 @@ struct Declared {
 impl RabbitMqBroker {
     /// Connects to `url` (`amqp://` or `amqps://`).
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(|e| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {e}")))?;
-        let connection = Arc::new(connection);
+        let link = Arc::new(Link {
+            connection: AsyncMutex::new(Arc::new(Link::open(url).await?)),
+            url: url.to_owned(),
+        });
         Ok(Self {
             publisher: Arc::new(Publisher {
-                connection: connection.clone(),
+                link: link.clone(),
                 channel: AsyncMutex::new(None),
             }),
-            connection,
+            link,
             declared: Arc::default(),
         })
     }
 
     async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.connection.create_channel().await.map_err(classify)
+        self.link.channel().await
     }
 
     /// Runs `op` on a channel of its own and closes it, whatever the outcome.
@@ -384,13 +384,7 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        if self.connection.status().connected() {
-            Ok(())
-        } else {
-            Err(BrokerError::Unavailable(
-                "the RabbitMQ connection is down".into(),
-            ))
-        }
+        self.link.connection().await.map(drop)
     }
 }
 
@@ -419,10 +413,45 @@ impl RabbitMqBroker {
     }
 }
 
+/// The process's one connection, opened again on first use after it dropped (broker
+/// restart, network). Callers already retry with backoff on `Unavailable`, so
+/// reconnecting lazily is all recovery needs: consumers end when their channel dies and
+/// are started again, publishes are retried from the outbox, declarations re-run.
+struct Link {
+    url: String,
+    connection: AsyncMutex<Arc<Connection>>,
+}
+
+impl Link {
+    async fn open(url: &str) -> Result<Connection, BrokerError> {
+        Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {e}")))
+    }
+
+    /// The live connection, reconnecting first if it dropped.
+    async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut current = self.connection.lock().await;
+        if !current.status().connected() {
+            *current = Arc::new(Self::open(&self.url).await?);
+            tracing::info!("reconnected to RabbitMQ");
+        }
+        Ok(current.clone())
+    }
+
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        self.connection()
+            .await?
+            .create_channel()
+            .await
+            .map_err(classify)
+    }
+}
+
 /// The confirm-mode channel every publish goes through, replaced when it closes.
 /// Shared by the broker and its deliveries' ackers (dead-lettering publishes a copy).
 struct Publisher {
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     channel: AsyncMutex<Option<Channel>>,
 }
 
@@ -433,7 +462,7 @@ impl Publisher {
         let channel = match guard.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = self.connection.create_channel().await.map_err(classify)?;
+                let channel = self.link.channel().await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
