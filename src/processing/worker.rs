@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     pub thumbnail_side: u32,
     /// How long in-flight deliveries may take to finish after shutdown is requested.
     pub shutdown_grace: Duration,
+    /// Names this worker in the attempts it records.
+    pub worker_id: String,
 }
 
 impl Default for WorkerConfig {
@@ -43,6 +45,7 @@ impl Default for WorkerConfig {
             simulate_work: Duration::ZERO,
             thumbnail_side: 160,
             shutdown_grace: Duration::from_secs(10),
+            worker_id: default_worker_id(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl Worker {
             started_at,
             finished_at: Utc::now(),
             result,
+            worker: self.config.worker_id.clone(),
         };
 
         if event.action == GameAction::Delete {
@@ -348,6 +352,19 @@ impl Worker {
             .map_err(|e| Failure::Permanent(format!("cover image: {e}")))?;
         Ok(Some(thumbnail))
     }
+}
+
+/// `HOST-PID`: unique among the workers of one deployment, and says where to look.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "retrocat".into()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
 }
 
 /// Logs how a delivery ended. A delivery whose handling failed was dropped unsettled and

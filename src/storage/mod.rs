@@ -161,6 +161,8 @@ pub struct Attempt {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_ms: i64,
+    /// The worker that made the attempt (`--worker-id`); absent for older rows.
+    pub worker: Option<String>,
 }
 
 /// What a worker needs to process one version of a game.
@@ -194,6 +196,8 @@ pub struct ProcessingRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub result: ProcessingResult,
+    /// The worker that made the attempt.
+    pub worker: String,
 }
 
 #[derive(Clone, Debug)]

@@ -739,7 +739,7 @@ impl Store for SqliteStore {
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError> {
         let rows = sqlx::query(
             "SELECT event_id, version, attempt, outcome, error, started_at, finished_at, \
-             duration_ms FROM processing_attempts WHERE game_id = ? ORDER BY id",
+             duration_ms, worker FROM processing_attempts WHERE game_id = ? ORDER BY id",
         )
         .bind(game_id)
         .fetch_all(&self.pool)
@@ -757,6 +757,7 @@ impl Store for SqliteStore {
                     started_at: from_ms(row.try_get("started_at")?),
                     finished_at: from_ms(row.try_get("finished_at")?),
                     duration_ms: row.try_get("duration_ms")?,
+                    worker: row.try_get("worker")?,
                 })
             })
             .collect()
@@ -840,7 +841,8 @@ impl Store for SqliteStore {
         let finished = record.finished_at.timestamp_millis();
         sqlx::query(
             "INSERT INTO processing_attempts (event_id, game_id, version, attempt, outcome, \
-             error, started_at, finished_at, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             error, started_at, finished_at, duration_ms, worker) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(record.event_id.as_str())
         .bind(record.game_id)
@@ -851,6 +853,7 @@ impl Store for SqliteStore {
         .bind(started)
         .bind(finished)
         .bind((finished - started).max(0))
+        .bind(&record.worker)
         .execute(&mut *tx)
         .await?;
 
