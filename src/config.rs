@@ -3,6 +3,8 @@
 //! Every setting is a clap argument with an `env` fallback, so `--help` documents the
 //! whole configuration and the defaults run the complete system with nothing installed.
 
+use crate::broker::QueueType;
+use crate::broker::topology::TopologyConfig;
 use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
 use crate::processing::retry::RetryPolicy;
@@ -36,6 +38,26 @@ pub struct StorageArgs {
         global = true
     )]
     pub broker_path: PathBuf,
+
+    /// Type of `game_events` and its dead-letter queue on RabbitMQ. quorum replicates
+    /// them across a cluster, but the original system's clients, which declare
+    /// `game_events` as a plain classic queue, can then no longer declare it.
+    #[arg(
+        long,
+        env = "RETROCAT_QUEUE_TYPE",
+        value_enum,
+        default_value_t = QueueType::Classic,
+        global = true
+    )]
+    pub queue_type: QueueType,
+}
+
+impl StorageArgs {
+    pub fn topology(&self) -> TopologyConfig {
+        TopologyConfig {
+            queue_type: self.queue_type,
+        }
+    }
 }
 
 /// The HTTP API and web UI.
@@ -118,6 +140,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETROCAT_FETCH_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub fetch_max_bytes: usize,
 
+    /// Name recorded with each processing attempt (default: HOST-PID), to tell
+    /// workers apart in a game's history.
+    #[arg(long, env = "RETROCAT_WORKER_ID")]
+    pub worker_id: Option<String>,
+
     /// How long in-flight events may take to finish after SIGTERM.
     #[arg(long, env = "RETROCAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -135,6 +162,10 @@ impl WorkerArgs {
             },
             simulate_work: self.simulate_work,
             shutdown_grace: self.shutdown_grace,
+            worker_id: self
+                .worker_id
+                .clone()
+                .unwrap_or_else(crate::processing::worker::default_worker_id),
             ..WorkerConfig::default()
         }
     }

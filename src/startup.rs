@@ -55,7 +55,7 @@ impl Components {
     pub async fn connect(storage: &StorageArgs) -> anyhow::Result<Self> {
         let store = connect_store(&storage.database_url).await?;
         let broker = connect_broker(storage).await?;
-        topology::declare(broker.as_ref())
+        topology::declare(broker.as_ref(), storage.topology())
             .await
             .context("declaring the broker topology")?;
         Ok(Self { store, broker })

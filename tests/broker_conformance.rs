@@ -20,8 +20,8 @@ use bytes::Bytes;
 use retrocat::broker::embedded::EmbeddedBroker;
 use retrocat::broker::rabbitmq::RabbitMqBroker;
 use retrocat::broker::{
-    Broker, BrokerError, Consumer, Delivery, ExchangeKind, HeaderValue, Message, Properties,
-    Publish, QueueSpec, headers,
+    Broker, BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, HeaderValue, Message,
+    Properties, Publish, QueueSpec, QueueType, headers,
 };
 
 /// How long a delivery that should come may take before the test fails.
@@ -76,12 +76,24 @@ impl Fixture {
     }
 
     async fn exchange(&self, base: &str, kind: ExchangeKind) -> String {
-        let name = self.name(base);
+        self.exchange_with(base, kind, None).await
+    }
+
+    /// Declares an exchange under a unique version of `base`, with an optional
+    /// alternate exchange, and returns its name.
+    async fn exchange_with(
+        &self,
+        base: &str,
+        kind: ExchangeKind,
+        alternate: Option<&str>,
+    ) -> String {
+        let mut spec = ExchangeSpec::new(self.name(base), kind);
+        spec.alternate_exchange = alternate.map(str::to_owned);
         self.broker
-            .declare_exchange(&name, kind)
+            .declare_exchange(&spec)
             .await
             .expect("declare exchange");
-        name
+        spec.name
     }
 
     async fn send(&self, queue: &str, bodies: &[&str]) {
@@ -594,7 +606,7 @@ mod cases {
 
         let exchange = f.exchange("declared", ExchangeKind::Topic).await;
         broker
-            .declare_exchange(&exchange, ExchangeKind::Topic)
+            .declare_exchange(&ExchangeSpec::new(&exchange, ExchangeKind::Topic))
             .await
             .expect("the same declaration again is a no-op");
         broker
@@ -613,6 +625,54 @@ mod cases {
         };
         broker.publish(vec![publish]).await.expect("publish");
         assert_eq!(f.depth(&queue).await, 1, "one copy despite two bindings");
+    }
+
+    pub async fn an_unroutable_message_is_kept_by_the_alternate_exchange(f: &Fixture) {
+        let net = f.exchange("unrouted", ExchangeKind::Fanout).await;
+        let caught = f.queue("caught").await;
+        f.broker()
+            .bind_queue(&caught, &net, "#")
+            .await
+            .expect("bind");
+        let exchange = f
+            .exchange_with("with_net", ExchangeKind::Topic, Some(&net))
+            .await;
+        let known = f.queue("known").await;
+        f.broker()
+            .bind_queue(&known, &exchange, "known.*")
+            .await
+            .expect("bind");
+        let publish = |key: &str, text: &str| Publish {
+            exchange: exchange.clone(),
+            routing_key: key.into(),
+            message: message(text),
+            delay: None,
+        };
+        f.broker()
+            .publish(vec![
+                publish("known.key", "routed"),
+                publish("nobody.listens", "stray"),
+            ])
+            .await
+            .expect("publish");
+
+        let mut consumer = f.consume(&caught, 10).await;
+        let stray = next(&mut consumer).await;
+        assert_eq!(body(&stray), "stray");
+        assert_eq!(stray.exchange, exchange, "it keeps its original exchange");
+        assert_eq!(stray.routing_key, "nobody.listens", "and routing key");
+        stray.ack().await.expect("ack");
+        assert_quiet(&mut consumer).await;
+        assert_eq!(f.depth(&known).await, 1, "a routable message is not copied");
+
+        let other_net = f
+            .broker()
+            .declare_exchange(&ExchangeSpec::new(&exchange, ExchangeKind::Topic))
+            .await;
+        assert!(
+            matches!(other_net, Err(BrokerError::Topology(_))),
+            "redeclaring without the alternate exchange is a conflict, got {other_net:?}"
+        );
     }
 
     pub async fn properties_and_headers_round_trip(f: &Fixture) {
@@ -715,6 +775,7 @@ macro_rules! conformance_suite {
             publishing_to_an_undeclared_exchange_is_not_found,
             an_undeclared_queue_is_not_found,
             declarations_are_idempotent_and_conflicts_are_topology_errors,
+            an_unroutable_message_is_kept_by_the_alternate_exchange,
             properties_and_headers_round_trip,
             a_batch_of_a_thousand_is_consumed_exactly_once,
             an_idle_consumer_is_woken_by_a_publish,
@@ -761,6 +822,34 @@ mod rabbitmq {
     conformance_suite!(super::fresh_rabbitmq);
 }
 
+/// What only RabbitMQ has: queue types.
+mod rabbitmq_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_quorum_queue_works_and_cannot_be_redeclared_classic() {
+        let Some(f) = fresh_rabbitmq().await else {
+            return;
+        };
+        let queue = f
+            .declare(QueueSpec::durable("quorum").with_queue_type(QueueType::Quorum))
+            .await;
+        f.send(&queue, &["replicated"]).await;
+        let mut consumer = f.consume(&queue, 10).await;
+        assert_eq!(take_and_ack(&mut consumer, 1).await, ["replicated"]);
+        drop(consumer);
+
+        let classic = f.broker().declare_queue(&QueueSpec::durable(&queue)).await;
+        match classic {
+            Err(BrokerError::Topology(reason)) => {
+                assert!(reason.contains("delete"), "says how to fix it: {reason}")
+            }
+            other => panic!("expected a topology error, got {other:?}"),
+        }
+        f.cleanup().await;
+    }
+}
+
 /// What only the embedded broker does: it owns a file, so it can be stopped and reopened.
 mod embedded_only {
     use super::*;
@@ -786,7 +875,7 @@ mod embedded_only {
         let path = dir.path().join("broker.db");
         let broker = EmbeddedBroker::open(&path).await.unwrap();
         broker
-            .declare_exchange("events", ExchangeKind::Topic)
+            .declare_exchange(&ExchangeSpec::new("events", ExchangeKind::Topic))
             .await
             .unwrap();
         broker

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::acker::stopped;
 use self::engine::{Control, Engine, Op, Reply};
 use self::store::sql_error;
-use super::{Broker, BrokerError, Consumer, ExchangeKind, Publish, QueueSpec};
+use super::{Broker, BrokerError, Consumer, ExchangeSpec, Publish, QueueSpec};
 
 /// Tuning of the embedded broker. The defaults suit retrocat's workloads.
 #[derive(Clone, Debug)]
@@ -160,9 +160,9 @@ impl Broker for EmbeddedBroker {
         "embedded"
     }
 
-    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), BrokerError> {
-        let name = name.to_owned();
-        self.request(|done| Control::DeclareExchange { name, kind, done })
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        let spec = spec.clone();
+        self.request(|done| Control::DeclareExchange { spec, done })
             .await
     }
 

@@ -181,6 +181,42 @@ pub enum ExchangeKind {
     Fanout,
 }
 
+/// An exchange's declaration. Declaring the same spec twice is a no-op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: ExchangeKind,
+    /// Where a message that no binding matches goes instead of being dropped
+    /// (RabbitMQ's `alternate-exchange`).
+    pub alternate_exchange: Option<String>,
+}
+
+impl ExchangeSpec {
+    pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            alternate_exchange: None,
+        }
+    }
+
+    pub fn with_alternate_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.alternate_exchange = Some(exchange.into());
+        self
+    }
+}
+
+/// How RabbitMQ stores a queue; the embedded broker has one kind, and ignores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// One copy on one node: the fastest, and what older clients declare.
+    #[default]
+    Classic,
+    /// Replicated (Raft) on a cluster's nodes: survives the loss of a node. Durable
+    /// only, no priorities, not exclusive.
+    Quorum,
+}
+
 /// A queue's declaration. Declaring the same spec twice is a no-op.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSpec {
@@ -195,6 +231,7 @@ pub struct QueueSpec {
     /// reason rather than setting a dead-letter argument on the queue, so a queue keeps
     /// the plain arguments older clients declare it with.
     pub dead_letter_queue: Option<String>,
+    pub queue_type: QueueType,
 }
 
 impl QueueSpec {
@@ -205,6 +242,7 @@ impl QueueSpec {
             exclusive: false,
             max_priority: None,
             dead_letter_queue: None,
+            queue_type: QueueType::Classic,
         }
     }
 
@@ -223,6 +261,11 @@ impl QueueSpec {
 
     pub fn with_dead_letter_queue(mut self, queue: impl Into<String>) -> Self {
         self.dead_letter_queue = Some(queue.into());
+        self
+    }
+
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
         self
     }
 }
@@ -248,7 +291,7 @@ pub trait Broker: Send + Sync + 'static {
     /// `"embedded"` or `"rabbitmq"`, for health reports and logs.
     fn kind(&self) -> &'static str;
 
-    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), BrokerError>;
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError>;
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError>;
 

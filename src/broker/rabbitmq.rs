@@ -33,8 +33,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
 use super::{
-    Acker, Broker, BrokerError, Consumer, Delivery, ExchangeKind, HeaderValue, Headers, Message,
-    Properties, Publish, QueueSpec,
+    Acker, Broker, BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, HeaderValue,
+    Headers, Message, Properties, Publish, QueueSpec, QueueType,
 };
 
 /// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
@@ -173,13 +173,20 @@ impl Broker for RabbitMqBroker {
         "rabbitmq"
     }
 
-    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), BrokerError> {
-        let kind = match kind {
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        let kind = match spec.kind {
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
         };
-        let name = name.to_owned();
+        let mut arguments = FieldTable::default();
+        if let Some(alternate) = &spec.alternate_exchange {
+            arguments.insert(
+                "alternate-exchange".into(),
+                AMQPValue::LongString(alternate.as_str().into()),
+            );
+        }
+        let name = spec.name.clone();
         self.on_own_channel(|channel| async move {
             channel
                 .exchange_declare(
@@ -189,17 +196,33 @@ impl Broker for RabbitMqBroker {
                         durable: true,
                         ..ExchangeDeclareOptions::default()
                     },
-                    FieldTable::default(),
+                    arguments,
                 )
                 .await
         })
         .await
+        .map_err(|error| match error {
+            BrokerError::Topology(reason) => BrokerError::Topology(format!(
+                "exchange {:?} exists with other arguments ({reason}); delete it \
+                 (rabbitmqadmin delete exchange name={}) or declare it the same way",
+                spec.name, spec.name
+            )),
+            other => other,
+        })
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let mut arguments = FieldTable::default();
         if let Some(max) = spec.max_priority {
             arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
+        }
+        if spec.queue_type == QueueType::Quorum {
+            // Only set for quorum: a classic queue declared without the argument stays
+            // equivalent to what the original clients declare.
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         let options = QueueDeclareOptions {
             durable: spec.durable,

@@ -1,6 +1,19 @@
 //! The exchanges and queues of DESIGN.md, declared idempotently by every role at start.
+//!
+//! ```text
+//! catalog.events (topic) ── game.created|updated|deleted ──► game_events ──► workers
+//!        │                                                      │  ▲
+//!        └── game.# ──► live_feed.<instance> (one per API)      │  └── <queue>.delay.<ms> (retries)
+//!                                                               ▼
+//! catalog.dlx (direct) ── game_events ──────────────────► game_events.dlq
+//!                      ── custom_messages ──────────────► custom_messages.dlq
+//!                      ── catalog.rpc ──────────────────► catalog.rpc.dlq
+//! catalog.custom (topic) ── custom.# ──► custom_messages
+//!        └── unroutable ──► catalog.unrouted (fanout) ──► unrouted
+//! catalog.rpc (priorities 0..=10), replies by direct reply-to
+//! ```
 
-use super::{Broker, BrokerError, ExchangeKind, QueueSpec};
+use super::{Broker, BrokerError, ExchangeKind, ExchangeSpec, QueueSpec, QueueType};
 
 /// Topic exchange of domain events: `game.*`, `platform.*`, `genre.*`.
 pub const EVENTS_EXCHANGE: &str = "catalog.events";
@@ -14,26 +27,82 @@ pub const GAME_EVENT_KEYS: [&str; 3] = ["game.created", "game.updated", "game.de
 pub const GAME_PROCESSED_KEY: &str = "game.processed";
 pub const GAME_FAILED_KEY: &str = "game.failed";
 
-/// Declares what every role relies on: the events exchange, `game_events` and its
-/// dead-letter queue, bound to the changes that need processing.
-pub async fn declare(broker: &dyn Broker) -> Result<(), BrokerError> {
-    broker
-        .declare_exchange(EVENTS_EXCHANGE, ExchangeKind::Topic)
-        .await?;
-    broker
-        .declare_queue(&QueueSpec::durable(GAME_EVENTS_DLQ))
-        .await?;
-    broker
-        .declare_queue(
-            // No queue arguments: the original consumer declares `game_events` as plain
-            // durable, and RabbitMQ refuses a redeclaration with different arguments.
-            &QueueSpec::durable(GAME_EVENTS_QUEUE).with_dead_letter_queue(GAME_EVENTS_DLQ),
-        )
-        .await?;
-    for key in GAME_EVENT_KEYS {
-        broker
-            .bind_queue(GAME_EVENTS_QUEUE, EVENTS_EXCHANGE, key)
-            .await?;
+/// Dead letters, routed by the name of the queue they died in to its `.dlq`.
+pub const DEAD_LETTER_EXCHANGE: &str = "catalog.dlx";
+/// Topic exchange of the producer's custom messages.
+pub const CUSTOM_EXCHANGE: &str = "catalog.custom";
+/// Custom messages (`{"type": "custom", …}`) waiting for the custom-message consumer.
+pub const CUSTOM_QUEUE: &str = "custom_messages";
+pub const CUSTOM_DLQ: &str = "custom_messages.dlq";
+/// Routing keys of `catalog.custom` that reach `custom_messages`; other keys are
+/// unroutable and land in [`UNROUTED_QUEUE`].
+pub const CUSTOM_KEYS: &str = "custom.#";
+/// Requests that want a reply, highest priority first.
+pub const RPC_QUEUE: &str = "catalog.rpc";
+pub const RPC_DLQ: &str = "catalog.rpc.dlq";
+pub const RPC_MAX_PRIORITY: u8 = 10;
+/// Alternate exchange: what an exchange could not route is kept here, visible.
+pub const UNROUTED_EXCHANGE: &str = "catalog.unrouted";
+pub const UNROUTED_QUEUE: &str = "unrouted";
+
+/// How the topology is declared.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TopologyConfig {
+    /// The type of `game_events` and its dead-letter queue on RabbitMQ.
+    pub queue_type: QueueType,
+}
+
+/// Declares everything every role relies on, in dependency order: exchanges, then
+/// queues, then bindings. Safe to run from any number of processes at once.
+pub async fn declare(broker: &dyn Broker, config: TopologyConfig) -> Result<(), BrokerError> {
+    let exchanges = [
+        ExchangeSpec::new(UNROUTED_EXCHANGE, ExchangeKind::Fanout),
+        // No alternate exchange on the events: once the audit subscriber binds `#`,
+        // every event has a queue. The exchange users publish to with keys of their
+        // choosing is the one that needs a net.
+        ExchangeSpec::new(EVENTS_EXCHANGE, ExchangeKind::Topic),
+        ExchangeSpec::new(CUSTOM_EXCHANGE, ExchangeKind::Topic)
+            .with_alternate_exchange(UNROUTED_EXCHANGE),
+        ExchangeSpec::new(DEAD_LETTER_EXCHANGE, ExchangeKind::Direct),
+    ];
+    for exchange in &exchanges {
+        broker.declare_exchange(exchange).await?;
+    }
+
+    let queue_type = config.queue_type;
+    let queues = [
+        QueueSpec::durable(UNROUTED_QUEUE),
+        QueueSpec::durable(GAME_EVENTS_DLQ).with_queue_type(queue_type),
+        // No queue arguments on a classic `game_events`: the original clients declare
+        // it plain durable, and RabbitMQ refuses a redeclaration with other arguments.
+        // Dead letters are republished with their reason by the consumer instead.
+        QueueSpec::durable(GAME_EVENTS_QUEUE)
+            .with_dead_letter_queue(GAME_EVENTS_DLQ)
+            .with_queue_type(queue_type),
+        QueueSpec::durable(CUSTOM_DLQ),
+        QueueSpec::durable(CUSTOM_QUEUE).with_dead_letter_queue(CUSTOM_DLQ),
+        QueueSpec::durable(RPC_DLQ),
+        QueueSpec::durable(RPC_QUEUE)
+            .with_max_priority(RPC_MAX_PRIORITY)
+            .with_dead_letter_queue(RPC_DLQ),
+    ];
+    for queue in &queues {
+        broker.declare_queue(queue).await?;
+    }
+
+    let game_events = GAME_EVENT_KEYS.map(|key| (GAME_EVENTS_QUEUE, EVENTS_EXCHANGE, key));
+    let others = [
+        (UNROUTED_QUEUE, UNROUTED_EXCHANGE, "#"),
+        (CUSTOM_QUEUE, CUSTOM_EXCHANGE, CUSTOM_KEYS),
+        // A dead-letter queue is bound by its source queue's name, so RabbitMQ's own
+        // dead-lettering (a policy `dead-letter-exchange: catalog.dlx` with
+        // `dead-letter-routing-key: game_events`) lands in the same place as ours.
+        (GAME_EVENTS_DLQ, DEAD_LETTER_EXCHANGE, GAME_EVENTS_QUEUE),
+        (CUSTOM_DLQ, DEAD_LETTER_EXCHANGE, CUSTOM_QUEUE),
+        (RPC_DLQ, DEAD_LETTER_EXCHANGE, RPC_QUEUE),
+    ];
+    for (queue, exchange, pattern) in game_events.into_iter().chain(others) {
+        broker.bind_queue(queue, exchange, pattern).await?;
     }
     Ok(())
 }

@@ -110,7 +110,7 @@ impl Engine {
         let mut exchanges: HashMap<String, Exchange> = loaded
             .exchanges
             .into_iter()
-            .map(|(name, kind)| (name, Exchange::new(kind)))
+            .map(|spec| (spec.name, Exchange::new(spec.kind, spec.alternate_exchange)))
             .collect();
         for (exchange, queue, pattern) in loaded.bindings {
             if let Some(exchange) = exchanges.get_mut(&exchange) {

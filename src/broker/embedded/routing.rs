@@ -6,6 +6,8 @@ use crate::broker::ExchangeKind;
 /// A declared exchange and the queues bound to it.
 pub(super) struct Exchange {
     pub kind: ExchangeKind,
+    /// Takes the messages no binding matches.
+    pub alternate: Option<String>,
     bindings: Vec<Binding>,
 }
 
@@ -15,9 +17,10 @@ struct Binding {
 }
 
 impl Exchange {
-    pub fn new(kind: ExchangeKind) -> Self {
+    pub fn new(kind: ExchangeKind, alternate: Option<String>) -> Self {
         Self {
             kind,
+            alternate,
             bindings: Vec::new(),
         }
     }
@@ -140,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_queue_bound_twice_gets_one_copy() {
-        let mut exchange = Exchange::new(ExchangeKind::Topic);
+        let mut exchange = Exchange::new(ExchangeKind::Topic, None);
         exchange.bind("audit", "game.*");
         exchange.bind("audit", "#");
         exchange.bind("audit", "#");
@@ -151,12 +154,12 @@ mod tests {
 
     #[test]
     fn direct_and_fanout_route_by_kind() {
-        let mut direct = Exchange::new(ExchangeKind::Direct);
+        let mut direct = Exchange::new(ExchangeKind::Direct, None);
         direct.bind("a", "key");
         assert_eq!(direct.route("key"), ["a"]);
         assert!(direct.route("other").is_empty());
 
-        let mut fanout = Exchange::new(ExchangeKind::Fanout);
+        let mut fanout = Exchange::new(ExchangeKind::Fanout, None);
         fanout.bind("a", "ignored");
         fanout.bind("b", "");
         assert_eq!(fanout.route("anything"), ["a", "b"]);

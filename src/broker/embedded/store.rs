@@ -12,12 +12,13 @@ use bytes::Bytes;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::routing;
-use crate::broker::{BrokerError, ExchangeKind, QueueSpec};
+use crate::broker::{BrokerError, ExchangeSpec, QueueSpec, QueueType};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS exchanges (
     name TEXT PRIMARY KEY,
-    kind TEXT NOT NULL
+    kind TEXT NOT NULL,
+    alternate_exchange TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
@@ -90,7 +91,7 @@ pub(super) struct StoredRow {
 
 /// What `open` finds in the file.
 pub(super) struct Loaded {
-    pub exchanges: Vec<(String, ExchangeKind)>,
+    pub exchanges: Vec<ExchangeSpec>,
     pub queues: Vec<QueueSpec>,
     pub bindings: Vec<(String, String, String)>,
     /// Messages per queue in `messages`, then in `delayed`.
@@ -102,7 +103,19 @@ pub(super) struct Loaded {
 }
 
 pub(super) async fn create_schema(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(SCHEMA).execute(conn).await?;
+    sqlx::raw_sql(SCHEMA).execute(&mut *conn).await?;
+    // Files written before exchanges had alternates gain the column.
+    let has_alternate: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('exchanges') \
+         WHERE name = 'alternate_exchange')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !has_alternate {
+        sqlx::raw_sql("ALTER TABLE exchanges ADD COLUMN alternate_exchange TEXT")
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -123,7 +136,7 @@ pub(super) async fn load(conn: &mut SqliteConnection) -> Result<Loaded, BrokerEr
     let corrupt = |what: String| BrokerError::Other(format!("embedded broker database: {what}"));
 
     let mut exchanges = Vec::new();
-    for row in sqlx::query("SELECT name, kind FROM exchanges")
+    for row in sqlx::query("SELECT name, kind, alternate_exchange FROM exchanges")
         .fetch_all(&mut *conn)
         .await
         .map_err(sql_error)?
@@ -132,7 +145,10 @@ pub(super) async fn load(conn: &mut SqliteConnection) -> Result<Loaded, BrokerEr
         let kind: String = row.try_get("kind").map_err(sql_error)?;
         let kind = routing::parse_kind(&kind)
             .ok_or_else(|| corrupt(format!("exchange {name:?} has unknown kind {kind:?}")))?;
-        exchanges.push((name, kind));
+        exchanges.push(ExchangeSpec {
+            alternate_exchange: row.try_get("alternate_exchange").map_err(sql_error)?,
+            ..ExchangeSpec::new(name, kind)
+        });
     }
 
     let mut queues = Vec::new();
@@ -153,6 +169,8 @@ pub(super) async fn load(conn: &mut SqliteConnection) -> Result<Loaded, BrokerEr
             exclusive: row.try_get("exclusive").map_err(sql_error)?,
             max_priority,
             dead_letter_queue: row.try_get("dead_letter_queue").map_err(sql_error)?,
+            // One kind of queue here: the type only means something to RabbitMQ.
+            queue_type: QueueType::Classic,
             name,
         });
     }
@@ -204,14 +222,16 @@ async fn count_per_queue(
 
 pub(super) async fn insert_exchange(
     conn: &mut SqliteConnection,
-    name: &str,
-    kind: ExchangeKind,
+    spec: &ExchangeSpec,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT OR IGNORE INTO exchanges (name, kind) VALUES (?1, ?2)")
-        .bind(name)
-        .bind(routing::kind_name(kind))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT OR IGNORE INTO exchanges (name, kind, alternate_exchange) VALUES (?1, ?2, ?3)",
+    )
+    .bind(&spec.name)
+    .bind(routing::kind_name(spec.kind))
+    .bind(&spec.alternate_exchange)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

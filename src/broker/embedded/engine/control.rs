@@ -7,14 +7,13 @@ use super::{Engine, Reply};
 use crate::broker::embedded::queue::QueueState;
 use crate::broker::embedded::routing::Exchange;
 use crate::broker::embedded::store::{self, sql_error};
-use crate::broker::{BrokerError, Consumer, ExchangeKind, QueueSpec};
+use crate::broker::{BrokerError, Consumer, ExchangeSpec, QueueSpec};
 
 /// Requests that change or read the topology. Rare, so each gets its own transaction,
 /// after the data ops received before it (a publish after a declaration sees the queue).
 pub(in crate::broker::embedded) enum Control {
     DeclareExchange {
-        name: String,
-        kind: ExchangeKind,
+        spec: ExchangeSpec,
         done: Reply<()>,
     },
     DeclareQueue {
@@ -48,8 +47,8 @@ pub(in crate::broker::embedded) enum Control {
 impl Engine {
     pub(super) async fn control(&mut self, control: Control) {
         match control {
-            Control::DeclareExchange { name, kind, done } => {
-                let _ = done.send(self.declare_exchange(name, kind).await);
+            Control::DeclareExchange { spec, done } => {
+                let _ = done.send(self.declare_exchange(spec).await);
             }
             Control::DeclareQueue { spec, done } => {
                 let _ = done.send(self.declare_queue(spec).await);
@@ -93,28 +92,40 @@ impl Engine {
         }
     }
 
-    async fn declare_exchange(
-        &mut self,
-        name: String,
-        kind: ExchangeKind,
-    ) -> Result<(), BrokerError> {
+    async fn declare_exchange(&mut self, spec: ExchangeSpec) -> Result<(), BrokerError> {
+        let ExchangeSpec {
+            name,
+            kind,
+            alternate_exchange,
+        } = spec;
         if name.is_empty() {
             return Err(BrokerError::Topology(
                 "the default exchange \"\" always exists and cannot be declared".into(),
             ));
         }
         match self.exchanges.get(&name) {
-            Some(existing) if existing.kind == kind => Ok(()),
+            Some(existing)
+                if (existing.kind, &existing.alternate) == (kind, &alternate_exchange) =>
+            {
+                Ok(())
+            }
             Some(existing) => Err(BrokerError::Topology(format!(
-                "exchange {name:?} exists as {:?}, not {kind:?}: declare it as {:?}, or \
-                 delete it from the broker (for the embedded broker, its database file)",
-                existing.kind, existing.kind
+                "exchange {name:?} exists as {:?} with alternate exchange {:?}, not {kind:?} \
+                 with {alternate_exchange:?}: declare it as it is, or delete it from the \
+                 broker (for the embedded broker, its database file)",
+                existing.kind, existing.alternate
             ))),
             None => {
-                store::insert_exchange(&mut self.conn, &name, kind)
+                let spec = ExchangeSpec {
+                    name,
+                    kind,
+                    alternate_exchange,
+                };
+                store::insert_exchange(&mut self.conn, &spec)
                     .await
                     .map_err(sql_error)?;
-                self.exchanges.insert(name, Exchange::new(kind));
+                let exchange = Exchange::new(spec.kind, spec.alternate_exchange);
+                self.exchanges.insert(spec.name, exchange);
                 Ok(())
             }
         }

@@ -66,8 +66,8 @@ impl Engine {
         for (publish, properties) in batch.into_iter().zip(properties) {
             let queues = route(&self.exchanges, &self.queues, &publish);
             if queues.is_empty() {
-                // Unroutable: dropped, as AMQP does without `mandatory`. This is where
-                // the alternate exchange of DESIGN.md will take it instead.
+                // Unroutable, with no alternate exchange to take it: dropped, as AMQP
+                // does without `mandatory`.
                 tracing::debug!(exchange = %publish.exchange, routing_key = %publish.routing_key,
                     "embedded broker: dropping an unroutable message");
                 continue;
@@ -173,7 +173,9 @@ impl Engine {
     }
 }
 
-/// The queues a publish goes to (existing ones only).
+/// The queues a publish goes to (existing ones only). A message no binding matches
+/// goes to the exchange's alternate exchange, and on along that chain as in RabbitMQ
+/// (a chain that loops back ends there).
 fn route(
     exchanges: &HashMap<String, Exchange>,
     queues: &HashMap<Arc<str>, QueueState>,
@@ -183,16 +185,23 @@ fn route(
     if publish.exchange.is_empty() {
         return existing(&publish.routing_key).into_iter().collect();
     }
-    exchanges
-        .get(&publish.exchange)
-        .map(|exchange| {
-            exchange
-                .route(&publish.routing_key)
-                .into_iter()
-                .filter_map(existing)
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut visited: Vec<&str> = Vec::new();
+    let mut name = publish.exchange.as_str();
+    while let Some(exchange) = exchanges.get(name).filter(|_| !visited.contains(&name)) {
+        let routed: Vec<Arc<str>> = exchange
+            .route(&publish.routing_key)
+            .into_iter()
+            .filter_map(existing)
+            .collect();
+        match &exchange.alternate {
+            Some(alternate) if routed.is_empty() => {
+                visited.push(name);
+                name = alternate;
+            }
+            _ => return routed,
+        }
+    }
+    Vec::new()
 }
 
 /// A delay in whole milliseconds, rounded up so that it is never cut short (and capped
