@@ -38,6 +38,7 @@ pub fn storage_in(dir: &std::path::Path) -> StorageArgs {
         database_url: format!("sqlite://{}", dir.join("retrocat.db").display()),
         rabbitmq_url: None,
         broker_path: dir.join("broker.db"),
+        queue_type: Default::default(),
     }
 }
 
