@@ -373,6 +373,41 @@ async fn the_original_systems_message_is_processed_like_ours() {
 }
 
 #[tokio::test]
+async fn the_original_producers_custom_message_moves_to_custom_messages() {
+    let app = TestApp::spawn().await;
+    // The original producer sent custom messages to `game_events`, next to game events.
+    let body =
+        json!({"type": "custom", "message": "hello", "timestamp": "2024-01-01T00:00:00.000Z"});
+    let custom = Message {
+        body: body.to_string().into_bytes().into(),
+        properties: Properties::default(),
+    };
+    app.broker()
+        .publish(vec![Publish::to_queue(topology::GAME_EVENTS_QUEUE, custom)])
+        .await
+        .unwrap();
+
+    let mut consumer = app
+        .broker()
+        .consume(topology::CUSTOM_QUEUE, 10)
+        .await
+        .unwrap();
+    let moved = next_delivery(&mut consumer).await;
+    let moved_body: Value = serde_json::from_slice(&moved.message.body).unwrap();
+    assert_eq!(moved_body, body, "moved unchanged");
+    moved.ack().await.unwrap();
+    assert_eq!(
+        app.broker()
+            .queue_depth(topology::GAME_EVENTS_DLQ)
+            .await
+            .unwrap(),
+        0,
+        "not treated as a poison game event"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_live_stream_shows_a_game_going_to_completed() {
     let app = TestApp::spawn().await;
     let mut stream = app.get("/api/stream").await;

@@ -136,6 +136,47 @@ impl GameEvent {
     }
 }
 
+/// A custom message, in the original producer's format:
+/// `{"type": "custom", "message": …, "timestamp": "…"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CustomMessage {
+    #[serde(rename = "type")]
+    pub kind: CustomKind,
+    /// Whatever the sender wrote: text or any JSON value.
+    pub message: serde_json::Value,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
+/// The `type` tag of a [`CustomMessage`]: always `"custom"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CustomKind {
+    Custom,
+}
+
+/// What may arrive on `game_events`: game events, ours or the original producer's, and
+/// the custom messages the original producer sent to the same queue.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkMessage {
+    Game(GameEvent),
+    Custom(CustomMessage),
+}
+
+impl WorkMessage {
+    /// Parses a delivery's body. Game events, the hot path, are tried first; only a body
+    /// that is not one pays for the second parse.
+    pub fn decode(body: &[u8], message_id: Option<&str>) -> Result<Self, PoisonMessage> {
+        GameEvent::decode(body, message_id)
+            .map(Self::Game)
+            .or_else(|poison| {
+                serde_json::from_slice(body)
+                    .map(Self::Custom)
+                    .map_err(|_| poison)
+            })
+    }
+}
+
 /// The outcome of processing one version of a game (`game.processed` / `game.failed`):
 /// what the live stream and the audit log show.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,6 +230,23 @@ mod tests {
         ] {
             assert!(GameEvent::decode(body, None).is_err(), "{body:?}");
         }
+    }
+
+    #[test]
+    fn the_original_producers_custom_message_is_told_apart_from_game_events() {
+        let body = br#"{"type":"custom","message":"hello","timestamp":"2024-05-01T10:00:00.000Z"}"#;
+        match WorkMessage::decode(body, None).unwrap() {
+            WorkMessage::Custom(custom) => assert_eq!(custom.message, "hello"),
+            other => panic!("expected a custom message, got {other:?}"),
+        }
+        let event = br#"{"gameId":1,"action":"create"}"#;
+        assert!(matches!(
+            WorkMessage::decode(event, None),
+            Ok(WorkMessage::Game(_))
+        ));
+        // Neither: the game event's reason is the one reported.
+        let poison = WorkMessage::decode(br#"{"type":"other"}"#, None).unwrap_err();
+        assert!(poison.0.contains("gameId"), "{poison}");
     }
 
     #[test]

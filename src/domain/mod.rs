@@ -7,7 +7,8 @@ mod game;
 
 pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName};
 pub use event::{
-    EventId, GameAction, GameData, GameEvent, GameProcessed, PoisonMessage, timestamp_now,
+    CustomKind, CustomMessage, EventId, GameAction, GameData, GameEvent, GameProcessed,
+    PoisonMessage, WorkMessage, timestamp_now,
 };
 pub use game::{
     Developer, GameDraft, GameTitle, ImageUrl, ProcessingStatus, ReleaseYear, ValidationError,

@@ -9,7 +9,7 @@ use super::fetch::CoverFetcher;
 use super::retry::{Failure, RetryPolicy};
 use super::thumbnail::{Thumbnail, make_thumbnail};
 use crate::broker::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
-use crate::domain::{GameAction, GameEvent};
+use crate::domain::{GameAction, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, Store, StoreError, WorkItem,
@@ -65,6 +65,9 @@ pub enum Outcome {
     },
     /// Already processed: acknowledged without effect.
     Duplicate,
+    /// A custom message (the original producer sent those to `game_events` too): moved
+    /// to `custom_messages`, where the custom-message consumer reads them.
+    Forwarded,
     /// For an older version or a deleted game: nothing to do.
     Skipped,
 }
@@ -185,8 +188,16 @@ impl Worker {
     pub async fn handle(&self, delivery: Delivery) -> Result<Outcome, WorkerError> {
         let properties = &delivery.message.properties;
         let event =
-            match GameEvent::decode(&delivery.message.body, properties.message_id.as_deref()) {
-                Ok(event) => event,
+            match WorkMessage::decode(&delivery.message.body, properties.message_id.as_deref()) {
+                Ok(WorkMessage::Game(event)) => event,
+                Ok(WorkMessage::Custom(_)) => {
+                    let forward =
+                        Publish::to_queue(topology::CUSTOM_QUEUE, delivery.message.clone());
+                    // Acknowledged once the copy is confirmed: never lost, at worst twice.
+                    self.broker.publish(vec![forward]).await?;
+                    delivery.ack().await?;
+                    return Ok(Outcome::Forwarded);
+                }
                 Err(poison) => {
                     tracing::warn!(reason = %poison, "unreadable message dead-lettered");
                     delivery.dead_letter(&poison.0).await?;
