@@ -15,6 +15,8 @@
 //!   reason headers, to its queue's dead-letter queue and acknowledges it only after
 //!   the broker confirmed the copy.
 
+mod link;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,17 +26,18 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
+use self::link::{Declaration, Link};
+
 use super::{
-    Acker, Broker, BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, HeaderValue,
-    Headers, Message, Properties, Publish, QueueSpec, QueueType,
+    Acker, Broker, BrokerError, Consumer, Delivery, ExchangeSpec, HeaderValue, Headers, Message,
+    Properties, Publish, QueueSpec,
 };
 
 /// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
@@ -57,10 +60,7 @@ struct Declared {
 impl RabbitMqBroker {
     /// Connects to `url` (`amqp://` or `amqps://`).
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let link = Arc::new(Link {
-            connection: AsyncMutex::new(Arc::new(Link::open(url).await?)),
-            url: url.to_owned(),
-        });
+        let link = Arc::new(Link::open(url).await?);
         Ok(Self {
             publisher: Arc::new(Publisher {
                 link: link.clone(),
@@ -71,22 +71,13 @@ impl RabbitMqBroker {
         })
     }
 
-    async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.link.channel().await
-    }
-
     /// Runs `op` on a channel of its own and closes it, whatever the outcome.
     async fn on_own_channel<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
     where
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = lapin::Result<T>>,
     {
-        let channel = self.channel().await?;
-        let result = op(channel.clone()).await.map_err(classify);
-        if channel.status().connected() {
-            let _ = channel.close(200, "done".into()).await;
-        }
-        result
+        self.link.on_own_channel(op).await
     }
 
     /// Declares the delay queue that holds messages for `exchange`/`routing_key` for
@@ -174,77 +165,11 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
-        let kind = match spec.kind {
-            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-        };
-        let mut arguments = FieldTable::default();
-        if let Some(alternate) = &spec.alternate_exchange {
-            arguments.insert(
-                "alternate-exchange".into(),
-                AMQPValue::LongString(alternate.as_str().into()),
-            );
-        }
-        let name = spec.name.clone();
-        self.on_own_channel(|channel| async move {
-            channel
-                .exchange_declare(
-                    name.as_str().into(),
-                    kind,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    arguments,
-                )
-                .await
-        })
-        .await
-        .map_err(|error| match error {
-            BrokerError::Topology(reason) => BrokerError::Topology(format!(
-                "exchange {:?} exists with other arguments ({reason}); delete it \
-                 (rabbitmqadmin delete exchange name={}) or declare it the same way",
-                spec.name, spec.name
-            )),
-            other => other,
-        })
+        self.link.declare(Declaration::Exchange(spec.clone())).await
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        let mut arguments = FieldTable::default();
-        if let Some(max) = spec.max_priority {
-            arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
-        }
-        if spec.queue_type == QueueType::Quorum {
-            // Only set for quorum: a classic queue declared without the argument stays
-            // equivalent to what the original clients declare.
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
-        let options = QueueDeclareOptions {
-            durable: spec.durable,
-            exclusive: spec.exclusive,
-            auto_delete: spec.exclusive,
-            ..QueueDeclareOptions::default()
-        };
-        let name = spec.name.clone();
-        self.on_own_channel(|channel| async move {
-            channel
-                .queue_declare(name.as_str().into(), options, arguments)
-                .await
-        })
-        .await
-        .map_err(|error| match error {
-            BrokerError::Topology(reason) => BrokerError::Topology(format!(
-                "queue {:?} exists with other arguments ({reason}); delete it \
-                 (rabbitmqctl delete_queue {}) or declare it the same way",
-                spec.name, spec.name
-            )),
-            other => other,
-        })?;
+        self.link.declare(Declaration::Queue(spec.clone())).await?;
         if let Some(dlq) = &spec.dead_letter_queue {
             self.declared
                 .lock()
@@ -261,20 +186,12 @@ impl Broker for RabbitMqBroker {
         exchange: &str,
         pattern: &str,
     ) -> Result<(), BrokerError> {
-        let (queue, exchange, pattern) =
-            (queue.to_owned(), exchange.to_owned(), pattern.to_owned());
-        self.on_own_channel(|channel| async move {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.as_str().into(),
-                    pattern.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        })
-        .await
+        let binding = Declaration::Binding {
+            queue: queue.to_owned(),
+            exchange: exchange.to_owned(),
+            pattern: pattern.to_owned(),
+        };
+        self.link.declare(binding).await
     }
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
@@ -285,6 +202,7 @@ impl Broker for RabbitMqBroker {
             .delay_queues
             .remove(name)
             .unwrap_or_default();
+        self.link.forget_queue(name);
         for queue in delays.iter().map(String::as_str).chain([name]) {
             let queue = queue.to_owned();
             self.on_own_channel(|channel| async move {
@@ -324,7 +242,7 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
-        let channel = self.channel().await?;
+        let channel = self.link.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
@@ -433,41 +351,6 @@ impl RabbitMqBroker {
                 .await
         })
         .await
-    }
-}
-
-/// The process's one connection, opened again on first use after it dropped (broker
-/// restart, network). Callers already retry with backoff on `Unavailable`, so
-/// reconnecting lazily is all recovery needs: consumers end when their channel dies and
-/// are started again, publishes are retried from the outbox, declarations re-run.
-struct Link {
-    url: String,
-    connection: AsyncMutex<Arc<Connection>>,
-}
-
-impl Link {
-    async fn open(url: &str) -> Result<Connection, BrokerError> {
-        Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(|e| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {e}")))
-    }
-
-    /// The live connection, reconnecting first if it dropped.
-    async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
-        let mut current = self.connection.lock().await;
-        if !current.status().connected() {
-            *current = Arc::new(Self::open(&self.url).await?);
-            tracing::info!("reconnected to RabbitMQ");
-        }
-        Ok(current.clone())
-    }
-
-    async fn channel(&self) -> Result<Channel, BrokerError> {
-        self.connection()
-            .await?
-            .create_channel()
-            .await
-            .map_err(classify)
     }
 }
 

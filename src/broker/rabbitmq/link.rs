@@ -1,0 +1,221 @@
+//! The process's one connection to RabbitMQ, and the declarations it replays.
+//!
+//! The connection is opened again on first use after it dropped (broker restart,
+//! network). Callers already retry with backoff on `Unavailable`, so reconnecting lazily
+//! is all recovery needs: consumers end when their channel dies and are started again,
+//! publishes are retried from the outbox. Before a new connection is handed out, every
+//! declaration made so far is replayed on it, so a broker that came back without our
+//! exchanges, queues or bindings (a reset node, a new cluster member) has them again.
+
+use std::sync::{Arc, Mutex};
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::classify;
+use crate::broker::{BrokerError, ExchangeKind, ExchangeSpec, QueueSpec, QueueType};
+
+/// A declaration, kept so that it can be made again on a new connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Declaration {
+    Exchange(ExchangeSpec),
+    Queue(QueueSpec),
+    Binding {
+        queue: String,
+        exchange: String,
+        pattern: String,
+    },
+}
+
+impl Declaration {
+    async fn run(&self, channel: &Channel) -> lapin::Result<()> {
+        match self {
+            Self::Exchange(spec) => {
+                let kind = match spec.kind {
+                    ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+                    ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+                    ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+                };
+                let mut arguments = FieldTable::default();
+                if let Some(alternate) = &spec.alternate_exchange {
+                    arguments.insert(
+                        "alternate-exchange".into(),
+                        AMQPValue::LongString(alternate.as_str().into()),
+                    );
+                }
+                let options = ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                };
+                channel
+                    .exchange_declare(spec.name.as_str().into(), kind, options, arguments)
+                    .await
+            }
+            Self::Queue(spec) => {
+                let mut arguments = FieldTable::default();
+                if let Some(max) = spec.max_priority {
+                    arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
+                }
+                if spec.queue_type == QueueType::Quorum {
+                    // Only set for quorum: a classic queue declared without the argument
+                    // stays equivalent to what the original clients declare.
+                    arguments.insert(
+                        "x-queue-type".into(),
+                        AMQPValue::LongString("quorum".into()),
+                    );
+                }
+                let options = QueueDeclareOptions {
+                    durable: spec.durable,
+                    exclusive: spec.exclusive,
+                    auto_delete: spec.exclusive,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(spec.name.as_str().into(), options, arguments)
+                    .await
+                    .map(drop)
+            }
+            Self::Binding {
+                queue,
+                exchange,
+                pattern,
+            } => {
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        exchange.as_str().into(),
+                        pattern.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// A conflict is explained with the way out; other errors pass as they are.
+    fn explain(&self, error: BrokerError) -> BrokerError {
+        let BrokerError::Topology(reason) = error else {
+            return error;
+        };
+        BrokerError::Topology(match self {
+            Self::Exchange(spec) => format!(
+                "exchange {:?} exists with other arguments ({reason}); delete it (management \
+                 UI, or rabbitmqadmin delete exchange name={}) or declare it the same way",
+                spec.name, spec.name
+            ),
+            Self::Queue(spec) => format!(
+                "queue {:?} exists with other arguments ({reason}); delete it \
+                 (rabbitmqctl delete_queue {}) or declare it the same way",
+                spec.name, spec.name
+            ),
+            Self::Binding { .. } => reason,
+        })
+    }
+
+    /// Exclusive queues belong to the connection that declared them: their owners
+    /// declare them again themselves, under a name of their choosing.
+    fn outlives_connection(&self) -> bool {
+        !matches!(self, Self::Queue(spec) if spec.exclusive)
+    }
+}
+
+pub(super) struct Link {
+    url: String,
+    connection: AsyncMutex<Arc<Connection>>,
+    declarations: Mutex<Vec<Declaration>>,
+}
+
+impl Link {
+    pub async fn open(url: &str) -> Result<Self, BrokerError> {
+        Ok(Self {
+            connection: AsyncMutex::new(Arc::new(connect(url).await?)),
+            url: url.to_owned(),
+            declarations: Mutex::default(),
+        })
+    }
+
+    /// The live connection, reconnecting (and declaring everything again) first if it
+    /// dropped.
+    pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut current = self.connection.lock().await;
+        if !current.status().connected() {
+            let fresh = Arc::new(connect(&self.url).await?);
+            self.redeclare(&fresh).await?;
+            *current = fresh;
+            tracing::info!("reconnected to RabbitMQ and declared the topology again");
+        }
+        Ok(current.clone())
+    }
+
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        self.connection()
+            .await?
+            .create_channel()
+            .await
+            .map_err(classify)
+    }
+
+    /// Runs `op` on a channel of its own and closes it, whatever the outcome: RabbitMQ
+    /// answers a conflict or a missing queue by closing the channel it came on.
+    pub async fn on_own_channel<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = lapin::Result<T>>,
+    {
+        let channel = self.channel().await?;
+        let result = op(channel.clone()).await.map_err(classify);
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        result
+    }
+
+    /// Makes a declaration and remembers it for the next connection.
+    pub async fn declare(&self, declaration: Declaration) -> Result<(), BrokerError> {
+        let run = &declaration;
+        self.on_own_channel(|channel| async move { run.run(&channel).await })
+            .await
+            .map_err(|error| declaration.explain(error))?;
+        if declaration.outlives_connection() {
+            let mut declarations = self.declarations.lock().expect("declarations lock");
+            if !declarations.contains(&declaration) {
+                declarations.push(declaration);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the declarations of a deleted queue.
+    pub fn forget_queue(&self, name: &str) {
+        self.declarations.lock().expect("declarations lock").retain(
+            |declaration| match declaration {
+                Declaration::Queue(spec) => spec.name != name,
+                Declaration::Binding { queue, .. } => queue != name,
+                Declaration::Exchange(_) => true,
+            },
+        );
+    }
+
+    /// Replays every remembered declaration, in order, on a new connection.
+    async fn redeclare(&self, connection: &Connection) -> Result<(), BrokerError> {
+        let declarations = self.declarations.lock().expect("declarations lock").clone();
+        let channel = connection.create_channel().await.map_err(classify)?;
+        for declaration in &declarations {
+            declaration
+                .run(&channel)
+                .await
+                .map_err(|error| declaration.explain(classify(error)))?;
+        }
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+}
+
+async fn connect(url: &str) -> Result<Connection, BrokerError> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {e}")))
+}
