@@ -25,8 +25,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -247,15 +248,17 @@ impl Broker for RabbitMqBroker {
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(classify)?;
+        let tag = ShortString::from(format!("retrocat-{}", uuid::Uuid::now_v7()));
         let mut stream = channel
             .basic_consume(
                 queue.into(),
-                ShortString::from(format!("retrocat-{}", uuid::Uuid::now_v7())),
+                tag.clone(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(classify)?;
+        let channel = Arc::new(ConsumerChannel(channel));
         let dead_letter_queue = self
             .declared
             .lock()
@@ -272,7 +275,7 @@ impl Broker for RabbitMqBroker {
                     next = stream.next() => next,
                     () = sender.closed() => break,
                 };
-                let Some(Ok(delivery)) = next else { break };
+                let Some(Ok(delivery)) = next else { return };
                 let message = Message {
                     body: Bytes::from(delivery.data.clone()),
                     properties: from_amqp(&delivery.properties),
@@ -297,10 +300,12 @@ impl Broker for RabbitMqBroker {
                     break;
                 }
             }
-            // Closing the channel returns every unacknowledged delivery to the queue.
-            if channel.status().connected() {
-                let _ = channel.close(200, "consumer dropped".into()).await;
-            }
+            // The consumer was dropped: no more deliveries. Those in hand are settled on
+            // the channel, which closes once they are (see `ConsumerChannel`).
+            let _ = channel
+                .0
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await;
         });
         Ok(Consumer::new(receiver))
     }
@@ -412,8 +417,25 @@ impl Publisher {
     }
 }
 
+/// A consumer's channel, closed once the consumer and every delivery it handed out are
+/// gone. Closing it sooner would fail the acknowledgements of deliveries still being
+/// processed (a worker shutting down finishes those); closing it returns whatever is
+/// still unacknowledged to the queue.
+struct ConsumerChannel(Channel);
+
+impl Drop for ConsumerChannel {
+    fn drop(&mut self) {
+        if self.0.status().connected() {
+            let channel = self.0.clone();
+            tokio::spawn(async move {
+                let _ = channel.close(200, "consumer done".into()).await;
+            });
+        }
+    }
+}
+
 struct RabbitAcker {
-    channel: Channel,
+    channel: Arc<ConsumerChannel>,
     delivery_tag: u64,
     queue: String,
     dead_letter_queue: Option<String>,
@@ -427,6 +449,7 @@ impl Acker for RabbitAcker {
     async fn ack(&mut self) -> Result<(), BrokerError> {
         self.settled = true;
         self.channel
+            .0
             .basic_ack(self.delivery_tag, BasicAckOptions::default())
             .await
             .map_err(classify)
@@ -435,6 +458,7 @@ impl Acker for RabbitAcker {
     async fn nack(&mut self, requeue: bool) -> Result<(), BrokerError> {
         self.settled = true;
         self.channel
+            .0
             .basic_nack(
                 self.delivery_tag,
                 BasicNackOptions {
@@ -470,11 +494,12 @@ impl Acker for RabbitAcker {
 
 impl Drop for RabbitAcker {
     fn drop(&mut self) {
-        if !self.settled && self.channel.status().connected() {
+        if !self.settled && self.channel.0.status().connected() {
             let channel = self.channel.clone();
             let tag = self.delivery_tag;
             tokio::spawn(async move {
                 let _ = channel
+                    .0
                     .basic_nack(
                         tag,
                         BasicNackOptions {
