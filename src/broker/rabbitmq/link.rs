@@ -7,6 +7,7 @@
 //! declaration made so far is replayed on it, so a broker that came back without our
 //! exchanges, queues or bindings (a reset node, a new cluster member) has them again.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -115,17 +116,51 @@ impl Declaration {
         })
     }
 
+    /// The queue a declaration is about, if any.
+    fn queue(&self) -> Option<&str> {
+        match self {
+            Self::Queue(spec) => Some(&spec.name),
+            Self::Binding { queue, .. } => Some(queue),
+            Self::Exchange(_) => None,
+        }
+    }
+}
+
+/// The declarations to replay on a new connection.
+#[derive(Default)]
+struct Remembered {
+    declarations: Vec<Declaration>,
     /// Exclusive queues belong to the connection that declared them: their owners
-    /// declare them again themselves, under a name of their choosing.
-    fn outlives_connection(&self) -> bool {
-        !matches!(self, Self::Queue(spec) if spec.exclusive)
+    /// declare them again, with their bindings, once they notice the connection is new.
+    exclusive: HashSet<String>,
+}
+
+impl Remembered {
+    fn remember(&mut self, declaration: Declaration) {
+        if let Declaration::Queue(spec) = &declaration
+            && spec.exclusive
+        {
+            self.exclusive.insert(spec.name.clone());
+        }
+        let of_exclusive = declaration
+            .queue()
+            .is_some_and(|queue| self.exclusive.contains(queue));
+        if !of_exclusive && !self.declarations.contains(&declaration) {
+            self.declarations.push(declaration);
+        }
+    }
+
+    fn forget_queue(&mut self, name: &str) {
+        self.exclusive.remove(name);
+        self.declarations
+            .retain(|declaration| declaration.queue() != Some(name));
     }
 }
 
 pub(super) struct Link {
     url: String,
     connection: AsyncMutex<Arc<Connection>>,
-    declarations: Mutex<Vec<Declaration>>,
+    remembered: Mutex<Remembered>,
 }
 
 impl Link {
@@ -133,7 +168,7 @@ impl Link {
         Ok(Self {
             connection: AsyncMutex::new(Arc::new(connect(url).await?)),
             url: url.to_owned(),
-            declarations: Mutex::default(),
+            remembered: Mutex::default(),
         })
     }
 
@@ -179,29 +214,24 @@ impl Link {
         self.on_own_channel(|channel| async move { run.run(&channel).await })
             .await
             .map_err(|error| declaration.explain(error))?;
-        if declaration.outlives_connection() {
-            let mut declarations = self.declarations.lock().expect("declarations lock");
-            if !declarations.contains(&declaration) {
-                declarations.push(declaration);
-            }
-        }
+        self.remembered().remember(declaration);
         Ok(())
     }
 
     /// Forgets the declarations of a deleted queue.
     pub fn forget_queue(&self, name: &str) {
-        self.declarations.lock().expect("declarations lock").retain(
-            |declaration| match declaration {
-                Declaration::Queue(spec) => spec.name != name,
-                Declaration::Binding { queue, .. } => queue != name,
-                Declaration::Exchange(_) => true,
-            },
-        );
+        self.remembered().forget_queue(name);
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.remembered
+            .lock()
+            .expect("remembered declarations lock")
     }
 
     /// Replays every remembered declaration, in order, on a new connection.
     async fn redeclare(&self, connection: &Connection) -> Result<(), BrokerError> {
-        let declarations = self.declarations.lock().expect("declarations lock").clone();
+        let declarations = self.remembered().declarations.clone();
         let channel = connection.create_channel().await.map_err(classify)?;
         for declaration in &declarations {
             declaration
