@@ -2,6 +2,11 @@
 //! in a temporary directory, plus typed helpers that read like the API.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
+/// The binary as separate OS processes, and what they did to the database.
+pub mod processes;
+/// A vhost per test on the machine's RabbitMQ, and a plain AMQP client.
+pub mod rabbitmq;
+
 use clap::Parser;
 use retrocat::broker::Broker;
 use retrocat::cli::ServeArgs;

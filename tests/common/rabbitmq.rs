@@ -1,0 +1,225 @@
+//! The machine's RabbitMQ, for tests that run the system on it: a fresh vhost per test
+//! (so tests never see each other's queues), and the broker application stopped for a
+//! while. Both undo themselves on drop, also when the test panics. [`Amqp`] is a plain
+//! AMQP client, as the original system's Python and Node clients were.
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Runs `rabbitmqctl ARGS`; its output, or why it failed.
+pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "rabbitmqctl {} exited with {}: {text}",
+            args.join(" "),
+            output.status
+        ))
+    }
+}
+
+/// A vhost of its own on the RabbitMQ of `TEST_RABBITMQ_URL`, deleted on drop.
+pub struct Vhost {
+    pub name: String,
+    /// `TEST_RABBITMQ_URL` with this vhost.
+    pub url: String,
+}
+
+impl Vhost {
+    /// A fresh vhost, or `None` after saying why the test is skipped: without
+    /// `TEST_RABBITMQ_URL`, or without `rabbitmqctl` to make the vhost with.
+    pub fn create() -> Option<Self> {
+        let Ok(base) = std::env::var("TEST_RABBITMQ_URL") else {
+            eprintln!("skipped: TEST_RABBITMQ_URL is not set");
+            return None;
+        };
+        if Command::new("rabbitmqctl").arg("version").output().is_err() {
+            eprintln!(
+                "skipped: rabbitmqctl is not on PATH (needed to give this test a vhost of its own)"
+            );
+            return None;
+        }
+        let name = format!("retrocat-test-{}", uuid::Uuid::now_v7().simple());
+        let mut url = url::Url::parse(&base).expect("TEST_RABBITMQ_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        rabbitmqctl(&["add_vhost", &name]).expect("add a vhost");
+        let vhost = Self {
+            name,
+            url: url.to_string(),
+        };
+        let user = match url.username() {
+            "" => "guest",
+            user => user,
+        };
+        rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"])
+            .expect("grant the test user the vhost");
+        Some(vhost)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        if let Err(error) = rabbitmqctl(&["delete_vhost", &self.name]) {
+            eprintln!("could not delete vhost {}: {error}", self.name);
+        }
+    }
+}
+
+/// The RabbitMQ application stopped (`rabbitmqctl stop_app`): every connection drops
+/// and none is accepted until [`StoppedBroker::start`], or the drop of this guard,
+/// starts it again, so a failing test never leaves the broker down.
+pub struct StoppedBroker {
+    running: bool,
+}
+
+impl StoppedBroker {
+    pub fn stop() -> Self {
+        rabbitmqctl(&["stop_app"]).expect("stop the RabbitMQ application");
+        Self { running: false }
+    }
+
+    pub fn start(mut self) {
+        self.start_app()
+            .expect("start the RabbitMQ application again");
+    }
+
+    fn start_app(&mut self) -> Result<(), String> {
+        rabbitmqctl(&["start_app"])?;
+        rabbitmqctl(&["await_startup"])?;
+        self.running = true;
+        Ok(())
+    }
+}
+
+impl Drop for StoppedBroker {
+    fn drop(&mut self) {
+        if !self.running
+            && let Err(error) = self.start_app()
+        {
+            eprintln!("RabbitMQ could not be started again, start it by hand: {error}");
+        }
+    }
+}
+
+/// A plain AMQP client on one channel in confirm mode.
+pub struct Amqp {
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Amqp {
+    pub async fn connect(url: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("open a channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        Self {
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// Messages ready in `queue` (not counting those delivered and unacknowledged), and
+    /// its consumers.
+    pub async fn queue_state(&self, queue: &str) -> (u32, u32) {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = self
+            .channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue:?}: {e}"));
+        (queue.message_count(), queue.consumer_count())
+    }
+
+    /// Waits until `queue` has `consumers` consumers.
+    pub async fn wait_for_consumers(&self, queue: &str, consumers: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, now) = self.queue_state(queue).await;
+            if now == consumers {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue} has {now} consumers, not {consumers}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes as the original producers did: default exchange, the queue's name as
+    /// routing key, persistent (delivery mode 2), no message id; waits for the confirm.
+    pub async fn publish_original(&self, queue: &str, body: &[u8], headers: FieldTable) {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        self.channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publisher confirm");
+    }
+
+    /// Takes every message now ready in `queue`: its body, and its headers as text.
+    pub async fn take_all(&self, queue: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            let headers = message
+                .properties
+                .headers()
+                .as_ref()
+                .map(|table| {
+                    table
+                        .inner()
+                        .iter()
+                        .map(|(name, value)| (name.as_str().to_owned(), header_text(value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&message.data).into_owned();
+            messages.push((body, headers));
+        }
+        messages
+    }
+}
+
+fn header_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        other => format!("{other:?}"),
+    }
+}
