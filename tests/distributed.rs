@@ -1,0 +1,283 @@
+//! The system as separate OS processes on a real RabbitMQ: `retrocat api` and several
+//! `retrocat worker`s sharing one SQLite database, each test in a vhost of its own.
+//! Skipped without `TEST_RABBITMQ_URL` (and `rabbitmqctl`, to make the vhost).
+
+mod common;
+
+use common::processes::{Deployment, Effects, Process, create_games, free_port, stop_all};
+use common::rabbitmq::{Amqp, Vhost};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+const GAMES: usize = 5000;
+const IN_FLIGHT: usize = 32;
+const QUEUE: &str = "game_events";
+const DLQ: &str = "game_events.dlq";
+
+/// A migrated database, an API on RabbitMQ, and one worker per id, each consuming.
+async fn start(
+    vhost: &Vhost,
+    workers: &[&str],
+    args: &[&str],
+) -> (Deployment, Process, Vec<Process>, Amqp) {
+    let deployment = Deployment::on_rabbitmq(&vhost.url);
+    deployment.run("migrate", &[]).await;
+    let api = deployment.start_http("api", "api", free_port(), &[]).await;
+    let workers = deployment.start_workers(workers, args);
+    let amqp = Amqp::connect(&vhost.url).await;
+    amqp.wait_for_consumers(QUEUE, workers.len() as u32).await;
+    (deployment, api, workers, amqp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_and_three_workers_process_every_event_exactly_once() {
+    let Some(vhost) = Vhost::create() else { return };
+    let (deployment, api, workers, _amqp) =
+        start(&vhost, &["w1", "w2", "w3"], &["--simulate-work", "2ms"]).await;
+
+    let ids = create_games(
+        api.base(),
+        "Distributed",
+        GAMES,
+        IN_FLIGHT,
+        &AtomicUsize::new(0),
+    )
+    .await;
+    let effects = Effects::open(&deployment).await;
+    let split = effects
+        .assert_processed_exactly_once(&ids, Duration::from_secs(120))
+        .await;
+    for worker in ["w1", "w2", "w3"] {
+        let share = split.get(worker).copied().unwrap_or(0);
+        assert!(
+            share >= GAMES / 10,
+            "{worker} completed only {share} of {GAMES} events: {split:?}"
+        );
+    }
+    stop_all(workers.into_iter().chain([api]).collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_unacknowledged_deliveries_go_to_the_others() {
+    let Some(vhost) = Vhost::create() else { return };
+    // Slow work and few at a time: a backlog builds, and each worker holds a full
+    // prefetch window of unacknowledged deliveries.
+    let (deployment, api, mut workers, amqp) = start(
+        &vhost,
+        &["w1", "w2", "w3"],
+        &[
+            "--simulate-work",
+            "20ms",
+            "--concurrency",
+            "4",
+            "--prefetch",
+            "50",
+        ],
+    )
+    .await;
+    let effects = Effects::open(&deployment).await;
+
+    let creating = tokio::spawn({
+        let base = api.base().to_owned();
+        async move { create_games(&base, "Victim", GAMES, IN_FLIGHT, &AtomicUsize::new(0)).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while effects.completions().await.len() < 500 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not even 500 games completed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Messages still waiting in the queue mean every consumer's window is full: the
+    // victim dies holding deliveries it has not acknowledged.
+    let (ready, _) = amqp.queue_state(QUEUE).await;
+    let mut victim = workers.remove(0);
+    victim.kill().await;
+    let by_victim = effects.completed_by("w1").await;
+    eprintln!("killed w1 after it completed {by_victim}; {ready} messages were waiting");
+    assert!(
+        ready > 0,
+        "no backlog when w1 died; the test proves nothing"
+    );
+
+    let ids = creating.await.expect("creates");
+    let split = effects
+        .assert_processed_exactly_once(&ids, Duration::from_secs(150))
+        .await;
+    assert_eq!(
+        split.get("w1").copied().unwrap_or(0),
+        by_victim,
+        "w1 completed events after it was killed: {split:?}"
+    );
+    assert_eq!(split.values().sum::<usize>(), GAMES);
+    stop_all(workers.into_iter().chain([api]).collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_original_format_messages_on_rabbitmq() {
+    let Some(vhost) = Vhost::create() else { return };
+    let (deployment, api, workers, amqp) = start(&vhost, &["w1"], &[]).await;
+    let client = common::processes::http_client();
+    let created = create_games(api.base(), "Original", 1, 1, &AtomicUsize::new(0)).await;
+    let id = created[0];
+    let effects = Effects::open(&deployment).await;
+    effects
+        .wait_until_completed(&created, Duration::from_secs(30))
+        .await;
+
+    // As the original Python and Node clients published: no message id, no eventId.
+    let poison = [
+        ("not json", "not a game event"),
+        (r#"{"action":"create"}"#, "gameId"),
+        (r#"{"gameId":1,"action":"explode"}"#, "explode"),
+    ];
+    for (body, _) in poison {
+        amqp.publish_original(QUEUE, body.as_bytes(), FieldTable::default())
+            .await;
+    }
+    let original = |timestamp: &str| {
+        json!({"gameId": id, "action": "process", "timestamp": timestamp,
+               "gameData": {"title": "Original 0000", "platformId": 1, "genreId": 1,
+                            "developer": "Test Studio", "releaseYear": 1991,
+                            "yearCategory": "1990s", "description": "", "imageUrl": null}})
+        .to_string()
+    };
+    amqp.publish_original(
+        QUEUE,
+        original("2024-05-01T10:00:00.000Z").as_bytes(),
+        FieldTable::default(),
+    )
+    .await;
+    let mut retried = FieldTable::default();
+    retried.insert("x-retry-count".into(), AMQPValue::LongInt(2));
+    amqp.publish_original(
+        QUEUE,
+        original("2024-05-01T10:00:01.000Z").as_bytes(),
+        retried,
+    )
+    .await;
+
+    // The worker keeps going: both original-format messages are processed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let completed = loop {
+        let history: Vec<Value> = client
+            .get(api.url(&format!("/api/games/{id}/history")))
+            .send()
+            .await
+            .expect("history")
+            .json()
+            .await
+            .expect("history JSON");
+        let completed: Vec<Value> = history
+            .into_iter()
+            .filter(|a| a["outcome"] == "completed")
+            .collect();
+        if completed.len() >= 3 {
+            break completed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the original-format messages were not processed: {completed:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(completed.len(), 3, "{completed:#?}");
+    assert!(
+        completed.iter().all(|a| a["worker"] == "w1"),
+        "{completed:#?}"
+    );
+    assert!(
+        completed.iter().any(|a| a["attempt"] == 3),
+        "x-retry-count 2 makes attempt 3: {completed:#?}"
+    );
+
+    // The poison messages are in the dead-letter queue, each with what was wrong.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while amqp.queue_state(DLQ).await.0 < poison.len() as u32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "poison messages missing from {DLQ}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = amqp.take_all(DLQ).await;
+    assert_eq!(dead.len(), poison.len(), "{dead:#?}");
+    for (body, expected) in poison {
+        let (_, headers) = dead
+            .iter()
+            .find(|(dead_body, _)| dead_body == body)
+            .unwrap_or_else(|| panic!("{body:?} is not in {DLQ}: {dead:#?}"));
+        let reason = headers
+            .get("x-dead-letter-reason")
+            .unwrap_or_else(|| panic!("{body:?} has no x-dead-letter-reason: {headers:?}"));
+        eprintln!("dead-lettered {body:?}: {reason}");
+        assert!(
+            reason.contains(expected),
+            "the reason for {body:?} does not mention {expected:?}: {reason}"
+        );
+    }
+
+    // The original consumer's callback.
+    let response = client
+        .put(api.url(&format!("/api/games/{id}/process-complete")))
+        .json(&json!({"status": "completed"}))
+        .send()
+        .await
+        .expect("process-complete");
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+
+    stop_all(workers.into_iter().chain([api]).collect()).await;
+}
+
+/// Reads a Server-Sent Events stream until it shows `game.processed` for `id`.
+async fn wait_for_processed(mut stream: reqwest::Response, id: i64, api: &str) {
+    let wanted = format!("\"gameId\":{id},");
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen
+        .split("\n\n")
+        .any(|event| event.contains("event: game.processed") && event.contains(&wanted))
+    {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{api} never streamed game.processed for {id}: {seen}"))
+            .expect("stream")
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apis_both_stream_what_any_worker_processed() {
+    let Some(vhost) = Vhost::create() else { return };
+    let (deployment, first, workers, _amqp) = start(&vhost, &["w1"], &[]).await;
+    let second = deployment.start_http("api2", "api", free_port(), &[]).await;
+    let client = common::processes::http_client();
+    let mut streams = Vec::new();
+    for api in [&first, &second] {
+        let stream = client
+            .get(api.url("/api/stream"))
+            .send()
+            .await
+            .expect("open the live stream");
+        assert_eq!(stream.status(), 200);
+        streams.push(stream);
+    }
+
+    // Created through the first API, processed by the worker: both APIs stream it.
+    let ids = create_games(first.base(), "Live", 1, 1, &AtomicUsize::new(0)).await;
+    let [second_stream, first_stream] = [streams.pop().unwrap(), streams.pop().unwrap()];
+    tokio::join!(
+        wait_for_processed(first_stream, ids[0], "the first API"),
+        wait_for_processed(second_stream, ids[0], "the second API"),
+    );
+    stop_all(workers.into_iter().chain([first, second]).collect()).await;
+}
