@@ -11,6 +11,8 @@
 //! its delay. Upper bounds are left to the timeouts that keep a failing test from
 //! hanging.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -822,9 +824,70 @@ mod rabbitmq {
     conformance_suite!(super::fresh_rabbitmq);
 }
 
-/// What only RabbitMQ has: queue types.
+/// What only RabbitMQ has: queue types, connections that drop.
 mod rabbitmq_only {
     use super::*;
+    use crate::common::rabbitmq::{Vhost, rabbitmqctl};
+    use retrocat::broker::topology::{self, TopologyConfig};
+
+    #[tokio::test]
+    async fn a_new_connection_gets_the_whole_topology_declared_again() {
+        let Some(vhost) = Vhost::create() else {
+            return;
+        };
+        let broker = RabbitMqBroker::connect(&vhost.url).await.expect("connect");
+        topology::declare(&broker, TopologyConfig::default())
+            .await
+            .expect("declare");
+        // An exclusive queue and its binding die with the connection; their owner
+        // declares them again, so they must not stand in the way of the replay.
+        topology::declare_live_feed(&broker, "reconnect")
+            .await
+            .expect("declare a live feed");
+        // The broker loses the work queue, then the connection drops (a node reset).
+        let vhost_arg = ["-p", vhost.name.as_str()];
+        rabbitmqctl(
+            &[
+                &vhost_arg[..],
+                &["delete_queue", topology::GAME_EVENTS_QUEUE],
+            ]
+            .concat(),
+        )
+        .expect("delete the queue");
+        rabbitmqctl(
+            &[
+                &vhost_arg[..],
+                &["close_all_connections", "test: node reset"],
+            ]
+            .concat(),
+        )
+        .expect("close the connection");
+
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        while broker
+            .queue_depth(topology::GAME_EVENTS_QUEUE)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "game_events never came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Its bindings came back with it.
+        let event = Publish {
+            exchange: topology::EVENTS_EXCHANGE.into(),
+            routing_key: "game.created".into(),
+            message: message("{}"),
+            delay: None,
+        };
+        broker.publish(vec![event]).await.expect("publish");
+        assert_eq!(
+            broker
+                .queue_depth(topology::GAME_EVENTS_QUEUE)
+                .await
+                .unwrap(),
+            1
+        );
+    }
 
     #[tokio::test]
     async fn a_quorum_queue_works_and_cannot_be_redeclared_classic() {
