@@ -5,7 +5,7 @@
 mod common;
 
 use common::processes::{Deployment, Effects, Process, create_games, free_port, stop_all};
-use common::rabbitmq::{Amqp, Vhost};
+use common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use std::sync::atomic::AtomicUsize;
@@ -280,4 +280,45 @@ async fn two_apis_both_stream_what_any_worker_processed() {
         wait_for_processed(second_stream, ids[0], "the second API"),
     );
     stop_all(workers.into_iter().chain([first, second]).collect()).await;
+}
+
+#[tokio::test]
+async fn a_policy_lets_rabbitmq_dead_letter_what_other_consumers_reject() {
+    let Some(vhost) = Vhost::create() else { return };
+    let broker = retrocat::broker::rabbitmq::RabbitMqBroker::connect(&vhost.url)
+        .await
+        .expect("connect");
+    retrocat::broker::topology::declare(&broker, Default::default())
+        .await
+        .expect("declare the topology");
+    // What the README tells operators who also run the original consumer.
+    rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        &vhost.name,
+        "--apply-to",
+        "queues",
+        "game-events-dlx",
+        "^game_events$",
+        r#"{"dead-letter-exchange":"catalog.dlx","dead-letter-routing-key":"game_events"}"#,
+    ])
+    .expect("set the policy");
+    let amqp = Amqp::connect(&vhost.url).await;
+    amqp.publish_original(QUEUE, b"refused elsewhere", FieldTable::default())
+        .await;
+    assert!(
+        amqp.reject_next(QUEUE).await,
+        "the message was in game_events"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while amqp.queue_state(DLQ).await.0 < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rejected message did not reach {DLQ} through catalog.dlx"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = amqp.take_all(DLQ).await;
+    assert_eq!(dead[0].0, "refused elsewhere");
 }

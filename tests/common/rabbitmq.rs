@@ -4,7 +4,8 @@
 //! AMQP client, as the original system's Python and Node clients were.
 
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -186,6 +187,24 @@ impl Amqp {
             .expect("publish")
             .await
             .expect("publisher confirm");
+    }
+
+    /// Takes the next message ready in `queue` and rejects it without requeueing, as a
+    /// consumer that cannot handle it would; false when the queue was empty.
+    pub async fn reject_next(&self, queue: &str) -> bool {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get");
+        let Some(message) = message else {
+            return false;
+        };
+        self.channel
+            .basic_reject(message.delivery_tag, BasicRejectOptions { requeue: false })
+            .await
+            .expect("basic.reject");
+        true
     }
 
     /// Takes every message now ready in `queue`: its body, and its headers as text.
