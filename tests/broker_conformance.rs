@@ -36,17 +36,27 @@ struct Fixture {
     broker: Arc<dyn Broker>,
     suffix: String,
     queues: Mutex<Vec<String>>,
-    /// Keeps an embedded broker's directory alive for the test's duration.
-    _dir: Option<tempfile::TempDir>,
+    exchanges: Mutex<Vec<String>>,
+    home: Home,
+}
+
+/// Where the broker lives, and so how a test cleans up after itself.
+enum Home {
+    /// The embedded broker's directory, kept for the test's duration, then removed.
+    Embedded { _dir: tempfile::TempDir },
+    /// A RabbitMQ server's URL: the test's exchanges are deleted over plain AMQP, as
+    /// the `Broker` trait has no use for deleting exchanges.
+    RabbitMq(String),
 }
 
 impl Fixture {
-    fn new(broker: Arc<dyn Broker>, dir: Option<tempfile::TempDir>) -> Self {
+    fn new(broker: Arc<dyn Broker>, home: Home) -> Self {
         Self {
             broker,
             suffix: format!("{:012x}", rand::random::<u64>() >> 16),
             queues: Mutex::new(Vec::new()),
-            _dir: dir,
+            exchanges: Mutex::new(Vec::new()),
+            home,
         }
     }
 
@@ -95,6 +105,7 @@ impl Fixture {
             .declare_exchange(&spec)
             .await
             .expect("declare exchange");
+        self.exchanges.lock().unwrap().push(spec.name.clone());
         spec.name
     }
 
@@ -114,11 +125,24 @@ impl Fixture {
         self.broker.consume(queue, prefetch).await.expect("consume")
     }
 
-    /// Deletes the test's queues (exchanges stay: the trait cannot delete them).
+    /// Deletes the test's queues and, on RabbitMQ, its exchanges.
     async fn cleanup(self) {
         let queues = std::mem::take(&mut *self.queues.lock().unwrap());
         for queue in queues {
             let _ = self.broker.delete_queue(&queue).await;
+        }
+        let Home::RabbitMq(url) = &self.home else {
+            return;
+        };
+        let connection = lapin::Connection::connect(url, Default::default())
+            .await
+            .expect("connect to delete the test's exchanges");
+        let channel = connection.create_channel().await.expect("channel");
+        let exchanges = std::mem::take(&mut *self.exchanges.lock().unwrap());
+        for exchange in exchanges {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await;
         }
     }
 }
@@ -801,7 +825,7 @@ async fn fresh_embedded() -> Option<Fixture> {
     let broker = EmbeddedBroker::open(&dir.path().join("broker.db"))
         .await
         .expect("open the embedded broker");
-    Some(Fixture::new(Arc::new(broker), Some(dir)))
+    Some(Fixture::new(Arc::new(broker), Home::Embedded { _dir: dir }))
 }
 
 /// A connection to the RabbitMQ at `TEST_RABBITMQ_URL`; the case is skipped without it.
@@ -813,7 +837,7 @@ async fn fresh_rabbitmq() -> Option<Fixture> {
     let broker = RabbitMqBroker::connect(&url)
         .await
         .expect("connect to TEST_RABBITMQ_URL");
-    Some(Fixture::new(Arc::new(broker), None))
+    Some(Fixture::new(Arc::new(broker), Home::RabbitMq(url)))
 }
 
 mod embedded {
