@@ -514,12 +514,14 @@ impl Drop for RabbitAcker {
 }
 
 /// The delay queue a delay waits in, in milliseconds: the delay rounded *up* to two
-/// significant digits, so jittered retry delays share a few queues and no message is
-/// delivered before its time (it may be up to 10 % late).
+/// significant digits, but never by more than 100 ms. Jittered retry delays so share a
+/// bounded number of queues, and a message is never delivered early, nor more than
+/// 100 ms late (plus RabbitMQ's own expiry latency).
 fn delay_bucket(delay: Duration) -> i64 {
+    const MAX_UNIT_MS: u64 = 100;
     let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut unit = 1;
-    while ms / unit >= 100 {
+    while ms / unit >= 100 && unit < MAX_UNIT_MS {
         unit *= 10;
     }
     i64::try_from(ms.div_ceil(unit).saturating_mul(unit)).unwrap_or(i64::MAX)
@@ -614,14 +616,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_round_up_to_two_significant_digits() {
+    fn delays_round_up_to_two_significant_digits_or_100_ms() {
         let bucket = |ms| delay_bucket(Duration::from_millis(ms));
         assert_eq!(bucket(0), 1);
         assert_eq!(bucket(87), 87);
         assert_eq!(bucket(100), 100);
+        assert_eq!(bucket(123), 130);
         assert_eq!(bucket(1234), 1300);
         assert_eq!(bucket(1300), 1300);
-        assert_eq!(bucket(23_456), 24_000);
+        assert_eq!(bucket(23_456), 23_500);
         assert_eq!(bucket(60_000), 60_000);
     }
 
