@@ -1,7 +1,10 @@
 //! The command line: one binary, one subcommand per role (DESIGN.md).
 
+use crate::broker::{HeaderValue, topology};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
+use crate::producer::Outgoing;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 
 /// The Retro Gaming Catalog on a message-oriented architecture.
 ///
@@ -32,6 +35,75 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply database migrations (schema and seed data) and exit.
     Migrate,
+    /// Send a custom message ({"type": "custom", "message": …}) and print its id.
+    ///
+    /// Goes straight to the broker: RabbitMQ when RABBITMQ_URL is set, otherwise the
+    /// embedded broker's file, which a running `retrocat serve` holds (then use its
+    /// POST /api/messages instead).
+    Publish(PublishArgs),
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct PublishArgs {
+    /// The message: JSON, or plain text (sent as a string); - reads it from stdin.
+    pub message: String,
+
+    /// Exchange to publish to; "" is the default exchange (routing key = queue name).
+    #[arg(long, default_value = topology::CUSTOM_EXCHANGE)]
+    pub exchange: String,
+
+    /// Routing key; custom.# reaches custom_messages, other keys of catalog.custom land
+    /// in the unrouted queue.
+    #[arg(long, default_value = "custom.message")]
+    pub routing_key: String,
+
+    /// 0 to 10; honoured by queues with priorities (catalog.rpc).
+    #[arg(long, default_value_t = 0)]
+    pub priority: u8,
+
+    /// Deliver no earlier than this (e.g. 500ms, 5s, 2m); at most 24h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+
+    /// A header, NAME=VALUE (repeat for several); integers are sent as integers.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, HeaderValue)>,
+
+    /// Not persistent (delivery mode 1): lost if the broker restarts before delivery.
+    #[arg(long)]
+    pub transient: bool,
+}
+
+impl PublishArgs {
+    /// The message to send; reads standard input for `-`.
+    pub fn outgoing(&self) -> std::io::Result<Outgoing> {
+        let text = if self.message == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            self.message.clone()
+        };
+        let message = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok(Outgoing {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            message,
+            priority: self.priority,
+            delay: self.delay,
+            headers: self.headers.iter().cloned().collect(),
+            persistent: !self.transient,
+        })
+    }
+}
+
+fn parse_header(text: &str) -> Result<(String, HeaderValue), String> {
+    let (name, value) = text
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    let value = value
+        .parse::<i64>()
+        .map_or_else(|_| HeaderValue::from(value), HeaderValue::Int);
+    Ok((name.to_owned(), value))
 }
 
 #[derive(Parser, Debug, Clone)]

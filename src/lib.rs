@@ -15,6 +15,8 @@
 //! - [`processing`]: the worker that consumes `game_events`, derives thumbnails, retries
 //!   with backoff and dead-letters what cannot succeed. An *inbox* of processed event ids
 //!   makes redeliveries harmless.
+//! - [`producer`]: sends custom messages to any exchange, with priority, delay and
+//!   headers, for the API's producer routes and `retrocat publish`.
 //! - [`api`]: the HTTP API (the original system's routes and shapes, plus ours) and the
 //!   live stream of processing updates.
 //! - [`web`]: the web UI, its assets embedded in the binary.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod domain;
 pub mod outbox;
 pub mod processing;
+pub mod producer;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

@@ -7,6 +7,7 @@ use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
 use crate::processing::worker::Worker;
+use crate::producer;
 use crate::shutdown::Shutdown;
 use crate::storage::{Store, sqlite::SqliteStore};
 use anyhow::{Context, bail};
@@ -25,6 +26,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             connect_store(&cli.storage.database_url).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Publish(args) => {
+            let outgoing = args.outgoing().context("reading the message")?;
+            let broker = connect_broker(&cli.storage).await?;
+            topology::declare(broker.as_ref(), cli.storage.topology())
+                .await
+                .context("declaring the broker topology")?;
+            let id = producer::send(broker.as_ref(), outgoing).await?;
+            println!("{id}");
             Ok(())
         }
         Command::Serve(args) => {

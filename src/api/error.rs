@@ -5,6 +5,7 @@
 //! client gets a generic 500. The body also carries `message`, the field the original
 //! page displays from an error response.
 
+use crate::broker::BrokerError;
 use crate::domain::ValidationError;
 use crate::storage::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -118,6 +119,18 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable(format!("database unavailable: {message}"))
             }
             StoreError::Database(error) => Self::Internal(error.into()),
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::Unavailable(_) => {
+                Self::Unavailable(format!("{error}; try again once the broker is back"))
+            }
+            BrokerError::NotFound(what) => Self::NotFound(what),
+            BrokerError::Topology(_) | BrokerError::Other(_) => Self::Internal(error.into()),
         }
     }
 }

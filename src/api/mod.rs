@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 mod games;
 mod health;
+mod messages;
 mod processing;
 mod reference;
 pub mod stream;
@@ -44,6 +45,7 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         .merge(processing::router())
         .merge(stream::router())
         .merge(health::router())
+        .merge(messages::router())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
         .with_state(ctx);
     api.merge(crate::web::router())
