@@ -11,11 +11,12 @@ use rust_embed::Embed;
 #[folder = "assets/"]
 struct Assets;
 
-/// `/` (Catalog), `/processing`, and every asset by its path.
+/// `/` (Catalog), `/processing`, `/producer`, and every asset by its path.
 pub fn router() -> Router {
     Router::new()
         .route("/", get(|| async { asset("index.html") }))
         .route("/processing", get(|| async { asset("processing.html") }))
+        .route("/producer", get(|| async { asset("producer.html") }))
         .fallback(get(|uri: Uri| async move {
             asset(uri.path().trim_start_matches('/'))
         }))
@@ -64,6 +65,7 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8_lossy(&body).contains("RETRO GAMING CATALOG"));
         assert_eq!(get("/processing").await.status(), StatusCode::OK);
+        assert_eq!(get("/producer").await.status(), StatusCode::OK);
         let script = get("/app.js").await;
         assert!(
             script.headers()[header::CONTENT_TYPE]

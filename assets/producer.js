@@ -1,0 +1,100 @@
+// The Producer page: sends custom messages (POST /api/messages) and game events
+// (POST /api/messages/game-event), showing the server's field errors inline.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function showErrors(form, banner, error) {
+  for (const slot of form.querySelectorAll("[data-field-error]")) slot.textContent = "";
+  banner.textContent = "";
+  const fields = (error.problem && error.problem.errors) || [];
+  for (const { field, reason } of fields) {
+    const slot = form.querySelector(`[data-field-error="${CSS.escape(field)}"]`);
+    if (slot) slot.textContent = reason;
+    else banner.textContent = `${field}: ${reason}`;
+  }
+  if (fields.length === 0) banner.textContent = error.message;
+}
+
+function clearErrors(form, banner) {
+  showErrors(form, banner, { message: "" });
+}
+
+function logSent(where, what, answer) {
+  const empty = $("sent").querySelector(".empty");
+  if (empty) empty.remove();
+  $("sent").prepend(el("tr", {},
+    el("td", { textContent: new Date().toLocaleTimeString() }),
+    el("td", { textContent: where }),
+    el("td", { textContent: what }),
+    el("td", { textContent: answer }),
+  ));
+}
+
+/** NAME=VALUE lines; integers travel as integers, as `retrocat publish` sends them. */
+function parseHeaders(text) {
+  const headers = {};
+  for (const line of text.split("\n").map((l) => l.trim()).filter(Boolean)) {
+    const at = line.indexOf("=");
+    if (at < 1) throw Object.assign(new Error(`"${line}" is not NAME=VALUE`), {
+      problem: { errors: [{ field: "headers", reason: `"${line}" is not NAME=VALUE` }] },
+    });
+    const value = line.slice(at + 1);
+    headers[line.slice(0, at)] = /^-?\d+$/.test(value) ? Number(value) : value;
+  }
+  return headers;
+}
+
+function parseMessage(text) {
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    return text;
+  }
+}
+
+$("custom-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const data = new FormData(form);
+  try {
+    const body = {
+      exchange: data.get("exchange"),
+      routingKey: data.get("routingKey"),
+      message: parseMessage(data.get("message")),
+      priority: Number(data.get("priority") || 0),
+      headers: parseHeaders(data.get("headers")),
+      persistent: data.get("persistent") === "on",
+    };
+    const delay = Number(data.get("delayMs") || 0);
+    if (delay > 0) body.delayMs = delay;
+    const answer = await api("/api/messages", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    clearErrors(form, $("custom-error"));
+    logSent(`${body.exchange || "(default)"} / ${body.routingKey}`, JSON.stringify(body.message),
+      `confirmed, id ${answer.messageId}`);
+  } catch (error) {
+    showErrors(form, $("custom-error"), error);
+  }
+});
+
+$("event-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const data = new FormData(form);
+  const body = { gameId: Number(data.get("gameId")) || undefined, action: data.get("action") };
+  try {
+    const answer = await api("/api/messages/game-event", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    clearErrors(form, $("event-error"));
+    logSent("game_events", `${body.action} game ${body.gameId}`, answer.message);
+  } catch (error) {
+    showErrors(form, $("event-error"), error);
+  }
+});
