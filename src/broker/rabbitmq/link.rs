@@ -107,6 +107,12 @@ impl Declaration {
                  UI, or rabbitmqadmin delete exchange name={}) or declare it the same way",
                 spec.name, spec.name
             ),
+            Self::Queue(spec) if reason.contains("x-queue-type") => format!(
+                "queue {:?} exists as another type ({reason}); run with the --queue-type \
+                 (RETROCAT_QUEUE_TYPE) it was created with, or delete it \
+                 (rabbitmqctl delete_queue {}) to change its type",
+                spec.name, spec.name
+            ),
             Self::Queue(spec) => format!(
                 "queue {:?} exists with other arguments ({reason}); delete it \
                  (rabbitmqctl delete_queue {}) or declare it the same way",
