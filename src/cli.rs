@@ -1,9 +1,9 @@
 //! The command line: one binary, one subcommand per role (DESIGN.md).
 
-use crate::broker::{HeaderValue, topology};
+use crate::broker::{HeaderValue, dead_letters, topology};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::producer::Outgoing;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::time::Duration;
 
 /// The Retro Gaming Catalog on a message-oriented architecture.
@@ -41,6 +41,43 @@ pub enum Command {
     /// embedded broker's file, which a running `retrocat serve` holds (then use its
     /// POST /api/messages instead).
     Publish(PublishArgs),
+    /// Inspect a dead-letter queue and act on its messages.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DlqCommand {
+    /// The oldest messages, with why and when they were dead-lettered.
+    List {
+        #[command(flatten)]
+        queue: DlqQueue,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send a message back to the queue it died in, its retry count reset.
+    Replay {
+        /// The message's id, as `list` shows it.
+        id: String,
+        #[command(flatten)]
+        queue: DlqQueue,
+    },
+    /// Remove a message for good.
+    Purge {
+        /// The message's id, as `list` shows it.
+        id: String,
+        #[command(flatten)]
+        queue: DlqQueue,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DlqQueue {
+    /// The dead-letter queue (or unrouted).
+    #[arg(long, default_value = topology::GAME_EVENTS_DLQ,
+          value_parser = clap::builder::PossibleValuesParser::new(dead_letters::QUEUES))]
+    pub queue: String,
 }
 
 #[derive(Parser, Debug, Clone)]

@@ -1,8 +1,10 @@
 //! Builds the roles and runs them. `serve` is literally `api` and `worker` composed.
 
 use crate::api::{self, ApiContext, stream::LiveFeed};
-use crate::broker::{Broker, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, topology};
-use crate::cli::{Cli, Command, ServeArgs};
+use crate::broker::{
+    Broker, dead_letters, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, topology,
+};
+use crate::cli::{Cli, Command, DlqCommand, ServeArgs};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
@@ -30,13 +32,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Publish(args) => {
             let outgoing = args.outgoing().context("reading the message")?;
-            let broker = connect_broker(&cli.storage).await?;
-            topology::declare(broker.as_ref(), cli.storage.topology())
-                .await
-                .context("declaring the broker topology")?;
+            let broker = connect_declared_broker(&cli.storage).await?;
             let id = producer::send(broker.as_ref(), outgoing).await?;
             println!("{id}");
             Ok(())
+        }
+        Command::Dlq(command) => {
+            let broker = connect_declared_broker(&cli.storage).await?;
+            run_dlq(broker.as_ref(), command).await
         }
         Command::Serve(args) => {
             let parts = Components::connect(&cli.storage).await?;
@@ -113,6 +116,48 @@ async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>
             )
         })?;
     Ok(Arc::new(broker))
+}
+
+/// The broker alone, with the topology declared: for commands that need no database.
+async fn connect_declared_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
+    let broker = connect_broker(storage).await?;
+    topology::declare(broker.as_ref(), storage.topology())
+        .await
+        .context("declaring the broker topology")?;
+    Ok(broker)
+}
+
+/// `retrocat dlq …`: prints what it found or did, one JSON object a line.
+async fn run_dlq(broker: &dyn Broker, command: DlqCommand) -> anyhow::Result<()> {
+    let (acted, id, queue) = match command {
+        DlqCommand::List { queue, limit } => {
+            for dead in dead_letters::list(broker, &queue.queue, limit).await? {
+                println!("{}", serde_json::to_string(&dead)?);
+            }
+            return Ok(());
+        }
+        DlqCommand::Replay { id, queue } => (
+            dead_letters::replay(broker, &queue.queue, &id).await?,
+            id,
+            queue,
+        ),
+        DlqCommand::Purge { id, queue } => (
+            dead_letters::purge(broker, &queue.queue, &id).await?,
+            id,
+            queue,
+        ),
+    };
+    match acted {
+        Some(dead) => {
+            println!("{}", serde_json::to_string(&dead)?);
+            Ok(())
+        }
+        None => bail!(
+            "no message {id} among the oldest {} of {}",
+            dead_letters::MAX_SCAN,
+            queue.queue
+        ),
+    }
 }
 
 async fn bind(http: &HttpArgs) -> anyhow::Result<TcpListener> {

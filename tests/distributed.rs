@@ -203,6 +203,27 @@ async fn poison_and_original_format_messages_on_rabbitmq() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The API lists them, with their reasons, and leaves them in place.
+    let listed: Vec<Value> = client
+        .get(api.url("/api/dlq"))
+        .send()
+        .await
+        .expect("list dead letters")
+        .json()
+        .await
+        .expect("dead letters JSON");
+    assert_eq!(listed.len(), poison.len(), "{listed:#?}");
+    assert!(
+        listed.iter().all(|dead| dead["reason"].is_string()),
+        "{listed:#?}"
+    );
+    while amqp.queue_state(DLQ).await.0 < poison.len() as u32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listing took dead letters out of {DLQ}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let dead = amqp.take_all(DLQ).await;
     assert_eq!(dead.len(), poison.len(), "{dead:#?}");
     for (body, expected) in poison {

@@ -4,6 +4,7 @@
 //! every route shares: tracing, CORS, body limit, timeout, and the logging of internal
 //! errors (inside the trace span, so the log line carries the route).
 
+mod dlq;
 pub mod error;
 pub mod extract;
 mod games;
@@ -46,6 +47,7 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         .merge(stream::router())
         .merge(health::router())
         .merge(messages::router())
+        .merge(dlq::router())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
         .with_state(ctx);
     api.merge(crate::web::router())

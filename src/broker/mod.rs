@@ -10,6 +10,7 @@
 //! Delivery is at least once: a delivery that is dropped without being settled, or whose
 //! consumer dies, is delivered again. Consumers are therefore idempotent.
 
+pub mod dead_letters;
 pub mod embedded;
 pub mod rabbitmq;
 pub mod topology;

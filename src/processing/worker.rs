@@ -8,8 +8,10 @@
 use super::fetch::CoverFetcher;
 use super::retry::{Failure, RetryPolicy};
 use super::thumbnail::{Thumbnail, make_thumbnail};
-use crate::broker::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
-use crate::domain::{GameAction, WorkMessage};
+use crate::broker::{
+    Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
+};
+use crate::domain::{EventId, GameAction, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, Store, StoreError, WorkItem,
@@ -204,7 +206,11 @@ impl Worker {
                     return Ok(Outcome::DeadLettered { reason: poison.0 });
                 }
             };
-        let event_id = event.id();
+        // A replayed dead letter is processed anew: its own failure is in the inbox.
+        let event_id = match properties.header_int(dead_letters::REPLAY_COUNT) {
+            Some(replay) if replay > 0 => EventId::new(format!("{}#replay-{replay}", event.id())),
+            _ => event.id(),
+        };
         if self.store.is_processed(&event_id).await? {
             delivery.ack().await?;
             return Ok(Outcome::Duplicate);

@@ -1,0 +1,188 @@
+//! Inspecting and acting on a dead-letter queue: list, replay, purge.
+//!
+//! Built on the [`Broker`] trait alone, so it works the same on both brokers: the
+//! messages are taken as deliveries and, unless acted on, left unsettled, which puts
+//! them back where they were. Reading a DLQ this way marks its messages redelivered,
+//! which nothing downstream relies on. Two operators acting on the same DLQ at the same
+//! moment may each see part of it; neither loses a message.
+
+use super::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
+use crate::domain::EventId;
+use serde::Serialize;
+use std::time::Duration;
+
+/// How long to wait for the next message the queue said it holds; past it, someone
+/// else took it.
+const NEXT_DELIVERY: Duration = Duration::from_secs(2);
+
+/// How many of the oldest messages replay and purge look through for the one named:
+/// each is held, unsettled, until the search ends, so the search is bounded.
+pub const MAX_SCAN: usize = 10_000;
+
+/// The queues whose messages can be listed, replayed and purged: the dead-letter
+/// queues, and `unrouted` (listed; its messages name no queue to replay to).
+pub const QUEUES: [&str; 4] = [
+    topology::GAME_EVENTS_DLQ,
+    topology::CUSTOM_DLQ,
+    topology::RPC_DLQ,
+    topology::UNROUTED_QUEUE,
+];
+
+/// Counts a replay of an event: the worker treats a replayed event as a new one (its
+/// inbox already holds the failed attempt's event id).
+pub const REPLAY_COUNT: &str = "x-replay-count";
+
+/// A dead-lettered message, as `GET /api/dlq` and `retrocat dlq list` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The message id, or a digest of the body for messages sent without one.
+    pub id: String,
+    /// The queue it died in.
+    pub queue: Option<String>,
+    pub reason: Option<String>,
+    pub dead_lettered_at: Option<String>,
+    /// Attempts made before it was dead-lettered (`x-retry-count` + 1).
+    pub attempts: i64,
+    pub replays: i64,
+    /// The body as text (lossy for binary bodies).
+    pub body: String,
+}
+
+impl DeadLetter {
+    fn of(message: &Message) -> Self {
+        let properties = &message.properties;
+        Self {
+            id: id_of(message),
+            queue: properties
+                .header_str(headers::DEAD_LETTER_QUEUE)
+                .map(str::to_owned),
+            reason: properties
+                .header_str(headers::DEAD_LETTER_REASON)
+                .map(str::to_owned),
+            dead_lettered_at: properties
+                .header_str(headers::DEAD_LETTERED_AT)
+                .map(str::to_owned),
+            attempts: properties.header_int(headers::RETRY_COUNT).unwrap_or(0) + 1,
+            replays: properties.header_int(REPLAY_COUNT).unwrap_or(0),
+            body: String::from_utf8_lossy(&message.body).into_owned(),
+        }
+    }
+}
+
+fn id_of(message: &Message) -> String {
+    match &message.properties.message_id {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => EventId::from_body(&message.body).to_string(),
+    }
+}
+
+/// Up to `limit` messages of `dlq`, oldest first, left in place.
+pub async fn list(
+    broker: &dyn Broker,
+    dlq: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, BrokerError> {
+    let taken = take(broker, dlq, limit, |_| false).await?;
+    Ok(taken.seen)
+}
+
+/// Sends the message `id` back to the queue it died in, with its retry count reset, and
+/// removes it from `dlq`. `Ok(None)` when `dlq` holds no such message.
+pub async fn replay(
+    broker: &dyn Broker,
+    dlq: &str,
+    id: &str,
+) -> Result<Option<DeadLetter>, BrokerError> {
+    let Some((found, delivery)) = find(broker, dlq, id).await? else {
+        return Ok(None);
+    };
+    let Some(queue) = found.queue.clone() else {
+        return Err(BrokerError::Other(format!(
+            "message {id} does not say which queue it died in ({} header)",
+            headers::DEAD_LETTER_QUEUE
+        )));
+    };
+    let mut message = delivery.message.clone();
+    let headers = &mut message.properties.headers;
+    for name in [
+        headers::RETRY_COUNT,
+        headers::DEAD_LETTER_REASON,
+        headers::DEAD_LETTER_QUEUE,
+        headers::DEAD_LETTERED_AT,
+    ] {
+        headers.remove(name);
+    }
+    headers.insert(REPLAY_COUNT.into(), (found.replays + 1).into());
+    // Published before the dead letter is removed: a crash in between leaves a copy in
+    // both places, never in neither.
+    broker
+        .publish(vec![Publish::to_queue(&queue, message)])
+        .await?;
+    delivery.ack().await?;
+    Ok(Some(found))
+}
+
+/// Removes the message `id` from `dlq`. `Ok(None)` when it holds no such message.
+pub async fn purge(
+    broker: &dyn Broker,
+    dlq: &str,
+    id: &str,
+) -> Result<Option<DeadLetter>, BrokerError> {
+    let Some((found, delivery)) = find(broker, dlq, id).await? else {
+        return Ok(None);
+    };
+    delivery.ack().await?;
+    Ok(Some(found))
+}
+
+async fn find(
+    broker: &dyn Broker,
+    dlq: &str,
+    id: &str,
+) -> Result<Option<(DeadLetter, Delivery)>, BrokerError> {
+    let taken = take(broker, dlq, MAX_SCAN, |message| id_of(message) == id).await?;
+    Ok(taken.seen.into_iter().last().zip(taken.found))
+}
+
+struct Taken {
+    seen: Vec<DeadLetter>,
+    /// The delivery `wanted` picked, still unsettled; the others went back.
+    found: Option<Delivery>,
+}
+
+/// Takes deliveries from `queue` until `limit`, the end of what it holds, or one that
+/// `wanted` picks; every other delivery is dropped unsettled, back to its place.
+async fn take(
+    broker: &dyn Broker,
+    queue: &str,
+    limit: usize,
+    wanted: impl Fn(&Message) -> bool,
+) -> Result<Taken, BrokerError> {
+    let ready = usize::try_from(broker.queue_depth(queue).await?).unwrap_or(usize::MAX);
+    let count = ready.min(limit);
+    let mut taken = Taken {
+        seen: Vec::new(),
+        found: None,
+    };
+    if count == 0 {
+        return Ok(taken);
+    }
+    let prefetch = u16::try_from(count).unwrap_or(u16::MAX);
+    let mut consumer = broker.consume(queue, prefetch).await?;
+    let mut held = Vec::with_capacity(count.min(1024));
+    while taken.seen.len() < count {
+        let Ok(Some(delivery)) = tokio::time::timeout(NEXT_DELIVERY, consumer.next()).await else {
+            break;
+        };
+        taken.seen.push(DeadLetter::of(&delivery.message));
+        if wanted(&delivery.message) {
+            taken.found = Some(delivery);
+            break;
+        }
+        held.push(delivery);
+    }
+    drop(consumer);
+    drop(held);
+    Ok(taken)
+}
