@@ -4,6 +4,7 @@
 //! whole configuration and the defaults run the complete system with nothing installed.
 
 use crate::broker::QueueType;
+use crate::broker::sealed::MessageKeys;
 use crate::broker::topology::TopologyConfig;
 use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
@@ -12,6 +13,7 @@ use crate::processing::worker::WorkerConfig;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the catalog and the messages live; shared by every role.
@@ -50,6 +52,17 @@ pub struct StorageArgs {
         global = true
     )]
     pub queue_type: QueueType,
+
+    /// Encrypt message bodies: ID:BASE64KEY[,ID:BASE64KEY…], 32-byte keys; the first
+    /// seals, all open (rotate by putting the new key first). Off by default: consumers
+    /// that expect plain JSON, like the original system's, cannot read sealed messages.
+    #[arg(long, env = "RETROCAT_MESSAGE_KEYS", hide_env_values = true, global = true,
+          value_parser = parse_message_keys)]
+    pub message_keys: Option<Arc<MessageKeys>>,
+}
+
+fn parse_message_keys(spec: &str) -> Result<Arc<MessageKeys>, String> {
+    MessageKeys::parse(spec).map(Arc::new)
 }
 
 impl StorageArgs {

@@ -2,7 +2,8 @@
 
 use crate::api::{self, ApiContext, stream::LiveFeed};
 use crate::broker::{
-    Broker, dead_letters, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, topology,
+    Broker, dead_letters, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, sealed::SealedBroker,
+    topology,
 };
 use crate::cli::{Cli, Command, DlqCommand, ServeArgs};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
@@ -94,7 +95,17 @@ pub async fn connect_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     Ok(store)
 }
 
+/// The broker `RABBITMQ_URL` names, or the embedded one; sealing bodies when
+/// `RETROCAT_MESSAGE_KEYS` is set.
 async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
+    let broker = connect_plain_broker(storage).await?;
+    Ok(match &storage.message_keys {
+        Some(keys) => Arc::new(SealedBroker::new(broker, keys.clone())),
+        None => broker,
+    })
+}
+
+async fn connect_plain_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
     if let Some(url) = &storage.rabbitmq_url {
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
             bail!(

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use retrocat::broker::embedded::EmbeddedBroker;
 use retrocat::broker::rabbitmq::RabbitMqBroker;
+use retrocat::broker::sealed::{MessageKeys, SealedBroker};
 use retrocat::broker::{
     Broker, BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, HeaderValue, Message,
     Properties, Publish, QueueSpec, QueueType, headers,
@@ -840,8 +841,22 @@ async fn fresh_rabbitmq() -> Option<Fixture> {
     Some(Fixture::new(Arc::new(broker), Home::RabbitMq(url)))
 }
 
+/// The embedded broker behind message encryption: sealing must be invisible to every
+/// behaviour above.
+async fn fresh_sealed_embedded() -> Option<Fixture> {
+    let mut fixture = fresh_embedded().await?;
+    let keys =
+        MessageKeys::parse("k:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").expect("a valid key");
+    fixture.broker = Arc::new(SealedBroker::new(fixture.broker, Arc::new(keys)));
+    Some(fixture)
+}
+
 mod embedded {
     conformance_suite!(super::fresh_embedded);
+}
+
+mod sealed_embedded {
+    conformance_suite!(super::fresh_sealed_embedded);
 }
 
 mod rabbitmq {

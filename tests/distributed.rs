@@ -343,3 +343,60 @@ async fn a_policy_lets_rabbitmq_dead_letter_what_other_consumers_reject() {
     let dead = amqp.take_all(DLQ).await;
     assert_eq!(dead[0].0, "refused elsewhere");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
+    const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let Some(vhost) = Vhost::create() else { return };
+    let deployment = Deployment::on_rabbitmq(&vhost.url);
+    deployment.run("migrate", &[]).await;
+    let sealed = ["--message-keys", KEYS];
+    let api = deployment
+        .start_http("api", "api", free_port(), &sealed)
+        .await;
+    let workers = deployment.start_workers(&["w1"], &sealed);
+    let amqp = Amqp::connect(&vhost.url).await;
+    amqp.wait_for_consumers(QUEUE, 1).await;
+
+    let ids = create_games(api.base(), "Sealed", 20, 4, &AtomicUsize::new(0)).await;
+    Effects::open(&deployment)
+        .await
+        .assert_processed_exactly_once(&ids, Duration::from_secs(30))
+        .await;
+
+    // On the broker, bodies are ciphertext that names its key.
+    let client = common::processes::http_client();
+    let sent = client
+        .post(api.url("/api/messages/custom"))
+        .json(&json!({"message": "hello, in secret"}))
+        .send()
+        .await
+        .expect("send a custom message");
+    assert_eq!(sent.status(), 201);
+    let on_the_wire = amqp.take_all("custom_messages").await;
+    assert_eq!(on_the_wire.len(), 1);
+    let (body, headers) = &on_the_wire[0];
+    assert!(!body.contains("hello"), "the body is sealed: {body}");
+    assert_eq!(headers.get("x-key-id").map(String::as_str), Some("k1"));
+
+    // A body that claims to be sealed with our key but was tampered with.
+    let mut claims = FieldTable::default();
+    claims.insert(
+        "x-encryption".into(),
+        AMQPValue::LongString("xchacha20poly1305".into()),
+    );
+    claims.insert("x-key-id".into(), AMQPValue::LongString("k1".into()));
+    amqp.publish_original(QUEUE, &[7u8; 64], claims).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while amqp.queue_state(DLQ).await.0 < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tampered message did not reach {DLQ}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = amqp.take_all(DLQ).await;
+    let reason = &dead[0].1["x-dead-letter-reason"];
+    assert!(reason.contains("cannot decrypt"), "{reason}");
+    stop_all(workers.into_iter().chain([api]).collect()).await;
+}

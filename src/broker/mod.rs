@@ -13,6 +13,7 @@
 pub mod dead_letters;
 pub mod embedded;
 pub mod rabbitmq;
+pub mod sealed;
 pub mod topology;
 
 use async_trait::async_trait;
@@ -32,6 +33,10 @@ pub mod headers {
     pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
     /// W3C trace context, so a trace follows an event from the API to the worker.
     pub const TRACEPARENT: &str = "traceparent";
+    /// The cipher a sealed body was encrypted with (see `broker::sealed`).
+    pub const ENCRYPTION: &str = "x-encryption";
+    /// The id of the key a sealed body was encrypted with.
+    pub const KEY_ID: &str = "x-key-id";
 }
 
 /// A header value: the subset of AMQP field types retrocat uses.

@@ -44,6 +44,7 @@ pub fn storage_in(dir: &std::path::Path) -> StorageArgs {
         rabbitmq_url: None,
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
+        message_keys: None,
     }
 }
 

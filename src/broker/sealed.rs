@@ -1,0 +1,330 @@
+//! Message encryption: a [`Broker`] that seals every body it publishes and opens every
+//! body it delivers, around any other broker.
+//!
+//! Bodies are sealed with XChaCha20-Poly1305 (RustCrypto): a random 24-byte nonce, then
+//! the ciphertext and its tag. The key's id travels in the `x-key-id` header so keys can
+//! rotate: the first key of `RETROCAT_MESSAGE_KEYS` seals, every listed key opens. The
+//! message id is authenticated with the body, so a ciphertext cannot be passed off as
+//! another message. A delivery that cannot be opened (unknown key, tampered bytes) never
+//! reaches the consumer: it goes to its queue's dead-letter queue with the reason.
+//!
+//! Off by default: consumers that expect plain JSON, such as the original system's,
+//! cannot read sealed messages. Plain messages are still delivered as they are, so those
+//! clients' messages keep working; encryption here keeps payloads confidential on the
+//! broker, it does not authenticate producers.
+
+use super::{
+    Broker, BrokerError, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec, headers,
+};
+use async_trait::async_trait;
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// The cipher a sealed message names in its `x-encryption` header.
+pub const CIPHER: &str = "xchacha20poly1305";
+const NONCE_LEN: usize = 24;
+
+/// The keys messages are sealed and opened with.
+pub struct MessageKeys {
+    current: String,
+    ciphers: HashMap<String, XChaCha20Poly1305>,
+}
+
+impl std::fmt::Debug for MessageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("MessageKeys")
+            .field("current", &self.current)
+            .field("ids", &self.ciphers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl MessageKeys {
+    /// Parses `ID:BASE64KEY,ID:BASE64KEY,…`, each key 32 random bytes (e.g.
+    /// `openssl rand -base64 32`); the first seals.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut current = None;
+        let mut ciphers = HashMap::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (id, key) = entry
+                .split_once(':')
+                .filter(|(id, _)| !id.is_empty())
+                .ok_or_else(|| format!("{entry:?} is not ID:BASE64KEY"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .map_err(|e| format!("key {id:?} is not base64: {e}"))?;
+            let key = Key::try_from(bytes.as_slice())
+                .map_err(|_| format!("key {id:?} has {} bytes; it needs 32", bytes.len()))?;
+            if ciphers
+                .insert(id.to_owned(), XChaCha20Poly1305::new(&key))
+                .is_some()
+            {
+                return Err(format!("key id {id:?} appears twice"));
+            }
+            current.get_or_insert_with(|| id.to_owned());
+        }
+        let current = current.ok_or("no keys: expected ID:BASE64KEY[,ID:BASE64KEY…]")?;
+        Ok(Self { current, ciphers })
+    }
+
+    fn aad(message: &Message) -> Vec<u8> {
+        let id = message.properties.message_id.as_deref().unwrap_or("");
+        format!("retrocat/{CIPHER}/{id}").into_bytes()
+    }
+
+    /// Replaces the body with its sealed form and names the key in the headers.
+    pub fn seal(&self, message: &mut Message) {
+        let cipher = &self.ciphers[&self.current];
+        let nonce = XNonce::generate();
+        let aad = Self::aad(message);
+        let payload = Payload {
+            msg: &message.body,
+            aad: &aad,
+        };
+        let sealed = cipher
+            .encrypt(&nonce, payload)
+            .expect("XChaCha20-Poly1305 seals any message that fits in memory");
+        let mut body = Vec::with_capacity(NONCE_LEN + sealed.len());
+        body.extend_from_slice(&nonce);
+        body.extend_from_slice(&sealed);
+        message.body = body.into();
+        let headers = &mut message.properties.headers;
+        headers.insert(headers::ENCRYPTION.into(), CIPHER.into());
+        headers.insert(headers::KEY_ID.into(), self.current.as_str().into());
+    }
+
+    /// Opens a sealed body in place; a plain message is left as it is.
+    pub fn open(&self, message: &mut Message) -> Result<(), String> {
+        let Some(cipher_name) = message.properties.header_str(headers::ENCRYPTION) else {
+            return Ok(());
+        };
+        if cipher_name != CIPHER {
+            return Err(format!("cannot decrypt: unknown cipher {cipher_name:?}"));
+        }
+        let key_id = message
+            .properties
+            .header_str(headers::KEY_ID)
+            .ok_or("cannot decrypt: no x-key-id header")?;
+        let cipher = self.ciphers.get(key_id).ok_or_else(|| {
+            format!("cannot decrypt: unknown key id {key_id:?} (not in RETROCAT_MESSAGE_KEYS)")
+        })?;
+        if message.body.len() < NONCE_LEN {
+            return Err("cannot decrypt: body shorter than a nonce".into());
+        }
+        let (nonce, sealed) = message.body.split_at(NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).expect("split at the nonce length");
+        let aad = Self::aad(message);
+        let plain = cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| format!("cannot decrypt with key {key_id:?}: tampered or wrong key"))?;
+        message.body = plain.into();
+        let headers = &mut message.properties.headers;
+        headers.remove(headers::ENCRYPTION);
+        headers.remove(headers::KEY_ID);
+        Ok(())
+    }
+}
+
+/// Any broker, with every body sealed on the way in and opened on the way out.
+pub struct SealedBroker {
+    inner: Arc<dyn Broker>,
+    keys: Arc<MessageKeys>,
+    /// Queues declared without a dead-letter queue: an unreadable message there is
+    /// dropped (with a warning) rather than requeued forever.
+    without_dlq: Mutex<HashSet<String>>,
+}
+
+impl SealedBroker {
+    pub fn new(inner: Arc<dyn Broker>, keys: Arc<MessageKeys>) -> Self {
+        Self {
+            inner,
+            keys,
+            without_dlq: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for SealedBroker {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        self.inner.declare_exchange(spec).await
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.inner.declare_queue(spec).await?;
+        let mut without_dlq = self.without_dlq.lock().expect("queue set lock");
+        if spec.dead_letter_queue.is_none() {
+            without_dlq.insert(spec.name.clone());
+        } else {
+            without_dlq.remove(&spec.name);
+        }
+        Ok(())
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        pattern: &str,
+    ) -> Result<(), BrokerError> {
+        self.inner.bind_queue(queue, exchange, pattern).await
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        self.inner.delete_queue(name).await
+    }
+
+    async fn publish(&self, mut batch: Vec<Publish>) -> Result<(), BrokerError> {
+        for publish in &mut batch {
+            self.keys.seal(&mut publish.message);
+        }
+        self.inner.publish(batch).await
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
+        let mut inner = self.inner.consume(queue, prefetch).await?;
+        let keys = self.keys.clone();
+        let has_dlq = !self
+            .without_dlq
+            .lock()
+            .expect("queue set lock")
+            .contains(queue);
+        let queue = queue.to_owned();
+        let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inner.next() => next,
+                    () = sender.closed() => break,
+                };
+                let Some(mut delivery) = next else { break };
+                match keys.open(&mut delivery.message) {
+                    Ok(()) => {
+                        if sender.send(delivery).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(reason) => set_aside(delivery, &reason, &queue, has_dlq).await,
+                }
+            }
+        });
+        Ok(Consumer::new(receiver))
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.inner.queue_depth(queue).await
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        self.inner.ping().await
+    }
+}
+
+/// Takes an unreadable delivery out of the way: to the dead-letter queue with the
+/// reason, or, for a queue without one, dropped with a warning.
+async fn set_aside(delivery: Delivery, reason: &str, queue: &str, has_dlq: bool) {
+    let settled = if has_dlq {
+        tracing::warn!(%queue, %reason, "undecryptable message dead-lettered");
+        delivery.dead_letter(reason).await
+    } else {
+        tracing::warn!(%queue, %reason, "undecryptable message dropped: its queue has no dead-letter queue");
+        delivery.nack(false).await
+    };
+    if let Err(error) = settled {
+        tracing::warn!(%queue, %error, "could not set an undecryptable message aside; it will come back");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Properties;
+
+    const KEY_A: &str = "a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const KEY_B: &str = "b:HxscGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQAfHh0=";
+
+    fn message(body: &str) -> Message {
+        Message {
+            body: body.as_bytes().to_vec().into(),
+            properties: Properties::json("event-1"),
+        }
+    }
+
+    #[test]
+    fn a_sealed_message_opens_to_the_original() {
+        let keys = MessageKeys::parse(KEY_A).unwrap();
+        let mut sealed = message(r#"{"gameId":1}"#);
+        keys.seal(&mut sealed);
+        assert!(!String::from_utf8_lossy(&sealed.body).contains("gameId"));
+        assert_eq!(sealed.properties.header_str(headers::KEY_ID), Some("a"));
+        keys.open(&mut sealed).unwrap();
+        assert_eq!(sealed, message(r#"{"gameId":1}"#));
+    }
+
+    #[test]
+    fn after_rotation_the_old_key_still_opens() {
+        let old = MessageKeys::parse(KEY_A).unwrap();
+        let rotated = MessageKeys::parse(&format!("{KEY_B},{KEY_A}")).unwrap();
+        let mut sealed = message("before the rotation");
+        old.seal(&mut sealed);
+        rotated.open(&mut sealed).unwrap();
+        assert_eq!(sealed.body.as_ref(), b"before the rotation");
+        let mut fresh = message("after");
+        rotated.seal(&mut fresh);
+        assert_eq!(fresh.properties.header_str(headers::KEY_ID), Some("b"));
+    }
+
+    #[test]
+    fn tampering_an_unknown_key_or_another_message_id_fails_with_a_reason() {
+        let keys = MessageKeys::parse(KEY_A).unwrap();
+        let mut sealed = message("secret");
+        keys.seal(&mut sealed);
+
+        let mut tampered = sealed.clone();
+        let mut bytes = tampered.body.to_vec();
+        *bytes.last_mut().unwrap() ^= 1;
+        tampered.body = bytes.into();
+        assert!(keys.open(&mut tampered).unwrap_err().contains("tampered"));
+
+        let mut moved = sealed.clone();
+        moved.properties.message_id = Some("event-2".into());
+        assert!(keys.open(&mut moved).is_err());
+
+        let other = MessageKeys::parse(KEY_B).unwrap();
+        assert!(
+            other
+                .open(&mut sealed)
+                .unwrap_err()
+                .contains("unknown key id")
+        );
+    }
+
+    #[test]
+    fn key_lists_are_checked() {
+        for bad in [
+            "",
+            "a",
+            ":AAAA",
+            "a:not base64!",
+            "a:AAAA",
+            &format!("{KEY_A},{KEY_A}"),
+        ] {
+            assert!(MessageKeys::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
