@@ -57,7 +57,59 @@ async function showHistory(task, scroll = true) {
   if (scroll) $("history-panel").scrollIntoView({ behavior: "smooth" });
 }
 
-const refresh = debounce(() => loadTasks().catch(console.error), 200);
+/** What a dead letter is about: the game of a game event, else the start of its body. */
+function describe(dead) {
+  try {
+    const body = JSON.parse(dead.body);
+    if (body.gameId) return `${body.action || "event"} game ${body.gameId}`;
+  } catch (_) { /* not JSON: show it as text */ }
+  return dead.body.length > 60 ? `${dead.body.slice(0, 60)}…` : dead.body;
+}
+
+async function actOnDeadLetter(dead, method, path) {
+  try {
+    await api(path, { method });
+    $("dlq-error").textContent = "";
+  } catch (error) {
+    $("dlq-error").textContent = error.message;
+  }
+  await loadDeadLetters();
+  refresh();
+}
+
+function deadLetterRow(dead) {
+  const id = encodeURIComponent(dead.id);
+  return el(
+    "tr",
+    {},
+    el("td", { textContent: describe(dead) }),
+    el("td", { textContent: dead.queue || "" }),
+    el("td", { textContent: dead.attempts }),
+    el("td", { textContent: formatTime(dead.deadLetteredAt) }),
+    el("td", { className: "error-text", textContent: dead.reason || "" }),
+    el(
+      "td",
+      {},
+      el("button", { textContent: "Replay", onclick: () => actOnDeadLetter(dead, "POST", `/api/dlq/${id}/replay`) }),
+      " ",
+      el("button", { className: "danger", textContent: "Purge", onclick: () => actOnDeadLetter(dead, "DELETE", `/api/dlq/${id}`) }),
+    ),
+  );
+}
+
+async function loadDeadLetters() {
+  const dead = await api("/api/dlq?limit=100");
+  $("dlq").replaceChildren(...dead.map(deadLetterRow));
+  if (!dead.length) $("dlq").append(el("tr", {}, el("td", { colSpan: 6, className: "empty", textContent: "No dead letters." })));
+}
+
+const refresh = debounce(() => {
+  loadTasks().catch(console.error);
+  loadDeadLetters().catch(console.error);
+}, 200);
+loadDeadLetters().catch((error) => {
+  $("dlq-error").textContent = `Failed to load dead letters: ${error.message}`;
+});
 liveUpdates(refresh);
 loadTasks().catch((error) => {
   $("tasks").replaceChildren(el("tr", {}, el("td", { colSpan: 6, className: "error-text", textContent: `Failed to load: ${error.message}` })));
