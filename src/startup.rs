@@ -35,12 +35,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let outgoing = args.outgoing().context("reading the message")?;
             let broker = connect_declared_broker(&cli.storage).await?;
             let id = producer::send(broker.as_ref(), outgoing).await?;
+            broker.close().await?;
             println!("{id}");
             Ok(())
         }
         Command::Dlq(command) => {
             let broker = connect_declared_broker(&cli.storage).await?;
-            run_dlq(broker.as_ref(), command).await
+            run_dlq(broker.as_ref(), command).await?;
+            // Replay and purge acknowledge; the process exits right after.
+            Ok(broker.close().await?)
         }
         Command::Serve(args) => {
             let parts = Components::connect(&cli.storage).await?;

@@ -224,4 +224,10 @@ impl Broker for EmbeddedBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         self.request(|done| Control::Ping { done }).await
     }
+
+    /// A control request commits every data op sent before it (see `engine::control`),
+    /// acknowledgements included.
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.ping().await
+    }
 }

@@ -324,6 +324,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Fails when the broker cannot be reached (readiness checks).
     async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// Waits until every settlement sent so far has reached the broker, then lets go of
+    /// the connection. Acknowledgements do not wait for the broker (as in AMQP), so a
+    /// short-lived process (a command-line tool) calls this before it exits, or its
+    /// last acknowledgements may be lost and the messages delivered again.
+    async fn close(&self) -> Result<(), BrokerError>;
 }
 
 /// A stream of deliveries from one queue. Dropping it stops consumption; its

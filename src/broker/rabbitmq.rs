@@ -332,6 +332,10 @@ impl Broker for RabbitMqBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         self.link.connection().await.map(drop)
     }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.link.close().await
+    }
 }
 
 impl RabbitMqBroker {

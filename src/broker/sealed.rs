@@ -233,6 +233,10 @@ impl Broker for SealedBroker {
     async fn ping(&self) -> Result<(), BrokerError> {
         self.inner.ping().await
     }
+
+    async fn close(&self) -> Result<(), BrokerError> {
+        self.inner.close().await
+    }
 }
 
 /// Takes an unreadable delivery out of the way: to the dead-letter queue with the

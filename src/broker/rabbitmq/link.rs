@@ -191,6 +191,19 @@ impl Link {
         Ok(current.clone())
     }
 
+    /// Closes the connection cleanly: frames written before (acknowledgements) reach
+    /// the broker first.
+    pub async fn close(&self) -> Result<(), BrokerError> {
+        let connection = self.connection.lock().await;
+        if connection.status().connected() {
+            connection
+                .close(200, "closing".into())
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         self.connection()
             .await?
