@@ -12,7 +12,7 @@ use crate::domain::{
     EventId, Game, GameAction, GameData, GameEvent, GameProcessed, ProcessingStatus, timestamp_now,
 };
 use crate::shutdown::Shutdown;
-use crate::storage::{OutboxMessage, OutboxRow, Store, StoreError};
+use crate::storage::{OutboxMessage, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,19 +189,20 @@ impl Relay {
     /// Publishes one batch of pending rows; returns how many were sent.
     #[tracing::instrument(skip(self), err)]
     pub async fn relay_batch(&self) -> Result<usize, RelayError> {
-        let rows = self.store.pending_outbox(self.config.batch_size).await?;
-        if rows.is_empty() {
+        let mut claim = self.store.claim_outbox(self.config.batch_size).await?;
+        let batch: Vec<Publish> = claim
+            .take_messages()
+            .into_iter()
+            .map(OutboxMessage::into_publish)
+            .collect();
+        let sent = batch.len();
+        if sent == 0 {
             return Ok(0);
         }
-        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-        let batch = rows
-            .into_iter()
-            .map(|OutboxRow { message, .. }| message.into_publish())
-            .collect();
         self.broker.publish(batch).await?;
-        self.store.mark_sent(&ids).await?;
-        tracing::debug!(sent = ids.len(), "outbox rows published");
-        Ok(ids.len())
+        claim.mark_sent().await?;
+        tracing::debug!(sent, "outbox rows published");
+        Ok(sent)
     }
 }
 

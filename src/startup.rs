@@ -12,7 +12,7 @@ use crate::processing::fetch::CoverFetcher;
 use crate::processing::worker::Worker;
 use crate::producer;
 use crate::shutdown::Shutdown;
-use crate::storage::{Store, sqlite::SqliteStore};
+use crate::storage::{Store, postgres::PgStore, sqlite::SqliteStore};
 use anyhow::{Context, bail};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -82,16 +82,15 @@ impl Components {
 
 /// Opens the catalog database and applies pending migrations.
 pub async fn connect_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let opening = || format!("opening the database {url}");
     let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-        Arc::new(
-            SqliteStore::connect(url)
-                .await
-                .with_context(|| format!("opening the database {url}"))?,
-        )
+        Arc::new(SqliteStore::connect(url).await.with_context(opening)?)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Arc::new(PgStore::connect(url).await.with_context(opening)?)
     } else {
         bail!(
-            "DATABASE_URL {url:?} is not supported by this build: use sqlite://PATH \
-             (PostgreSQL and MySQL support is tracked in the project's issues)"
+            "DATABASE_URL {url:?} is not supported by this build: use sqlite://PATH or \
+             postgres://USER@HOST/DATABASE (MySQL support is tracked in the project's issues)"
         );
     };
     store.migrate().await.context("applying migrations")?;

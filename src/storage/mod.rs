@@ -5,9 +5,14 @@
 //! event without its write, is impossible. Processing results commit together with the
 //! *inbox* row of the event they answer, so a redelivered event cannot apply twice.
 //!
-//! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB implement the same
-//! trait. SQL is kept portable where that costs nothing.
+//! SQLite is the embedded default; PostgreSQL is the database server for several API
+//! instances (MySQL/MariaDB next). The SQL is written once (`sql`, with the row mapping
+//! and cursors in `shared`); each backend file holds only its dialect: how transactions
+//! start, its error codes, its migrations, and how relays share its outbox.
 
+pub mod postgres;
+mod shared;
+mod sql;
 pub mod sqlite;
 
 use crate::broker::Headers;
@@ -223,13 +228,6 @@ pub enum FinishOutcome {
     AlreadyProcessed,
 }
 
-/// A row of the outbox: an event waiting to be published.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub message: OutboxMessage,
-}
-
 /// What the relay publishes: exchange, routing key, message id, headers and body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxMessage {
@@ -240,8 +238,22 @@ pub struct OutboxMessage {
     pub body: Vec<u8>,
 }
 
-/// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]); PostgreSQL
-/// and MySQL/MariaDB next.
+/// Outbox rows claimed by one relay, oldest first.
+///
+/// While a claim is held no other relay publishes these rows, nor any row after them,
+/// so events keep their commit order per game. Dropping a claim without
+/// [`OutboxClaim::mark_sent`] releases it: the rows are published again later.
+#[async_trait]
+pub trait OutboxClaim: Send {
+    /// The claimed messages, oldest first; empty when nothing waits (or another relay
+    /// holds the outbox). Taken once.
+    fn take_messages(&mut self) -> Vec<OutboxMessage>;
+    /// Marks the claimed rows sent, once the broker confirmed them, and releases them.
+    async fn mark_sent(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]) and
+/// PostgreSQL ([`postgres::PgStore`]); MySQL/MariaDB next.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations (schema and seed data). Safe to run repeatedly.
@@ -303,9 +315,8 @@ pub trait Store: Send + Sync + 'static {
     /// Notified after every commit that wrote outbox rows, so an in-process relay
     /// publishes at once instead of waiting for its next poll.
     fn outbox_written(&self) -> &tokio::sync::Notify;
-    /// The oldest unsent rows, in commit order.
-    async fn pending_outbox(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
-    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Claims the oldest unsent rows, in commit order, for one relay to publish.
+    async fn claim_outbox(&self, limit: u32) -> Result<Box<dyn OutboxClaim>, StoreError>;
     /// Rows waiting to be published.
     async fn outbox_depth(&self) -> Result<u64, StoreError>;
 }
