@@ -2,13 +2,12 @@
 
 mod common;
 
-use common::{Roles, TestApp, game_body, with, without};
+use common::{Backend, Roles, TestApp, game_body, on_every_backend, with, without};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn a_fresh_install_serves_the_seed_catalog() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn a_fresh_install_serves_the_seed_catalog(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let games = app.get_json("/api/games").await;
     let games = games
         .as_array()
@@ -38,9 +37,8 @@ async fn a_fresh_install_serves_the_seed_catalog() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn creating_a_game_answers_201_pending_with_a_derived_decade() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn creating_a_game_answers_201_pending_with_a_derived_decade(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let body = with(game_body("Gunstar Heroes"), "yearCategory", json!("1970s"));
     let response = app.post_json("/api/games", &body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -60,9 +58,8 @@ async fn creating_a_game_answers_201_pending_with_a_derived_decade() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_original_pages_form_body_is_accepted() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn the_original_pages_form_body_is_accepted(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     // The original page sent select values as strings and an empty image URL.
     let body = json!({
         "title": "Streets of Rage 2", "platformId": "3", "releaseYear": 1992,
@@ -75,9 +72,8 @@ async fn the_original_pages_form_body_is_accepted() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn updating_a_game_bumps_its_version_and_deleting_removes_it() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn updating_a_game_bumps_its_version_and_deleting_removes_it(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let game = app.create_game(&game_body("Draft Title")).await;
     let path = format!("/api/games/{}", game["id"]);
     let response = app.put_json(&path, &game_body("Final Title")).await;
@@ -95,9 +91,8 @@ async fn updating_a_game_bumps_its_version_and_deleting_removes_it() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn filters_search_and_pagination_walk_the_catalog_once() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn filters_search_and_pagination_walk_the_catalog_once(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let all = app.get_json("/api/games").await.as_array().unwrap().clone();
 
     let mut seen = Vec::new();
@@ -145,9 +140,8 @@ async fn filters_search_and_pagination_walk_the_catalog_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_original_consumers_callback_sets_the_status() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn the_original_consumers_callback_sets_the_status(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let game = app.create_game(&game_body("Callback")).await;
     let pending = app.get_json("/api/processing").await;
     assert_eq!(
@@ -171,9 +165,8 @@ async fn the_original_consumers_callback_sets_the_status() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn health_endpoints_report_the_database_and_broker() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn health_endpoints_report_the_database_and_broker(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let health = app.get_json("/health").await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["database"], "connected");
@@ -184,9 +177,13 @@ async fn health_endpoints_report_the_database_and_broker() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn cors_allows_the_configured_origin_only() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &["--cors-origins", "http://localhost"]).await;
+async fn cors_allows_the_configured_origin_only(backend: Backend) {
+    let app = TestApp::spawn_on_with(
+        backend,
+        Roles::ApiOnly,
+        &["--cors-origins", "http://localhost"],
+    )
+    .await;
     let allowed = app
         .client
         .get(app.url("/api/genres"))
@@ -229,9 +226,8 @@ type BadRequest = (
     Option<&'static str>,
 );
 
-#[tokio::test]
-async fn malformed_requests_get_a_problem_and_change_nothing() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn malformed_requests_get_a_problem_and_change_nothing(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let valid = game_body("Valid");
     let long = "x".repeat(101);
     let cases: Vec<BadRequest> = vec![
@@ -566,9 +562,8 @@ fn json_bytes(value: Value) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap()
 }
 
-#[tokio::test]
-async fn every_invalid_field_is_reported_at_once() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn every_invalid_field_is_reported_at_once(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let body =
         json!({"title": "", "platformId": 1, "genreId": 1, "developer": "", "releaseYear": 1900});
     let response = app.post_json("/api/games", &body).await;
@@ -584,12 +579,25 @@ async fn every_invalid_field_is_reported_at_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn markup_in_a_title_is_stored_and_returned_as_text() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn markup_in_a_title_is_stored_and_returned_as_text(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let title = "<img src=x onerror=alert(1)>";
     let game = app.create_game(&game_body(title)).await;
     let fetched = app.get_json(&format!("/api/games/{}", game["id"])).await;
     assert_eq!(fetched["title"], title);
     app.stop().await;
 }
+
+on_every_backend!(
+    a_fresh_install_serves_the_seed_catalog,
+    creating_a_game_answers_201_pending_with_a_derived_decade,
+    the_original_pages_form_body_is_accepted,
+    updating_a_game_bumps_its_version_and_deleting_removes_it,
+    filters_search_and_pagination_walk_the_catalog_once,
+    the_original_consumers_callback_sets_the_status,
+    health_endpoints_report_the_database_and_broker,
+    cors_allows_the_configured_origin_only,
+    malformed_requests_get_a_problem_and_change_nothing,
+    every_invalid_field_is_reported_at_once,
+    markup_in_a_title_is_stored_and_returned_as_text,
+);

@@ -3,11 +3,13 @@
 
 mod common;
 
-use common::{Roles, TestApp, game_body, png, with};
+use common::{Backend, Roles, TestApp, TestDatabase, game_body, on_every_backend, png, with};
 use retrocat::broker::{Consumer, Delivery, Message, Properties, Publish, headers, topology};
+use retrocat::domain::{GenreDraft, GenreName};
 use retrocat::processing::fetch::{CoverFetcher, FetchConfig};
 use retrocat::processing::retry::RetryPolicy;
 use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
+use retrocat::startup::connect_store;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,9 +76,8 @@ async fn image_server() -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
-async fn a_new_game_goes_from_pending_to_completed() {
-    let app = TestApp::spawn().await;
+async fn a_new_game_goes_from_pending_to_completed(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let game = app.create_game(&game_body("Shinobi")).await;
     assert_eq!(game["processingStatus"], "pending");
     let id = game["id"].as_i64().unwrap();
@@ -91,9 +92,8 @@ async fn a_new_game_goes_from_pending_to_completed() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_uploaded_cover_becomes_a_thumbnail() {
-    let app = TestApp::spawn().await;
+async fn an_uploaded_cover_becomes_a_thumbnail(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let game = app.create_game(&game_body("Ecco the Dolphin")).await;
     let id = game["id"].as_i64().unwrap();
     let response = app
@@ -118,10 +118,9 @@ async fn an_uploaded_cover_becomes_a_thumbnail() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_cover_url_is_fetched_and_thumbnailed() {
+async fn a_cover_url_is_fetched_and_thumbnailed(backend: Backend) {
     let images = image_server().await;
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_on(backend).await;
     let body = with(
         game_body("Golden Axe"),
         "imageUrl",
@@ -135,10 +134,9 @@ async fn a_cover_url_is_fetched_and_thumbnailed() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered() {
+async fn a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered(backend: Backend) {
     let images = image_server().await;
-    let app = TestApp::spawn_with(Roles::Serve, &["--max-attempts", "4"]).await;
+    let app = TestApp::spawn_on_with(backend, Roles::Serve, &["--max-attempts", "4"]).await;
     let body = with(
         game_body("Altered Beast"),
         "imageUrl",
@@ -188,9 +186,8 @@ async fn a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered()
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_duplicate_delivery_has_one_effect() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let worker = manual_worker(&app, Duration::ZERO);
     let game = app.create_game(&game_body("Duplicated")).await;
     let mut consumer = app
@@ -217,9 +214,8 @@ async fn a_duplicate_delivery_has_one_effect() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_older_version_finishing_late_never_overwrites_the_newer_one() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn an_older_version_finishing_late_never_overwrites_the_newer_one(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let worker = Arc::new(manual_worker(&app, Duration::from_millis(300)));
     let game = app.create_game(&game_body("Racing v1")).await;
     let id = game["id"].as_i64().unwrap();
@@ -264,9 +260,8 @@ async fn an_older_version_finishing_late_never_overwrites_the_newer_one() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_event_for_an_old_version_delivered_after_the_new_one_is_skipped() {
-    let app = TestApp::spawn_with(Roles::ApiOnly, &[]).await;
+async fn an_event_for_an_old_version_delivered_after_the_new_one_is_skipped(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let worker = manual_worker(&app, Duration::ZERO);
     let game = app.create_game(&game_body("Order v1")).await;
     let id = game["id"].as_i64().unwrap();
@@ -289,9 +284,8 @@ async fn an_event_for_an_old_version_delivered_after_the_new_one_is_skipped() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn poison_messages_are_dead_lettered_and_the_worker_keeps_going() {
-    let app = TestApp::spawn().await;
+async fn poison_messages_are_dead_lettered_and_the_worker_keeps_going(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let poison = [
         &b"not json"[..],
         br#"{"action":"create"}"#,
@@ -335,9 +329,8 @@ async fn poison_messages_are_dead_lettered_and_the_worker_keeps_going() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_original_systems_message_is_processed_like_ours() {
-    let app = TestApp::spawn().await;
+async fn the_original_systems_message_is_processed_like_ours(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let game = app.create_game(&game_body("Original format")).await;
     let id = game["id"].as_i64().unwrap();
     app.wait_for_status(id, "completed", 1).await;
@@ -372,9 +365,8 @@ async fn the_original_systems_message_is_processed_like_ours() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_original_producers_custom_message_moves_to_custom_messages() {
-    let app = TestApp::spawn().await;
+async fn the_original_producers_custom_message_moves_to_custom_messages(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     // The original producer sent custom messages to `game_events`, next to game events.
     let body =
         json!({"type": "custom", "message": "hello", "timestamp": "2024-01-01T00:00:00.000Z"});
@@ -407,9 +399,8 @@ async fn the_original_producers_custom_message_moves_to_custom_messages() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_live_stream_shows_a_game_going_to_completed() {
-    let app = TestApp::spawn().await;
+async fn the_live_stream_shows_a_game_going_to_completed(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut stream = app.get("/api/stream").await;
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let game = app.create_game(&game_body("Live")).await;
@@ -430,3 +421,70 @@ async fn the_live_stream_shows_a_game_going_to_completed() {
     assert!(seen.contains("event: game.created"), "{seen}");
     app.stop().await;
 }
+
+/// Several API instances on one PostgreSQL database run a relay each: while one relay
+/// publishes a batch, another finds nothing to do, so no row goes out twice at once and
+/// a game's events keep their order.
+#[tokio::test]
+async fn relays_on_one_postgres_database_take_turns() {
+    let Some(_) = Backend::postgres() else { return };
+    let database = TestDatabase::create().await;
+    let store = connect_store(&database.url).await.expect("store");
+    let draft = GenreDraft {
+        name: GenreName::parse("Rhythm").unwrap(),
+        description: None,
+    };
+    store.create_genre(&draft).await.unwrap();
+
+    let mut first = store.claim_outbox(10).await.unwrap();
+    assert_eq!(
+        first.take_messages().len(),
+        1,
+        "the first relay gets the row"
+    );
+    let mut second = store.claim_outbox(10).await.unwrap();
+    assert!(
+        second.take_messages().is_empty(),
+        "a second relay publishes nothing while the first one's batch is out"
+    );
+    drop(second);
+    first.mark_sent().await.unwrap();
+    let mut third = store.claim_outbox(10).await.unwrap();
+    assert!(
+        third.take_messages().is_empty(),
+        "sent rows are not claimed again"
+    );
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+}
+
+/// `retrocat migrate` may run from several processes at once (every role migrates at
+/// start): the migrator's lock applies each migration once.
+#[tokio::test]
+async fn concurrent_migrations_on_postgres_apply_once() {
+    let Some(_) = Backend::postgres() else { return };
+    let database = TestDatabase::create().await;
+    let mut migrations = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = database.url.clone();
+        migrations.spawn(async move { connect_store(&url).await.map(|_| ()) });
+    }
+    while let Some(migrated) = migrations.join_next().await {
+        migrated.unwrap().expect("every process migrates");
+    }
+    let store = connect_store(&database.url).await.unwrap();
+    assert_eq!(store.genres().await.unwrap().len(), 8, "seeded once");
+}
+
+on_every_backend!(
+    a_new_game_goes_from_pending_to_completed,
+    an_uploaded_cover_becomes_a_thumbnail,
+    a_cover_url_is_fetched_and_thumbnailed,
+    a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered,
+    a_duplicate_delivery_has_one_effect,
+    an_older_version_finishing_late_never_overwrites_the_newer_one,
+    an_event_for_an_old_version_delivered_after_the_new_one_is_skipped,
+    poison_messages_are_dead_lettered_and_the_worker_keeps_going,
+    the_original_systems_message_is_processed_like_ours,
+    the_original_producers_custom_message_moves_to_custom_messages,
+    the_live_stream_shows_a_game_going_to_completed,
+);

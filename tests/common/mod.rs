@@ -1,5 +1,6 @@
-//! `TestApp`: the real application on a random port, with a fresh database and broker
-//! in a temporary directory, plus typed helpers that read like the API.
+//! `TestApp`: the real application on a random port, with a fresh database (SQLite, or
+//! PostgreSQL when `TEST_POSTGRES_URL` is set) and an embedded broker in a temporary
+//! directory, plus typed helpers that read like the API.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
 /// The binary as separate OS processes, and what they did to the database.
@@ -15,6 +16,7 @@ use retrocat::shutdown::Shutdown;
 use retrocat::startup::{Components, run_api, run_serve};
 use retrocat::storage::Store;
 use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -27,6 +29,121 @@ pub struct TestApp {
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
     pub dir: TempDir,
+    /// The PostgreSQL database of this test, dropped with the app.
+    _database: Option<TestDatabase>,
+}
+
+/// The catalog database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh database on the server of `TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+impl Backend {
+    const POSTGRES_URL: &str = "TEST_POSTGRES_URL";
+
+    /// PostgreSQL when `TEST_POSTGRES_URL` is set; otherwise the test is skipped.
+    pub fn postgres() -> Option<Self> {
+        if std::env::var_os(Self::POSTGRES_URL).is_some() {
+            Some(Self::Postgres)
+        } else {
+            println!("skipped: {} is not set", Self::POSTGRES_URL);
+            None
+        }
+    }
+}
+
+/// Runs each named test body (`async fn name(backend: Backend)`) on every catalog
+/// database: `sqlite::name` always, `postgres::name` when `TEST_POSTGRES_URL` is set.
+#[allow(unused_macros)] // test binaries that run on SQLite only don't use it
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(backend) = crate::common::Backend::postgres() {
+                        super::$test(backend).await
+                    }
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_backend;
+
+/// A database of its own on the PostgreSQL server of `TEST_POSTGRES_URL`, dropped when
+/// the test ends, also when it panics.
+pub struct TestDatabase {
+    server_url: String,
+    name: String,
+    /// The URL of the new database, for `DATABASE_URL`.
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let server_url = std::env::var(Backend::POSTGRES_URL).expect("TEST_POSTGRES_URL");
+        let name = format!("retrocat_test_{}", uuid::Uuid::now_v7().simple());
+        let mut server = PgConnection::connect(&server_url)
+            .await
+            .expect("connect to TEST_POSTGRES_URL");
+        server
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("CREATE DATABASE");
+        let _ = server.close().await;
+        let mut url = url::Url::parse(&server_url).expect("TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        Self {
+            server_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async code (and maybe while a panic unwinds): a thread of
+        // its own with a small runtime does the async work. FORCE closes the
+        // connections the app still holds.
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut server = PgConnection::connect(&server_url).await?;
+                server
+                    .execute(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .await?;
+                server.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not drop the test database {}: {dropped:?}",
+                self.name
+            );
+        }
+    }
 }
 
 /// Which roles the test app runs.
@@ -38,9 +155,10 @@ pub enum Roles {
     ApiOnly,
 }
 
-pub fn storage_in(dir: &std::path::Path) -> StorageArgs {
+/// Storage settings for a test: the catalog at `database_url`, the broker in `dir`.
+pub fn storage_in(dir: &std::path::Path, database_url: String) -> StorageArgs {
     StorageArgs {
-        database_url: format!("sqlite://{}", dir.join("retrocat.db").display()),
+        database_url,
         rabbitmq_url: None,
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
@@ -65,14 +183,35 @@ pub fn test_args(extra: &[&str]) -> ServeArgs {
 }
 
 impl TestApp {
+    /// The whole system on SQLite.
     pub async fn spawn() -> Self {
-        Self::spawn_with(Roles::Serve, &[]).await
+        Self::spawn_on(Backend::Sqlite).await
     }
 
+    /// `roles` on SQLite, with `extra` serve arguments.
     pub async fn spawn_with(roles: Roles, extra: &[&str]) -> Self {
+        Self::spawn_on_with(Backend::Sqlite, roles, extra).await
+    }
+
+    /// The whole system on `backend`.
+    pub async fn spawn_on(backend: Backend) -> Self {
+        Self::spawn_on_with(backend, Roles::Serve, &[]).await
+    }
+
+    pub async fn spawn_on_with(backend: Backend, roles: Roles, extra: &[&str]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = TempDir::new().expect("temp dir");
-        let parts = Components::connect(&storage_in(dir.path()))
+        let (database_url, database) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("retrocat.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let database = TestDatabase::create().await;
+                (database.url.clone(), Some(database))
+            }
+        };
+        let parts = Components::connect(&storage_in(dir.path(), database_url))
             .await
             .expect("database and broker");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,6 +234,7 @@ impl TestApp {
             shutdown,
             task,
             dir,
+            _database: database,
         }
     }
 
