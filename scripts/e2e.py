@@ -16,6 +16,8 @@ Phases, each on a fresh SQLite database and broker:
   2. latency, per RATE: every role running, GAMES creates at RATE/s; per game,
      finishedAt of its completed attempt - the game's createdAt (server clock, ms).
 Each phase also checks that every game has exactly one completed attempt.
+With E2E_DATABASE=postgres each phase gets a fresh PostgreSQL database on the local
+server (postgres@127.0.0.1:5432, made and dropped with psql) instead of SQLite.
 Needs target/release/retrocat (cargo build --release). Client and server share the
 machine: the figures include the load generator's cost.
 """
@@ -37,7 +39,13 @@ class Deployment:
 
     def __init__(self, broker):
         self.dir = tempfile.mkdtemp(prefix="retrocat-e2e-")
-        self.env = dict(os.environ, DATABASE_URL=f"sqlite://{self.dir}/retrocat.db",
+        self.pg_database = None
+        database_url = f"sqlite://{self.dir}/retrocat.db"
+        if os.environ.get("E2E_DATABASE") == "postgres":
+            self.pg_database = f"retrocat_e2e_{uuid.uuid4().hex[:8]}"
+            psql("postgres", f"CREATE DATABASE {self.pg_database}")
+            database_url = f"postgres://postgres@127.0.0.1:5432/{self.pg_database}"
+        self.env = dict(os.environ, DATABASE_URL=database_url,
                         RETROCAT_BROKER_PATH=f"{self.dir}/broker.db", RUST_LOG="warn")
         self.env.pop("RABBITMQ_URL", None)
         self.vhost = None
@@ -76,10 +84,24 @@ class Deployment:
             self.stop(name)
         if self.vhost:
             rabbitmqctl("delete_vhost", self.vhost)
+        if self.pg_database:
+            psql("postgres", f"DROP DATABASE {self.pg_database} WITH (FORCE)")
         shutil.rmtree(self.dir)
 
-    def db(self):
-        return sqlite3.connect(f"{self.dir}/retrocat.db", timeout=30)
+    def query(self, sql):
+        """The rows of a query, on whichever database this deployment uses."""
+        if self.pg_database:
+            out = psql(self.pg_database, sql)
+            return [tuple(int(v) if v.lstrip("-").isdigit() else v for v in line.split("|"))
+                    for line in out.splitlines() if line]
+        with sqlite3.connect(f"{self.dir}/retrocat.db", timeout=30) as db:
+            return db.execute(sql).fetchall()
+
+
+def psql(database, sql):
+    return subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database,
+                           "-AtXq", "-c", sql], check=True, capture_output=True,
+                          text=True).stdout
 
 
 def rabbitmqctl(*args):
@@ -112,19 +134,18 @@ def create_games(base, n, rate=None):
 def wait_completed(dep, n, timeout=300):
     """Waits until the n games are completed, each by exactly one attempt."""
     deadline = time.monotonic() + timeout
-    with dep.db() as db:
-        while True:
-            done = db.execute("SELECT COUNT(*) FROM games WHERE title LIKE 'E2E %' "
-                              "AND processing_status = 'completed'").fetchone()[0]
-            if done == n:
-                break
-            if time.monotonic() > deadline:
-                sys.exit(f"only {done}/{n} games completed; logs in {dep.dir}")
-            time.sleep(0.2)
-        twice = db.execute("SELECT COUNT(*) FROM (SELECT game_id FROM processing_attempts "
-                           "WHERE outcome = 'completed' GROUP BY game_id "
-                           "HAVING COUNT(*) > 1)").fetchone()[0]
-        assert twice == 0, f"{twice} games completed more than once"
+    while True:
+        done = dep.query("SELECT COUNT(*) FROM games WHERE title LIKE 'E2E %' "
+                         "AND processing_status = 'completed'")[0][0]
+        if done == n:
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"only {done}/{n} games completed; logs in {dep.dir}")
+        time.sleep(0.2)
+    twice = dep.query("SELECT COUNT(*) FROM (SELECT game_id FROM processing_attempts "
+                      "WHERE outcome = 'completed' GROUP BY game_id "
+                      "HAVING COUNT(*) > 1) twice")[0][0]
+    assert twice == 0, f"{twice} games completed more than once"
 
 
 def percentile(values, p):
@@ -135,7 +156,9 @@ def throughput(broker, workers, n):
     dep = Deployment(broker)
     try:
         dep.start_http("api")
-        create_games(dep.base, n)
+        created_in = create_games(dep.base, n)
+        print(f"created {n} games in {created_in:.1f} s: {n / created_in:,.0f} creates/s "
+              "(16 client threads)", flush=True)
         if broker == "embedded":
             dep.stop("api")  # the backlog waits in the broker's file
             dep.start_http("serve")
@@ -143,12 +166,11 @@ def throughput(broker, workers, n):
             for w in range(workers):
                 dep.start(f"worker{w}", "worker", "--worker-id", f"w{w}")
         wait_completed(dep, n)
-        with dep.db() as db:
-            count, first, last = db.execute(
-                "SELECT COUNT(*), MIN(started_at), MAX(finished_at) FROM processing_attempts "
-                "WHERE outcome = 'completed'").fetchone()
-            split = db.execute("SELECT worker, COUNT(*) FROM processing_attempts WHERE "
-                               "outcome = 'completed' GROUP BY worker ORDER BY worker").fetchall()
+        count, first, last = dep.query(
+            "SELECT COUNT(*), MIN(started_at), MAX(finished_at) FROM processing_attempts "
+            "WHERE outcome = 'completed'")[0]
+        split = dep.query("SELECT worker, COUNT(*) FROM processing_attempts WHERE "
+                          "outcome = 'completed' GROUP BY worker ORDER BY worker")
         rate = count / max(last - first, 1) * 1000
         shares = ", ".join(f"{c}" for _, c in split)
         print(f"{broker}, {workers} worker(s): drained {count} events in {last - first} ms: "
@@ -168,10 +190,9 @@ def latency(broker, workers, n, rate):
                 dep.start(f"worker{w}", "worker", "--worker-id", f"w{w}")
         sent = create_games(dep.base, n, rate)
         wait_completed(dep, n)
-        with dep.db() as db:
-            lat = sorted(row[0] for row in db.execute(
-                "SELECT a.finished_at - g.created_at FROM games g JOIN processing_attempts a "
-                "ON a.game_id = g.id AND a.outcome = 'completed' WHERE g.title LIKE 'E2E %'"))
+        lat = sorted(row[0] for row in dep.query(
+            "SELECT a.finished_at - g.created_at FROM games g JOIN processing_attempts a "
+            "ON a.game_id = g.id AND a.outcome = 'completed' WHERE g.title LIKE 'E2E %'"))
         print(f"{broker}, {workers} worker(s), {n} creates at {rate}/s (sent in {sent:.1f} s): "
               f"p50 {percentile(lat, 50)} ms, p90 {percentile(lat, 90)} ms, "
               f"p99 {percentile(lat, 99)} ms, max {lat[-1]} ms", flush=True)
