@@ -19,8 +19,7 @@ use std::time::Duration;
 impl OutboxMessage {
     /// The event of a catalog write, in the original system's format plus
     /// `eventId`/`version`.
-    pub fn game_event(game: &Game, action: GameAction) -> Self {
-        let event_id = EventId::generate();
+    pub fn game_event(game: &Game, action: GameAction, event_id: &EventId) -> Self {
         let game_data = (action != GameAction::Delete).then(|| GameData {
             title: Some(game.title.clone()),
             platform_id: Some(game.platform_id),
@@ -95,7 +94,8 @@ impl OutboxMessage {
         }
     }
 
-    fn into_publish(self) -> Publish {
+    /// The message as the relay publishes it.
+    pub fn into_publish(self) -> Publish {
         let mut properties = Properties::json(self.message_id);
         properties.headers = self.headers;
         Publish {

@@ -229,7 +229,7 @@ pub async fn run_api(
     served
 }
 
-/// Consumers of `game_events`, until shutdown.
+/// Consumers of `game_events` and of requests on `catalog.rpc`, until shutdown.
 pub async fn run_worker(
     parts: &Components,
     args: &WorkerArgs,
@@ -241,6 +241,12 @@ pub async fn run_worker(
         CoverFetcher::new(args.fetch()),
         args.worker(),
     );
-    Arc::new(worker).run(shutdown).await;
+    let worker = Arc::new(worker);
+    tokio::join!(
+        worker
+            .clone()
+            .run(topology::GAME_EVENTS_QUEUE, shutdown.clone()),
+        worker.run(topology::RPC_QUEUE, shutdown),
+    );
     Ok(())
 }

@@ -763,6 +763,75 @@ mod cases {
         assert_eq!(take_and_ack(&mut consumer, 1).await, ["wake up"]);
     }
 
+    /// Answers every request on `queue` with `re: <body>`, as a worker answers
+    /// `catalog.rpc`, until the returned task is aborted.
+    fn responder(f: &Fixture, mut consumer: Consumer) -> tokio::task::JoinHandle<()> {
+        let broker = f.broker.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let reply = delivery
+                    .message
+                    .reply(format!("re: {}", body(&delivery)))
+                    .expect("a request names its reply address");
+                delivery.ack().await.expect("ack");
+                broker.publish(vec![reply]).await.expect("reply");
+            }
+        })
+    }
+
+    pub async fn each_request_gets_its_own_reply(f: &Fixture) {
+        let queue = f
+            .declare(QueueSpec::durable("rpc").with_max_priority(10))
+            .await;
+        let responder = responder(f, f.consume(&queue, 10).await);
+        let requests = ["a", "b", "c", "d"].map(|text| {
+            let request = Publish::to_queue(&queue, message(text));
+            f.broker().request(request, DELIVERY_TIMEOUT)
+        });
+        let replies = futures::future::join_all(requests).await;
+        let bodies: Vec<String> = replies
+            .into_iter()
+            .map(|reply| String::from_utf8(reply.expect("a reply").body.to_vec()).unwrap())
+            .collect();
+        assert_eq!(bodies, ["re: a", "re: b", "re: c", "re: d"]);
+        assert_eq!(f.broker().waiting_requests(), 0);
+        responder.abort();
+    }
+
+    pub async fn an_unanswered_request_times_out_and_its_late_reply_is_dropped(f: &Fixture) {
+        let queue = f.queue("rpc-late").await;
+        let unanswered = f
+            .broker()
+            .request(Publish::to_queue(&queue, message("slow")), QUIET_PERIOD)
+            .await;
+        assert!(
+            matches!(unanswered, Err(BrokerError::NoReply(_))),
+            "got {unanswered:?}"
+        );
+        assert_eq!(f.broker().waiting_requests(), 0, "nothing left behind");
+
+        // The request is still in the queue; answering it now reaches nobody, and
+        // neither fails the responder nor reaches the next request.
+        let mut consumer = f.consume(&queue, 10).await;
+        let late = next(&mut consumer).await;
+        assert_eq!(body(&late), "slow");
+        let late_reply = late.message.reply("too late").expect("a request");
+        late.ack().await.expect("ack");
+        f.broker()
+            .publish(vec![late_reply])
+            .await
+            .expect("a late reply is no error");
+
+        let responder = responder(f, consumer);
+        let reply = f
+            .broker()
+            .request(Publish::to_queue(&queue, message("fast")), DELIVERY_TIMEOUT)
+            .await
+            .expect("a reply");
+        assert_eq!(reply.body, "re: fast");
+        responder.abort();
+    }
+
     pub async fn deleting_a_queue_removes_its_messages(f: &Fixture) {
         let queue = f.queue("deleted").await;
         f.send(&queue, &["x", "y"]).await;
@@ -807,6 +876,8 @@ macro_rules! conformance_suite {
             a_batch_of_a_thousand_is_consumed_exactly_once,
             an_idle_consumer_is_woken_by_a_publish,
             deleting_a_queue_removes_its_messages,
+            each_request_gets_its_own_reply,
+            an_unanswered_request_times_out_and_its_late_reply_is_dropped,
         );
     };
     (@cases $open:path; $($case:ident),+ $(,)?) => {

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// A dependency (database, broker) is down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A request sent on through the broker got no reply in time.
+    #[error("{0}")]
+    NoReply(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -69,6 +72,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoReply(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +86,7 @@ impl ApiError {
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unavailable(_) => "Service unavailable",
+            Self::NoReply(_) => "No reply in time",
             Self::Internal(_) => "Internal server error",
         }
     }
@@ -130,6 +135,7 @@ impl From<BrokerError> for ApiError {
                 Self::Unavailable(format!("{error}; try again once the broker is back"))
             }
             BrokerError::NotFound(what) => Self::NotFound(what),
+            BrokerError::NoReply(_) => Self::NoReply(error.to_string()),
             BrokerError::Topology(_) | BrokerError::Other(_) => Self::Internal(error.into()),
         }
     }

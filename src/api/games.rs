@@ -3,16 +3,19 @@
 use super::ApiContext;
 use super::error::{ApiError, FieldError};
 use super::extract::{Id, Json, body_bytes};
+use crate::broker::{BrokerError, topology};
 use crate::domain::{
-    Developer, Game, GameDraft, GameTitle, ImageUrl, ProcessingStatus, ReleaseYear, ValidationError,
+    Developer, EventId, Game, GameAction, GameDraft, GameTitle, ImageUrl, ProcessingStatus,
+    ReleaseYear, ValidationError,
 };
-use crate::storage::{Cover, GameQuery, GameSort, PageRequest};
+use crate::storage::{Cover, GameQuery, GameSort, OutboxMessage, PageRequest};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Router, body::Body};
 use serde::Deserialize;
+use std::time::Duration;
 
 pub fn router() -> Router<ApiContext> {
     Router::new()
@@ -238,27 +241,101 @@ async fn existing(ctx: &ApiContext, id: i64) -> Result<Game, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("game {id} not found")))
 }
 
+/// `POST /api/games`: 201 with the game. With `?wait=`, 201 once its processing has
+/// finished, with the processed game, or 202 with the pending game if the wait ran out.
 async fn create(
     State(ctx): State<ApiContext>,
+    RawQuery(raw): RawQuery,
     Json(body): Json<GameBody>,
 ) -> Result<Response, ApiError> {
-    let game = ctx.store.create_game(&body.parse()?).await?;
+    let wait = parse_wait(raw.as_deref())?;
+    let draft = body.parse()?;
+    let event = EventId::generate();
+    let game = ctx.store.create_game(&draft, &event).await?;
     let location = HeaderValue::from_str(&format!("/api/games/{}", game.id))
         .expect("a path of digits is a valid header");
-    Ok((
+    let (status, game) = wait_for_processing(
+        &ctx,
+        game,
+        GameAction::Create,
+        &event,
+        wait,
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        axum::Json(game),
     )
-        .into_response())
+    .await?;
+    Ok((status, [(header::LOCATION, location)], axum::Json(game)).into_response())
 }
 
+/// `PUT /api/games/{id}`: 200 with the game; `?wait=` as for `POST`.
 async fn update(
     State(ctx): State<ApiContext>,
     Id(id): Id,
+    RawQuery(raw): RawQuery,
     Json(body): Json<GameBody>,
-) -> Result<axum::Json<Game>, ApiError> {
-    Ok(axum::Json(ctx.store.update_game(id, &body.parse()?).await?))
+) -> Result<Response, ApiError> {
+    let wait = parse_wait(raw.as_deref())?;
+    let draft = body.parse()?;
+    let event = EventId::generate();
+    let game = ctx.store.update_game(id, &draft, &event).await?;
+    let (status, game) =
+        wait_for_processing(&ctx, game, GameAction::Update, &event, wait, StatusCode::OK).await?;
+    Ok((status, axum::Json(game)).into_response())
+}
+
+/// The longest `?wait=` a client may ask for: a request holds a connection meanwhile.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// `?wait=5s` (or `500ms`, `1m`…): how long a write waits for its processing.
+fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .find(|(key, _)| key == "wait")
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+    else {
+        return Ok(None);
+    };
+    humantime::parse_duration(&value)
+        .ok()
+        .filter(|wait| *wait <= MAX_WAIT)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_field(
+                "wait",
+                format!("must be a duration such as 5s or 500ms, at most {MAX_WAIT:?}"),
+            )
+        })
+}
+
+/// Request/reply over the broker: the write's event is sent again, with the same event
+/// id, as a priority-10 request on `catalog.rpc`, which the workers take ahead of any
+/// backlog on `game_events`; the inbox makes the later of the two copies a no-op. On a
+/// reply the game is read again and answered with `done`; when the wait runs out (or
+/// the broker cannot be reached) the answer is 202 with the game as written: the event
+/// in the outbox still gets it processed. The caller giving up (a closed connection)
+/// drops the wait, and with it every trace of the request on this side.
+async fn wait_for_processing(
+    ctx: &ApiContext,
+    game: Game,
+    action: GameAction,
+    event: &EventId,
+    wait: Option<Duration>,
+    done: StatusCode,
+) -> Result<(StatusCode, Game), ApiError> {
+    let Some(wait) = wait else {
+        return Ok((done, game));
+    };
+    let mut request = OutboxMessage::game_event(&game, action, event).into_publish();
+    request.exchange = String::new();
+    request.routing_key = topology::RPC_QUEUE.into();
+    request.message.properties.priority = topology::RPC_MAX_PRIORITY;
+    match ctx.broker.request(request, wait).await {
+        Ok(_) => Ok((done, existing(ctx, game.id).await?)),
+        Err(BrokerError::NoReply(_)) => Ok((StatusCode::ACCEPTED, game)),
+        Err(error) => {
+            tracing::warn!(%error, game_id = game.id, "cannot wait for processing");
+            Ok((StatusCode::ACCEPTED, game))
+        }
+    }
 }
 
 async fn remove(State(ctx): State<ApiContext>, Id(id): Id) -> Result<StatusCode, ApiError> {

@@ -26,6 +26,8 @@ mod store;
 use std::ffi::OsString;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::ConnectOptions;
@@ -35,7 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::acker::stopped;
 use self::engine::{Control, Engine, Op, Reply};
 use self::store::sql_error;
-use super::{Broker, BrokerError, Consumer, ExchangeSpec, Publish, QueueSpec};
+use super::reply::{Replies, is_reply_address};
+use super::{Broker, BrokerError, Consumer, ExchangeSpec, Message, Publish, QueueSpec};
 
 /// Tuning of the embedded broker. The defaults suit retrocat's workloads.
 #[derive(Clone, Debug)]
@@ -65,6 +68,9 @@ impl Default for EmbeddedOptions {
 #[derive(Clone, Debug)]
 pub struct EmbeddedBroker {
     ops: mpsc::UnboundedSender<Op>,
+    /// Requests of this process waiting for their reply. Replies never touch the file:
+    /// like RabbitMQ's direct reply-to, they go straight to the waiting requester.
+    replies: Arc<Replies>,
 }
 
 impl EmbeddedBroker {
@@ -110,10 +116,11 @@ impl EmbeddedBroker {
         let loaded = store::load(&mut conn).await?;
         Ok(Self {
             ops: Engine::start(conn, lock, options, loaded),
+            replies: Arc::default(),
         })
     }
 
-    async fn request<T>(
+    async fn control<T>(
         &self,
         control: impl FnOnce(Reply<T>) -> Control,
     ) -> Result<T, BrokerError> {
@@ -162,13 +169,13 @@ impl Broker for EmbeddedBroker {
 
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
         let spec = spec.clone();
-        self.request(|done| Control::DeclareExchange { spec, done })
+        self.control(|done| Control::DeclareExchange { spec, done })
             .await
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         let spec = spec.clone();
-        self.request(|done| Control::DeclareQueue { spec, done })
+        self.control(|done| Control::DeclareQueue { spec, done })
             .await
     }
 
@@ -180,7 +187,7 @@ impl Broker for EmbeddedBroker {
     ) -> Result<(), BrokerError> {
         let (queue, exchange, pattern) =
             (queue.to_owned(), exchange.to_owned(), pattern.to_owned());
-        self.request(|done| Control::Bind {
+        self.control(|done| Control::Bind {
             queue,
             exchange,
             pattern,
@@ -191,11 +198,18 @@ impl Broker for EmbeddedBroker {
 
     async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
         let name = name.to_owned();
-        self.request(|done| Control::DeleteQueue { name, done })
+        self.control(|done| Control::DeleteQueue { name, done })
             .await
     }
 
-    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
+    async fn publish(&self, mut batch: Vec<Publish>) -> Result<(), BrokerError> {
+        batch.retain(|publish| {
+            let is_reply = publish.exchange.is_empty() && is_reply_address(&publish.routing_key);
+            if is_reply {
+                self.replies.deliver(publish.message.clone());
+            }
+            !is_reply
+        });
         if batch.is_empty() {
             return Ok(());
         }
@@ -206,9 +220,24 @@ impl Broker for EmbeddedBroker {
         result.await.map_err(|_| stopped())?
     }
 
+    async fn request(
+        &self,
+        mut publish: Publish,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        let pending = self.replies.expect();
+        pending.address(&mut publish.message);
+        self.publish(vec![publish]).await?;
+        pending.wait(timeout).await
+    }
+
+    fn waiting_requests(&self) -> usize {
+        self.replies.waiting()
+    }
+
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
         let queue = queue.to_owned();
-        self.request(|done| Control::Consume {
+        self.control(|done| Control::Consume {
             queue,
             prefetch,
             done,
@@ -218,11 +247,11 @@ impl Broker for EmbeddedBroker {
 
     async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
         let queue = queue.to_owned();
-        self.request(|done| Control::Depth { queue, done }).await
+        self.control(|done| Control::Depth { queue, done }).await
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.request(|done| Control::Ping { done }).await
+        self.control(|done| Control::Ping { done }).await
     }
 
     /// A control request commits every data op sent before it (see `engine::control`),

@@ -13,6 +13,7 @@
 pub mod dead_letters;
 pub mod embedded;
 pub mod rabbitmq;
+pub mod reply;
 pub mod sealed;
 pub mod topology;
 
@@ -287,6 +288,9 @@ pub enum BrokerError {
     /// Publishing to an exchange or queue that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A request's reply did not come within its timeout.
+    #[error("no reply within {0:?}")]
+    NoReply(Duration),
     #[error("broker error: {0}")]
     Other(String),
 }
@@ -315,6 +319,16 @@ pub trait Broker: Send + Sync + 'static {
     /// (publisher confirms). On error none or some may have been accepted: the caller
     /// publishes again, and consumers' idempotency absorbs the duplicates.
     async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError>;
+
+    /// Publishes `publish` as a request (its correlation id and `reply_to` are set here)
+    /// and waits up to `timeout` for the reply (see [`reply`]). On
+    /// [`BrokerError::NoReply`] the request may still be handled later; its reply is
+    /// then dropped.
+    async fn request(&self, publish: Publish, timeout: Duration) -> Result<Message, BrokerError>;
+
+    /// Requests waiting for their reply now: for monitoring, and to show that callers
+    /// who stop waiting leave nothing behind.
+    fn waiting_requests(&self) -> usize;
 
     /// Starts consuming a queue with at most `prefetch` unacknowledged deliveries.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError>;

@@ -35,6 +35,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
 use self::link::{Declaration, Link};
+use super::reply::{DIRECT_REPLY_TO, Replies};
 
 use super::{
     Acker, Broker, BrokerError, Consumer, Delivery, ExchangeSpec, HeaderValue, Headers, Message,
@@ -47,6 +48,10 @@ const DELAY_QUEUE_IDLE: Duration = Duration::from_secs(60);
 pub struct RabbitMqBroker {
     link: Arc<Link>,
     publisher: Arc<Publisher>,
+    /// Requests go through a channel of their own that also consumes direct reply-to:
+    /// RabbitMQ delivers a reply only to the channel its request was published on.
+    requester: Publisher,
+    replies: Arc<Replies>,
     /// What this process declared, so a consumer knows its queue's dead-letter queue and
     /// the depth of a queue can include the delay queues feeding it.
     declared: Arc<Mutex<Declared>>,
@@ -62,11 +67,11 @@ impl RabbitMqBroker {
     /// Connects to `url` (`amqp://` or `amqps://`).
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         let link = Arc::new(Link::open(url).await?);
+        let replies = Arc::new(Replies::default());
         Ok(Self {
-            publisher: Arc::new(Publisher {
-                link: link.clone(),
-                channel: AsyncMutex::new(None),
-            }),
+            publisher: Arc::new(Publisher::new(link.clone(), None)),
+            requester: Publisher::new(link.clone(), Some(replies.clone())),
+            replies,
             link,
             declared: Arc::default(),
         })
@@ -242,6 +247,26 @@ impl Broker for RabbitMqBroker {
         self.publisher.publish(&routed).await
     }
 
+    async fn request(
+        &self,
+        mut publish: Publish,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        if publish.delay.is_some() {
+            return Err(BrokerError::Other("a request cannot be delayed".into()));
+        }
+        let pending = self.replies.expect();
+        pending.address(&mut publish.message);
+        self.requester
+            .publish(&[(publish.exchange, publish.routing_key, publish.message)])
+            .await?;
+        pending.wait(timeout).await
+    }
+
+    fn waiting_requests(&self) -> usize {
+        self.replies.waiting()
+    }
+
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
         let channel = self.link.channel().await?;
         channel
@@ -276,10 +301,7 @@ impl Broker for RabbitMqBroker {
                     () = sender.closed() => break,
                 };
                 let Some(Ok(delivery)) = next else { return };
-                let message = Message {
-                    body: Bytes::from(delivery.data.clone()),
-                    properties: from_amqp(&delivery.properties),
-                };
+                let message = message_of(&delivery);
                 let acker = RabbitAcker {
                     channel: channel.clone(),
                     delivery_tag: delivery.delivery_tag,
@@ -363,25 +385,63 @@ impl RabbitMqBroker {
     }
 }
 
-/// The confirm-mode channel every publish goes through, replaced when it closes.
-/// Shared by the broker and its deliveries' ackers (dead-lettering publishes a copy).
+/// A confirm-mode channel for publishing, replaced when it closes. The broker's
+/// publisher is shared with its deliveries' ackers (dead-lettering publishes a copy);
+/// its requester also consumes the replies to what it publishes.
 struct Publisher {
     link: Arc<Link>,
     channel: AsyncMutex<Option<Channel>>,
+    /// Where replies consumed on this channel go; `None` for a plain publisher.
+    replies: Option<Arc<Replies>>,
 }
 
 impl Publisher {
+    fn new(link: Arc<Link>, replies: Option<Arc<Replies>>) -> Self {
+        Self {
+            link,
+            channel: AsyncMutex::new(None),
+            replies,
+        }
+    }
+
+    /// A new channel in confirm mode, consuming direct reply-to for a requester. The
+    /// replies of requests published on an earlier channel are lost with it: those
+    /// requests time out.
+    async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        let channel = self.link.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(classify)?;
+        if let Some(replies) = self.replies.clone() {
+            let mut stream = channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    format!("retrocat-replies-{}", uuid::Uuid::now_v7()).into(),
+                    BasicConsumeOptions {
+                        no_ack: true, // required by direct reply-to
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(classify)?;
+            tokio::spawn(async move {
+                while let Some(Ok(delivery)) = stream.next().await {
+                    replies.deliver(message_of(&delivery));
+                }
+            });
+        }
+        Ok(channel)
+    }
+
     /// Sends a batch on the publisher channel and waits for every confirm.
     async fn publish(&self, batch: &[(String, String, Message)]) -> Result<(), BrokerError> {
         let mut guard = self.channel.lock().await;
         let channel = match guard.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = self.link.channel().await?;
-                channel
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(classify)?;
+                let channel = self.open_channel().await?;
                 *guard = Some(channel.clone());
                 channel
             }
@@ -560,6 +620,13 @@ fn to_amqp(properties: &Properties) -> BasicProperties {
         amqp = amqp.with_headers(table);
     }
     amqp
+}
+
+fn message_of(delivery: &lapin::message::Delivery) -> Message {
+    Message {
+        body: Bytes::from(delivery.data.clone()),
+        properties: from_amqp(&delivery.properties),
+    }
 }
 
 fn from_amqp(amqp: &BasicProperties) -> Properties {

@@ -22,6 +22,7 @@ use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The cipher a sealed message names in its `x-encryption` header.
@@ -194,6 +195,21 @@ impl Broker for SealedBroker {
             self.keys.seal(&mut publish.message);
         }
         self.inner.publish(batch).await
+    }
+
+    async fn request(
+        &self,
+        mut publish: Publish,
+        timeout: Duration,
+    ) -> Result<Message, BrokerError> {
+        self.keys.seal(&mut publish.message);
+        let mut reply = self.inner.request(publish, timeout).await?;
+        self.keys.open(&mut reply).map_err(BrokerError::Other)?;
+        Ok(reply)
+    }
+
+    fn waiting_requests(&self) -> usize {
+        self.inner.waiting_requests()
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {

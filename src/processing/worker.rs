@@ -1,5 +1,10 @@
 //! The worker: consumes `game_events` and applies each event exactly once.
 //!
+//! The same worker serves `catalog.rpc`: a request there (`POST /api/games?wait=`) is a
+//! copy of the write's event, with the same event id, a priority and a reply address.
+//! Its own consumer takes it ahead of any backlog on `game_events`, and the inbox makes
+//! whichever copy comes second a duplicate. Once settled, a request is answered.
+//!
 //! Delivery is at least once, so every step is safe to repeat: the inbox check skips an
 //! event already processed; `start_processing` touches only the version the event
 //! describes; `finish_processing` commits the result together with the inbox row, so a
@@ -74,6 +79,20 @@ pub enum Outcome {
     Skipped,
 }
 
+impl Outcome {
+    /// The outcome's name in a reply: `{"outcome": "completed"}`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Retried { .. } => "retried",
+            Self::DeadLettered { .. } => "deadLettered",
+            Self::Duplicate => "duplicate",
+            Self::Forwarded => "forwarded",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
@@ -104,24 +123,21 @@ impl Worker {
         }
     }
 
-    /// Consumes `game_events` until shutdown, reconnecting with backoff when the broker
-    /// goes away. On shutdown it stops taking deliveries, lets in-flight ones finish
-    /// within the grace period, and leaves everything else unacknowledged.
-    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+    /// Consumes `queue` (`game_events` or `catalog.rpc`) until shutdown, reconnecting
+    /// with backoff when the broker goes away. On shutdown it stops taking deliveries,
+    /// lets in-flight ones finish within the grace period, and leaves everything else
+    /// unacknowledged.
+    pub async fn run(self: Arc<Self>, queue: &'static str, shutdown: Shutdown) {
         let mut backoff = crate::outbox::reconnect_backoff();
         while !shutdown.is_triggered() {
-            match self
-                .broker
-                .consume(topology::GAME_EVENTS_QUEUE, self.config.prefetch)
-                .await
-            {
+            match self.broker.consume(queue, self.config.prefetch).await {
                 Ok(consumer) => {
                     backoff = crate::outbox::reconnect_backoff();
                     self.clone().drain(consumer, &shutdown).await;
                 }
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(%error, retry_in = ?delay, "cannot consume game_events");
+                    tracing::warn!(%error, queue, retry_in = ?delay, "cannot consume");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.wait() => {}
@@ -129,7 +145,7 @@ impl Worker {
                 }
             }
         }
-        tracing::info!("worker stopped");
+        tracing::info!(queue, "worker stopped");
     }
 
     /// Processes deliveries from one consumer, up to `concurrency` at a time, until the
@@ -151,7 +167,7 @@ impl Worker {
                     Some(delivery) => {
                         let worker = self.clone();
                         in_flight.spawn(async move {
-                            let result = worker.handle(delivery).await;
+                            let result = worker.serve(delivery).await;
                             if result.is_err() {
                                 // The delivery went back to the queue; don't hot-loop on
                                 // it while the database or broker is down.
@@ -183,6 +199,26 @@ impl Worker {
             );
             in_flight.abort_all();
         }
+    }
+
+    /// Handles one delivery and, when it is a request, answers it once settled. The
+    /// answer is best effort: a requester that stopped waiting is no error.
+    async fn serve(&self, delivery: Delivery) -> Result<Outcome, WorkerError> {
+        let request = delivery
+            .message
+            .is_request()
+            .then(|| delivery.message.clone());
+        let outcome = self.handle(delivery).await?;
+        // A forwarded custom message keeps its reply address: its consumer answers.
+        if let Some(request) = request.filter(|_| outcome != Outcome::Forwarded) {
+            let body = serde_json::json!({ "outcome": outcome.name() }).to_string();
+            if let Some(reply) = request.reply(body)
+                && let Err(error) = self.broker.publish(vec![reply]).await
+            {
+                tracing::debug!(%error, "reply not sent");
+            }
+        }
+        Ok(outcome)
     }
 
     /// Handles one delivery from start to settlement.
@@ -250,6 +286,10 @@ impl Worker {
                 return self
                     .settle(delivery, record(event.version.unwrap_or(0), skipped))
                     .await;
+            }
+            StartOutcome::Done => {
+                delivery.ack().await?;
+                return Ok(Outcome::Duplicate);
             }
             StartOutcome::Missing => {
                 let skipped = ProcessingResult::Skipped {
@@ -324,6 +364,10 @@ impl Worker {
         properties
             .headers
             .insert(headers::RETRY_COUNT.into(), i64::from(attempt).into());
+        // A request was answered ("retried") already; its retry is an ordinary event.
+        properties.reply_to = None;
+        properties.correlation_id = None;
+        properties.priority = 0;
         let copy = Message {
             body: delivery.message.body.clone(),
             properties,

@@ -188,6 +188,10 @@ pub enum StartOutcome {
     Stale { current_version: i64 },
     /// The game was deleted.
     Missing,
+    /// This version is `completed` already: another copy of its event (a redelivery, or
+    /// the request of `POST /api/games?wait=`) got there first. Starting again would
+    /// turn a finished game back to `processing`.
+    Done,
 }
 
 /// The result of processing one event, recorded in one transaction.
@@ -270,9 +274,15 @@ pub trait Store: Send + Sync + 'static {
     async fn thumbnail(&self, game_id: i64) -> Result<Option<Thumbnail>, StoreError>;
 
     // Catalog writes: each commits its event to the outbox in the same transaction and
-    // increments the game's `version`.
-    async fn create_game(&self, draft: &GameDraft) -> Result<Game, StoreError>;
-    async fn update_game(&self, id: i64, draft: &GameDraft) -> Result<Game, StoreError>;
+    // increments the game's `version`. Creates and updates take their event's id from the
+    // caller, who can then follow the event (a request that waits for its processing).
+    async fn create_game(&self, draft: &GameDraft, event: &EventId) -> Result<Game, StoreError>;
+    async fn update_game(
+        &self,
+        id: i64,
+        draft: &GameDraft,
+        event: &EventId,
+    ) -> Result<Game, StoreError>;
     async fn delete_game(&self, id: i64) -> Result<(), StoreError>;
     /// Replaces the uploaded cover; the game goes back to `pending` for a new thumbnail.
     async fn set_cover(&self, id: i64, cover: &Cover) -> Result<Game, StoreError>;

@@ -384,7 +384,7 @@ where
         row.as_ref().map(shared::thumbnail_from_row).transpose()
     }
 
-    async fn create_game(&self, draft: &GameDraft) -> Result<Game, StoreError> {
+    async fn create_game(&self, draft: &GameDraft, event: &EventId) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
         Self::check_references(&mut tx, draft).await?;
         let now = now_ms();
@@ -409,12 +409,20 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Create))
-            .await?;
+        self.commit_with_event(
+            tx,
+            &OutboxMessage::game_event(&game, GameAction::Create, event),
+        )
+        .await?;
         Ok(game)
     }
 
-    async fn update_game(&self, id: i64, draft: &GameDraft) -> Result<Game, StoreError> {
+    async fn update_game(
+        &self,
+        id: i64,
+        draft: &GameDraft,
+        event: &EventId,
+    ) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
         Self::check_references(&mut tx, draft).await?;
         let updated = sqlx::query(
@@ -441,8 +449,11 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Update))
-            .await?;
+        self.commit_with_event(
+            tx,
+            &OutboxMessage::game_event(&game, GameAction::Update, event),
+        )
+        .await?;
         Ok(game)
     }
 
@@ -456,8 +467,11 @@ where
             .execute(&mut *tx)
             .await
             .map_err(DB::classify)?;
-        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Delete))
-            .await?;
+        self.commit_with_event(
+            tx,
+            &OutboxMessage::game_event(&game, GameAction::Delete, &EventId::generate()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -489,8 +503,11 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        self.commit_with_event(tx, &OutboxMessage::game_event(&game, GameAction::Update))
-            .await?;
+        self.commit_with_event(
+            tx,
+            &OutboxMessage::game_event(&game, GameAction::Update, &EventId::generate()),
+        )
+        .await?;
         Ok(game)
     }
 
@@ -657,14 +674,17 @@ where
         version: Option<i64>,
     ) -> Result<StartOutcome, StoreError> {
         // One statement: the version check and the status change cannot be split by a
-        // concurrent update.
+        // concurrent update or a concurrent copy of the event. A given version that is
+        // completed stays so; without a version (`process`: again) it starts anew.
         let row = sqlx::query(
             "UPDATE games SET processing_status = 'processing' \
              WHERE id = $1 AND version = COALESCE($2, version) \
+             AND ($3 IS NULL OR processing_status <> 'completed') \
              RETURNING version, title, image_url, \
              EXISTS (SELECT 1 FROM covers c WHERE c.game_id = games.id) AS has_cover",
         )
         .bind(game_id)
+        .bind(version)
         .bind(version)
         .fetch_optional(&self.pool)
         .await
@@ -674,14 +694,19 @@ where
                 game_id, &row,
             )?));
         }
-        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM games WHERE id = $1")
+        let current = sqlx::query("SELECT version, processing_status FROM games WHERE id = $1")
             .bind(game_id)
             .fetch_optional(&self.pool)
             .await
             .map_err(DB::classify)?;
-        Ok(match current {
-            Some(current_version) => StartOutcome::Stale { current_version },
-            None => StartOutcome::Missing,
+        let Some(current) = current else {
+            return Ok(StartOutcome::Missing);
+        };
+        let current_version = current.int("version")?;
+        Ok(if Some(current_version) == version {
+            StartOutcome::Done
+        } else {
+            StartOutcome::Stale { current_version }
         })
     }
 
