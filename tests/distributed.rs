@@ -400,3 +400,42 @@ async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
     assert!(reason.contains("cannot decrypt"), "{reason}");
     stop_all(workers.into_iter().chain([api]).collect()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_overtakes_a_backlog_of_ten_thousand_events() {
+    const BACKLOG: u32 = 10_000;
+    let Some(vhost) = Vhost::create() else { return };
+    let (_deployment, api, workers, amqp) = start(&vhost, &["w1"], &[]).await;
+    // Events in the original format about games that do not exist: each is quick to
+    // skip, but each takes its turn on game_events.
+    let bodies: Vec<Vec<u8>> = (0..BACKLOG)
+        .map(|n| {
+            json!({ "gameId": 1_000_000 + n, "action": "process" })
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    amqp.publish_originals(
+        QUEUE,
+        bodies
+            .iter()
+            .map(|body| (body.as_slice(), FieldTable::default())),
+    )
+    .await;
+
+    let response = common::processes::http_client()
+        .post(api.url("/api/games?wait=20s"))
+        .json(&common::game_body("Jumps the queue"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 201);
+    let game: Value = response.json().await.unwrap();
+    assert_eq!(game["processingStatus"], "completed", "{game}");
+    let (left, _) = amqp.queue_state(QUEUE).await;
+    assert!(
+        left > BACKLOG / 2,
+        "only {left} of {BACKLOG} events were still queued: the request waited its turn"
+    );
+    stop_all(workers.into_iter().chain([api]).collect()).await;
+}

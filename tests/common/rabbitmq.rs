@@ -172,21 +172,37 @@ impl Amqp {
     /// Publishes as the original producers did: default exchange, the queue's name as
     /// routing key, persistent (delivery mode 2), no message id; waits for the confirm.
     pub async fn publish_original(&self, queue: &str, body: &[u8], headers: FieldTable) {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        self.channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("publisher confirm");
+        self.publish_originals(queue, [(body, headers)]).await;
+    }
+
+    /// Publishes several messages as [`Amqp::publish_original`] does, then waits for
+    /// all their confirms.
+    pub async fn publish_originals<'a>(
+        &self,
+        queue: &str,
+        messages: impl IntoIterator<Item = (&'a [u8], FieldTable)>,
+    ) {
+        let mut confirms = Vec::new();
+        for (body, headers) in messages {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            confirm.await.expect("publisher confirm");
+        }
     }
 
     /// Takes the next message ready in `queue` and rejects it without requeueing, as a
