@@ -109,6 +109,12 @@ pub struct PublishArgs {
     /// Not persistent (delivery mode 1): lost if the broker restarts before delivery.
     #[arg(long)]
     pub transient: bool,
+
+    /// Wait this long (e.g. 5s) for the consumer's reply and print it; exits with an
+    /// error if none comes. The custom-message consumer (custom_messages) answers once
+    /// it has recorded the message. Not with --delay.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "delay")]
+    pub wait: Option<Duration>,
 }
 
 impl PublishArgs {

@@ -158,6 +158,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETROCAT_WORKER_ID")]
     pub worker_id: Option<String>,
 
+    /// Subscribers of every domain event this process runs, each with its own queue and
+    /// log (`GET /api/audit?subscriber=NAME`): `audit` is the audit log; more names
+    /// (e.g. audit,archive) add independent subscribers.
+    #[arg(long, env = "RETROCAT_SUBSCRIBERS", default_value = "audit", value_delimiter = ',',
+          value_parser = crate::processing::subscriber::parse_name)]
+    pub subscribers: Vec<String>,
+
     /// How long in-flight events may take to finish after SIGTERM.
     #[arg(long, env = "RETROCAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

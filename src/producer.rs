@@ -89,6 +89,33 @@ impl Outgoing {
 /// Validates and publishes a custom message, returning its message id once the broker
 /// has confirmed it.
 pub async fn send(broker: &dyn Broker, outgoing: Outgoing) -> Result<String, SendError> {
+    let (id, publish) = envelope(outgoing)?;
+    broker.publish(vec![publish]).await?;
+    Ok(id)
+}
+
+/// Validates and publishes a custom message as a request, then waits up to `wait` for
+/// the reply of whoever consumes it (the custom-message consumer answers once it has
+/// recorded the message). Returns the message id and the reply.
+pub async fn request(
+    broker: &dyn Broker,
+    outgoing: Outgoing,
+    wait: Duration,
+) -> Result<(String, Message), SendError> {
+    let (id, publish) = envelope(outgoing)?;
+    if publish.delay.is_some() {
+        return Err(Refused {
+            field: "delay",
+            reason: "a message that waits for its reply cannot be delayed".into(),
+        }
+        .into());
+    }
+    let reply = broker.request(publish, wait).await?;
+    Ok((id, reply))
+}
+
+/// The custom message in the original producer's envelope, with a fresh message id.
+fn envelope(outgoing: Outgoing) -> Result<(String, Publish), Refused> {
     outgoing.validate()?;
     let envelope = CustomMessage {
         kind: CustomKind::Custom,
@@ -111,8 +138,7 @@ pub async fn send(broker: &dyn Broker, outgoing: Outgoing) -> Result<String, Sen
         },
         delay: outgoing.delay,
     };
-    broker.publish(vec![publish]).await?;
-    Ok(id)
+    Ok((id, publish))
 }
 
 /// Publishes a game event straight to `game_events`, as the original producer did

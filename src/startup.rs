@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command, DlqCommand, ServeArgs};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
+use crate::processing::subscriber::Subscriber;
 use crate::processing::worker::Worker;
 use crate::producer;
 use crate::shutdown::Shutdown;
@@ -34,9 +35,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => {
             let outgoing = args.outgoing().context("reading the message")?;
             let broker = connect_declared_broker(&cli.storage).await?;
-            let id = producer::send(broker.as_ref(), outgoing).await?;
+            match args.wait {
+                None => println!("{}", producer::send(broker.as_ref(), outgoing).await?),
+                Some(wait) => {
+                    let (id, reply) = producer::request(broker.as_ref(), outgoing, wait)
+                        .await
+                        .context("no reply: is a worker consuming the message's queue?")?;
+                    println!("{id}");
+                    println!("{}", String::from_utf8_lossy(&reply.body));
+                }
+            }
             broker.close().await?;
-            println!("{id}");
             Ok(())
         }
         Command::Dlq(command) => {
@@ -229,7 +238,8 @@ pub async fn run_api(
     served
 }
 
-/// Consumers of `game_events` and of requests on `catalog.rpc`, until shutdown.
+/// Consumers of `game_events` and of requests on `catalog.rpc`, the event subscribers
+/// and the custom-message consumer, until shutdown.
 pub async fn run_worker(
     parts: &Components,
     args: &WorkerArgs,
@@ -242,11 +252,19 @@ pub async fn run_worker(
         args.worker(),
     );
     let worker = Arc::new(worker);
+    let (store, broker, prefetch) = (&parts.store, &parts.broker, args.prefetch.max(1));
+    let subscribers = args
+        .subscribers
+        .iter()
+        .map(|name| Subscriber::events(name, store.clone(), broker.clone(), prefetch))
+        .chain([Subscriber::custom(store.clone(), broker.clone(), prefetch)])
+        .map(|subscriber| subscriber.run(shutdown.clone()));
     tokio::join!(
         worker
             .clone()
             .run(topology::GAME_EVENTS_QUEUE, shutdown.clone()),
-        worker.run(topology::RPC_QUEUE, shutdown),
+        worker.run(topology::RPC_QUEUE, shutdown.clone()),
+        futures::future::join_all(subscribers),
     );
     Ok(())
 }

@@ -23,7 +23,7 @@ pub fn router() -> Router<ApiContext> {
 #[serde(deny_unknown_fields)]
 struct Params {
     queue: Option<String>,
-    limit: Option<usize>,
+    limit: Option<u32>,
 }
 
 impl Params {
@@ -43,26 +43,13 @@ impl Params {
 /// The query string, or why it could not be read.
 type ParamsQuery = Result<Query<Params>, QueryRejection>;
 
-/// Reads `?queue=&limit=`, naming the parameter at fault.
-fn params(query: ParamsQuery) -> Result<Params, ApiError> {
-    query
-        .map(|Query(params)| params)
-        .map_err(|rejection| ApiError::BadRequest {
-            detail: rejection.body_text(),
-            errors: Vec::new(),
-        })
-}
-
 async fn list(
     State(ctx): State<ApiContext>,
     query: ParamsQuery,
 ) -> Result<axum::Json<Vec<DeadLetter>>, ApiError> {
-    let params = params(query)?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_field("limit", "from 1 to 1000"));
-    }
-    let listed = dead_letters::list(ctx.broker.as_ref(), params.queue()?, limit).await?;
+    let Query(params) = query?;
+    let limit = super::list_limit(params.limit)?;
+    let listed = dead_letters::list(ctx.broker.as_ref(), params.queue()?, limit as usize).await?;
     Ok(axum::Json(listed))
 }
 
@@ -71,7 +58,7 @@ async fn replay(
     Path(id): Path<String>,
     query: ParamsQuery,
 ) -> Result<axum::Json<DeadLetter>, ApiError> {
-    let params = params(query)?;
+    let Query(params) = query?;
     let queue = params.queue()?;
     dead_letters::replay(ctx.broker.as_ref(), queue, &id)
         .await?
@@ -84,7 +71,7 @@ async fn purge(
     Path(id): Path<String>,
     query: ParamsQuery,
 ) -> Result<StatusCode, ApiError> {
-    let params = params(query)?;
+    let Query(params) = query?;
     let queue = params.queue()?;
     dead_letters::purge(ctx.broker.as_ref(), queue, &id)
         .await?

@@ -128,6 +128,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A query string that does not fit its parameters (unknown, or of the wrong type).
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Self::BadRequest {
+            detail: rejection.body_text(),
+            errors: Vec::new(),
+        }
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(error: BrokerError) -> Self {
         match error {

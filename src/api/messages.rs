@@ -103,9 +103,15 @@ struct MessageBody {
     #[serde(default)]
     headers: Headers,
     persistent: Option<bool>,
+    /// Wait this long for the consumer's reply (request/reply), at most 30 s.
+    wait_ms: Option<u64>,
 }
 
-/// `POST /api/messages`: answers the message id once the broker confirmed it.
+/// The longest `waitMs`: the HTTP request stays open meanwhile.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// `POST /api/messages`: answers the message id once the broker confirmed it; with
+/// `waitMs`, also the consumer's reply, or 504 when none came in time.
 async fn send_message(
     State(ctx): State<ApiContext>,
     Json(body): Json<MessageBody>,
@@ -121,11 +127,26 @@ async fn send_message(
         ..defaults
     };
     let (exchange, routing_key) = (outgoing.exchange.clone(), outgoing.routing_key.clone());
-    let message_id = producer::send(ctx.broker.as_ref(), outgoing).await?;
+    let Some(wait_ms) = body.wait_ms else {
+        let message_id = producer::send(ctx.broker.as_ref(), outgoing).await?;
+        return Ok(created(json!({
+            "messageId": message_id,
+            "exchange": exchange,
+            "routingKey": routing_key,
+        })));
+    };
+    if !(1..=MAX_WAIT_MS).contains(&wait_ms) {
+        return Err(ApiError::bad_field("waitMs", "from 1 to 30000"));
+    }
+    let wait = Duration::from_millis(wait_ms);
+    let (message_id, reply) = producer::request(ctx.broker.as_ref(), outgoing, wait).await?;
+    let reply = serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&reply.body).into_owned()));
     Ok(created(json!({
         "messageId": message_id,
         "exchange": exchange,
         "routingKey": routing_key,
+        "reply": reply,
     })))
 }
 

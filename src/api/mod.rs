@@ -4,6 +4,7 @@
 //! every route shares: tracing, CORS, body limit, timeout, and the logging of internal
 //! errors (inside the trace span, so the log line carries the route).
 
+mod audit;
 mod dlq;
 pub mod error;
 pub mod extract;
@@ -48,6 +49,7 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         .merge(health::router())
         .merge(messages::router())
         .merge(dlq::router())
+        .merge(audit::router())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
         .with_state(ctx);
     api.merge(crate::web::router())
@@ -75,6 +77,16 @@ async fn log_internal_error(response: Response) -> Response {
 
 /// Browsers may call the API from the listed origins (the original page was served by
 /// nginx on another origin than its API). Empty: same origin only.
+/// `?limit=` of a list: 1 to 1000, 100 when absent.
+fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_field("limit", "from 1 to 1000"))
+    }
+}
+
 fn cors(origins: &[String]) -> CorsLayer {
     let origins: Vec<HeaderValue> = origins
         .iter()

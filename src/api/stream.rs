@@ -6,7 +6,7 @@
 //! The [`LiveFeed`] consumes that queue and fans messages out to the connected streams.
 
 use super::ApiContext;
-use crate::broker::{Broker, Delivery, topology};
+use crate::broker::{Broker, Consumer, Delivery, topology};
 use crate::domain::{EventId, GameEvent, GameProcessed, ProcessingStatus};
 use crate::shutdown::Shutdown;
 use axum::Router;
@@ -87,41 +87,29 @@ impl LiveFeed {
     /// Declares this instance's queue and relays it until shutdown, reconnecting when
     /// the broker goes away. The queue is exclusive: it disappears with the instance.
     pub async fn run(self, broker: Arc<dyn Broker>, instance: String, shutdown: Shutdown) {
-        let mut backoff = crate::outbox::reconnect_backoff();
-        while !shutdown.is_triggered() {
-            let consumer = match topology::declare_live_feed(broker.as_ref(), &instance).await {
-                Ok(queue) => broker.consume(&queue, 256).await,
-                Err(error) => Err(error),
-            };
-            match consumer {
-                Ok(mut consumer) => {
-                    backoff = crate::outbox::reconnect_backoff();
-                    loop {
-                        let delivery = tokio::select! {
-                            delivery = consumer.next() => delivery,
-                            _ = shutdown.wait() => break,
-                        };
-                        let Some(delivery) = delivery else { break };
-                        if let Some(event) = LiveEvent::from_delivery(&delivery) {
-                            // No subscriber is fine: nobody is watching.
-                            let _ = self.sender.send(event);
-                        }
-                        // Notifications only: losing one costs a browser a refresh.
-                        if let Err(error) = delivery.ack().await {
-                            tracing::debug!(%error, "live-feed ack failed");
-                        }
-                    }
+        let open = || async {
+            let queue = topology::declare_live_feed(broker.as_ref(), &instance).await?;
+            broker.consume(&queue, 256).await
+        };
+        let (sender, stop) = (&self.sender, &shutdown);
+        let drain = |mut consumer: Consumer| async move {
+            loop {
+                let delivery = tokio::select! {
+                    delivery = consumer.next() => delivery,
+                    _ = stop.wait() => break,
+                };
+                let Some(delivery) = delivery else { break };
+                if let Some(event) = LiveEvent::from_delivery(&delivery) {
+                    // No subscriber is fine: nobody is watching.
+                    let _ = sender.send(event);
                 }
-                Err(error) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(%error, retry_in = ?delay, "live feed cannot consume");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait() => {}
-                    }
+                // Notifications only: losing one costs a browser a refresh.
+                if let Err(error) = delivery.ack().await {
+                    tracing::debug!(%error, "live-feed ack failed");
                 }
             }
-        }
+        };
+        crate::broker::consume_until_shutdown("live feed", &shutdown, open, drain).await;
     }
 }
 

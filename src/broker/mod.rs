@@ -364,6 +364,41 @@ impl Consumer {
     }
 }
 
+/// Consumes until shutdown, whatever happens to the broker: `open` declares what it
+/// needs and starts a consumer; `drain` takes deliveries until that consumer ends (the
+/// broker went away) or shutdown. After a failed `open` it waits a capped, jittered
+/// backoff, so a fleet of consumers does not hammer a broker coming back. `what`
+/// names the consumer in logs.
+pub async fn consume_until_shutdown<Open, Opened, Drain, Drained>(
+    what: &str,
+    shutdown: &crate::shutdown::Shutdown,
+    mut open: Open,
+    mut drain: Drain,
+) where
+    Open: FnMut() -> Opened,
+    Opened: Future<Output = Result<Consumer, BrokerError>>,
+    Drain: FnMut(Consumer) -> Drained,
+    Drained: Future<Output = ()>,
+{
+    let mut backoff = crate::outbox::reconnect_backoff();
+    while !shutdown.is_triggered() {
+        match open().await {
+            Ok(consumer) => {
+                backoff = crate::outbox::reconnect_backoff();
+                drain(consumer).await;
+            }
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(%error, consumer = what, retry_in = ?delay, "cannot consume");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => {}
+                }
+            }
+        }
+    }
+}
+
 /// How a broker settles one delivery. Implemented by each broker.
 #[async_trait]
 pub trait Acker: Send + Sync {

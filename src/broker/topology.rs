@@ -3,7 +3,8 @@
 //! ```text
 //! catalog.events (topic) ── game.created|updated|deleted ──► game_events ──► workers
 //!        │                                                      │  ▲
-//!        └── game.# ──► live_feed.<instance> (one per API)      │  └── <queue>.delay.<ms> (retries)
+//!        ├── game.# ──► live_feed.<instance> (one per API)      │  └── <queue>.delay.<ms> (retries)
+//!        └── # ──► audit, audit.<name> (subscribers)            │
 //!                                                               ▼
 //! catalog.dlx (direct) ── game_events ──────────────────► game_events.dlq
 //!                      ── custom_messages ──────────────► custom_messages.dlq
@@ -41,6 +42,8 @@ pub const CUSTOM_KEYS: &str = "custom.#";
 pub const RPC_QUEUE: &str = "catalog.rpc";
 pub const RPC_DLQ: &str = "catalog.rpc.dlq";
 pub const RPC_MAX_PRIORITY: u8 = 10;
+/// The audit subscriber's queue: every domain event (`#`), for the audit log.
+pub const AUDIT_QUEUE: &str = "audit";
 /// Alternate exchange: what an exchange could not route is kept here, visible.
 pub const UNROUTED_EXCHANGE: &str = "catalog.unrouted";
 pub const UNROUTED_QUEUE: &str = "unrouted";
@@ -85,6 +88,9 @@ pub async fn declare(broker: &dyn Broker, config: TopologyConfig) -> Result<(), 
         QueueSpec::durable(RPC_QUEUE)
             .with_max_priority(RPC_MAX_PRIORITY)
             .with_dead_letter_queue(RPC_DLQ),
+        // Declared by every role, so the audit log misses no event published before
+        // the first worker starts.
+        QueueSpec::durable(AUDIT_QUEUE),
     ];
     for queue in &queues {
         broker.declare_queue(queue).await?;
@@ -93,6 +99,7 @@ pub async fn declare(broker: &dyn Broker, config: TopologyConfig) -> Result<(), 
     let game_events = GAME_EVENT_KEYS.map(|key| (GAME_EVENTS_QUEUE, EVENTS_EXCHANGE, key));
     let others = [
         (UNROUTED_QUEUE, UNROUTED_EXCHANGE, "#"),
+        (AUDIT_QUEUE, EVENTS_EXCHANGE, "#"),
         (CUSTOM_QUEUE, CUSTOM_EXCHANGE, CUSTOM_KEYS),
         // A dead-letter queue is bound by its source queue's name, so RabbitMQ's own
         // dead-lettering (a policy `dead-letter-exchange: catalog.dlx` with
@@ -105,6 +112,24 @@ pub async fn declare(broker: &dyn Broker, config: TopologyConfig) -> Result<(), 
         broker.bind_queue(queue, exchange, pattern).await?;
     }
     Ok(())
+}
+
+/// The queue of an event subscriber: `audit` for the audit log, `audit.NAME` for
+/// another named subscriber.
+pub fn subscriber_queue(name: &str) -> String {
+    if name == AUDIT_QUEUE {
+        AUDIT_QUEUE.into()
+    } else {
+        format!("{AUDIT_QUEUE}.{name}")
+    }
+}
+
+/// Declares an event subscriber's durable queue, bound to every domain event: each
+/// subscriber gets its own copy of every event (pub/sub).
+pub async fn declare_subscriber(broker: &dyn Broker, name: &str) -> Result<(), BrokerError> {
+    let queue = subscriber_queue(name);
+    broker.declare_queue(&QueueSpec::durable(&queue)).await?;
+    broker.bind_queue(&queue, EVENTS_EXCHANGE, "#").await
 }
 
 /// Declares this API instance's own live-feed queue, bound to every game event, so each

@@ -3,9 +3,11 @@
 //! [`worker`] consumes `game_events` and turns each event into its effect: the game's
 //! status, its thumbnail ([`thumbnail`], from an uploaded cover or one fetched by
 //! [`fetch`]), and an attempt in its history. [`retry`] decides what happens after a
-//! failure: retry later with backoff, or dead-letter.
+//! failure: retry later with backoff, or dead-letter. [`subscriber`] keeps what the
+//! audit subscribers and the custom-message consumer receive.
 
 pub mod fetch;
 pub mod retry;
+pub mod subscriber;
 pub mod thumbnail;
 pub mod worker;

@@ -128,23 +128,13 @@ impl Worker {
     /// lets in-flight ones finish within the grace period, and leaves everything else
     /// unacknowledged.
     pub async fn run(self: Arc<Self>, queue: &'static str, shutdown: Shutdown) {
-        let mut backoff = crate::outbox::reconnect_backoff();
-        while !shutdown.is_triggered() {
-            match self.broker.consume(queue, self.config.prefetch).await {
-                Ok(consumer) => {
-                    backoff = crate::outbox::reconnect_backoff();
-                    self.clone().drain(consumer, &shutdown).await;
-                }
-                Err(error) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(%error, queue, retry_in = ?delay, "cannot consume");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait() => {}
-                    }
-                }
-            }
-        }
+        crate::broker::consume_until_shutdown(
+            queue,
+            &shutdown,
+            || self.broker.consume(queue, self.config.prefetch),
+            |consumer| self.clone().drain(consumer, &shutdown),
+        )
+        .await;
         tracing::info!(queue, "worker stopped");
     }
 

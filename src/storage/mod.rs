@@ -141,6 +141,21 @@ pub struct TaskView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A message as a subscriber received it: an entry of the audit log, or a custom
+/// message the custom-message consumer took.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceivedMessage {
+    pub subscriber: String,
+    pub message_id: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub headers: crate::broker::Headers,
+    /// The body as JSON; a body that is not JSON is shown as a string.
+    pub body: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
 /// How one processing attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +335,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         record: &ProcessingRecord,
     ) -> Result<FinishOutcome, StoreError>;
+
+    // Subscribers.
+    /// Records a message for `message.subscriber`; false when it was recorded before
+    /// (a redelivery), which changes nothing.
+    async fn record_received(&self, message: &ReceivedMessage) -> Result<bool, StoreError>;
+    /// The latest `limit` messages a subscriber received, newest first.
+    async fn received(
+        &self,
+        subscriber: &str,
+        limit: u32,
+    ) -> Result<Vec<ReceivedMessage>, StoreError>;
 
     // Outbox relay.
     /// Notified after every commit that wrote outbox rows, so an in-process relay

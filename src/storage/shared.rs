@@ -8,7 +8,7 @@
 
 use super::{
     Attempt, AttemptOutcome, Cover, GamePage, GameQuery, GameSort, OutboxMessage, PendingGame,
-    ProcessingRecord, ProcessingResult, StoreError, TaskView, WorkItem,
+    ProcessingRecord, ProcessingResult, ReceivedMessage, StoreError, TaskView, WorkItem,
 };
 use crate::domain::{Game, Genre, Platform, ProcessingStatus};
 use crate::processing::thumbnail::Thumbnail;
@@ -213,6 +213,21 @@ pub(super) fn work_item_from_row(game_id: i64, row: &impl Columns) -> Result<Wor
         title: row.text("title")?,
         image_url: row.opt_text("image_url")?,
         has_cover: row.flag("has_cover")?,
+    })
+}
+
+/// A row of `received_messages`; the body was stored as JSON text.
+pub(super) fn received_from_row(row: &impl Columns) -> Result<ReceivedMessage, StoreError> {
+    let headers = row.text("headers")?;
+    let body = row.bytes("body")?;
+    Ok(ReceivedMessage {
+        subscriber: row.text("subscriber")?,
+        message_id: row.text("message_id")?,
+        exchange: row.text("exchange")?,
+        routing_key: row.text("routing_key")?,
+        headers: serde_json::from_str(&headers).unwrap_or_default(),
+        body: serde_json::from_slice(&body).unwrap_or_default(),
+        received_at: row.time("received_at")?,
     })
 }
 

@@ -9,7 +9,7 @@
 use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, OutboxClaim, OutboxMessage, PendingGame,
-    ProcessingRecord, ProcessingResult, StartOutcome, Store, StoreError, TaskView,
+    ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome, Store, StoreError, TaskView,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -818,6 +818,42 @@ where
             OutboxMessage::game_processed(record.game_id, record.version, status, &record.event_id);
         self.commit_with_event(tx, &message).await?;
         Ok(FinishOutcome::Applied)
+    }
+
+    async fn record_received(&self, message: &ReceivedMessage) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO received_messages (subscriber, message_id, exchange, routing_key, \
+             headers, body, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (subscriber, message_id) DO NOTHING",
+        )
+        .bind(message.subscriber.clone())
+        .bind(message.message_id.clone())
+        .bind(message.exchange.clone())
+        .bind(message.routing_key.clone())
+        .bind(serde_json::to_string(&message.headers).expect("headers serialize"))
+        .bind(serde_json::to_vec(&message.body).expect("JSON serializes"))
+        .bind(message.received_at.timestamp_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(DB::classify)?;
+        Ok(DB::rows_affected(&inserted) > 0)
+    }
+
+    async fn received(
+        &self,
+        subscriber: &str,
+        limit: u32,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subscriber, message_id, exchange, routing_key, headers, body, received_at \
+             FROM received_messages WHERE subscriber = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(subscriber.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(DB::classify)?;
+        rows.iter().map(shared::received_from_row).collect()
     }
 
     fn outbox_written(&self) -> &Notify {
