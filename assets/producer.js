@@ -1,5 +1,7 @@
-// The Producer page: sends custom messages (POST /api/messages) and game events
-// (POST /api/messages/game-event), showing the server's field errors inline.
+// The Producer page: sends custom messages (POST /api/messages, optionally waiting for
+// the consumer's reply) and game events (POST /api/messages/game-event), showing the
+// server's field errors inline; lists what the custom-message consumer received and
+// the audit log.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -68,14 +70,18 @@ $("custom-form").addEventListener("submit", async (event) => {
     };
     const delay = Number(data.get("delayMs") || 0);
     if (delay > 0) body.delayMs = delay;
+    const wait = Number(data.get("waitMs") || 0);
+    if (wait > 0) body.waitMs = wait;
     const answer = await api("/api/messages", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
     clearErrors(form, $("custom-error"));
+    const reply = answer.reply ? `; reply ${JSON.stringify(answer.reply)}` : "";
     logSent(`${body.exchange || "(default)"} / ${body.routingKey}`, JSON.stringify(body.message),
-      `confirmed, id ${answer.messageId}`);
+      `confirmed, id ${answer.messageId}${reply}`);
+    refreshReceived();
   } catch (error) {
     showErrors(form, $("custom-error"), error);
   }
@@ -98,3 +104,37 @@ $("event-form").addEventListener("submit", async (event) => {
     showErrors(form, $("event-error"), error);
   }
 });
+
+/** Fills `tbody` with one row per entry, or its empty line. */
+function fillRows(tbody, entries, emptyText, columns) {
+  tbody.replaceChildren(...(entries.length === 0
+    ? [el("tr", { className: "empty" }, el("td", { colSpan: 4, textContent: emptyText }))]
+    : entries.map((entry) => el("tr", {},
+      ...columns(entry).map((text) => el("td", { textContent: text }))))));
+}
+
+async function refreshReceived() {
+  try {
+    const received = await api("/api/messages/received?limit=20");
+    fillRows($("received"), received, "nothing received yet", (entry) => [
+      formatTime(entry.receivedAt), entry.messageId, entry.routingKey,
+      JSON.stringify(entry.body.message ?? entry.body),
+    ]);
+  } catch (_) { /* shown again on the next refresh */ }
+}
+
+async function refreshAudit() {
+  try {
+    const audit = await api("/api/audit?limit=20");
+    fillRows($("audit"), audit, "no events yet", (entry) => [
+      formatTime(entry.receivedAt), entry.routingKey, JSON.stringify(entry.body),
+    ]);
+  } catch (_) { /* shown again on the next refresh */ }
+}
+
+const refresh = () => {
+  refreshReceived();
+  refreshAudit();
+};
+refresh();
+setInterval(refresh, 3000);
