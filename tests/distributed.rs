@@ -439,3 +439,72 @@ async fn a_waiting_request_overtakes_a_backlog_of_ten_thousand_events() {
     );
     stop_all(workers.into_iter().chain([api]).collect()).await;
 }
+
+/// Polls `path` on `base` until its list holds `count` entries, and returns them.
+async fn wait_for_entries(base: &str, path: &str, count: usize) -> Vec<Value> {
+    let client = common::processes::http_client();
+    for _ in 0..600 {
+        let entries: Vec<Value> = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("a JSON list");
+        if entries.len() >= count {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never held {count} entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_gets_every_event_and_the_cli_gets_its_reply() {
+    const CREATED: usize = 20;
+    let Some(vhost) = Vhost::create() else { return };
+    // Both workers run both subscribers: they compete within a subscriber's queue,
+    // and each subscriber's queue gets its own copy of every event.
+    let (deployment, api, workers, _amqp) =
+        start(&vhost, &["w1", "w2"], &["--subscribers", "audit,archive"]).await;
+    let ids = create_games(api.base(), "Audited", CREATED, 4, &AtomicUsize::new(0)).await;
+    let effects = Effects::open(&deployment).await;
+    effects
+        .wait_until_completed(&ids, Duration::from_secs(60))
+        .await;
+
+    // game.created and game.processed for each game.
+    let events = 2 * CREATED;
+    let message_ids = |entries: &[Value]| {
+        entries
+            .iter()
+            .map(|entry| entry["messageId"].as_str().unwrap().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let audit = wait_for_entries(api.base(), "/api/audit?limit=1000", events).await;
+    let archive = wait_for_entries(
+        api.base(),
+        "/api/audit?subscriber=archive&limit=1000",
+        events,
+    )
+    .await;
+    assert_eq!(audit.len(), events, "each event once in the audit log");
+    assert_eq!(message_ids(&audit), message_ids(&archive));
+
+    // Request/reply from the command line: the custom-message consumer answers.
+    deployment
+        .run(
+            "publish",
+            &["--wait", "10s", r#"{"from": "the command line"}"#],
+        )
+        .await;
+    let output = std::fs::read_to_string(deployment.path().join("publish.log")).unwrap();
+    assert!(
+        output.contains(r#""received":true"#),
+        "publish --wait printed no reply: {output}"
+    );
+    let received = wait_for_entries(api.base(), "/api/messages/received", 1).await;
+    assert_eq!(received[0]["body"]["message"]["from"], "the command line");
+    stop_all(workers.into_iter().chain([api]).collect()).await;
+}
