@@ -210,7 +210,8 @@ where
             if sqlx::query(sql)
                 .bind(id)
                 .fetch_optional(&mut *conn)
-                .await?
+                .await
+                .map_err(DB::classify)?
                 .is_none()
             {
                 return Err(StoreError::UnknownReference { field, entity, id });
