@@ -53,9 +53,7 @@ impl Backend {
             None
         }
     }
-}
 
-impl Backend {
     /// A fresh catalog database on this backend and its URL for `DATABASE_URL`: a file
     /// in `dir`, or a database of its own on the server, dropped with the returned
     /// [`TestDatabase`]. One place per backend, for in-process apps and for processes.
