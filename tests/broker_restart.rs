@@ -8,8 +8,9 @@
 
 mod common;
 
-use common::processes::{Deployment, Effects, create_games, free_port, http_client, stop_all};
-use common::rabbitmq::{Amqp, StoppedBroker, Vhost};
+use common::Backend;
+use common::processes::{Deployment, Effects, create_games, http_client, stop_all};
+use common::rabbitmq::{StoppedBroker, Vhost};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,13 +26,11 @@ const DOWN_FOR: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_under_load_loses_and_duplicates_nothing() {
     let Some(vhost) = Vhost::create() else { return };
-    let deployment = Deployment::on_rabbitmq(&vhost.url);
-    deployment.run("migrate", &[]).await;
-    let api = deployment.start_http("api", "api", free_port(), &[]).await;
-    let workers = deployment.start_workers(&["w1", "w2"], &["--simulate-work", "2ms"]);
-    Amqp::connect(&vhost.url)
+    let deployment = Deployment::on(Backend::Sqlite)
         .await
-        .wait_for_consumers("game_events", 2)
+        .with_rabbitmq(&vhost.url);
+    let (api, workers, _amqp) = deployment
+        .start_api_and_workers(&["w1", "w2"], &["--simulate-work", "2ms"])
         .await;
     let effects = Effects::open(&deployment).await;
     let client = http_client();

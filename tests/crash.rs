@@ -1,16 +1,19 @@
 //! Crash recovery: a `retrocat serve` process killed with SIGKILL while events are in
-//! flight loses nothing and applies nothing twice once restarted.
+//! flight loses nothing and applies nothing twice once restarted, on every catalog
+//! database.
 
 mod common;
 
 use common::processes::{Deployment, Effects, create_games, free_port};
+use common::{Backend, on_every_backend};
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_completes_every_event_exactly_once_after_restart() {
+on_every_backend!(a_killed_server_completes_every_event_exactly_once_after_restart);
+
+async fn a_killed_server_completes_every_event_exactly_once_after_restart(backend: Backend) {
     const GAMES: usize = 1000;
-    let deployment = Deployment::new();
+    let deployment = Deployment::on(backend).await;
     let port = free_port();
     // Slow processing so that a backlog is in flight when the process dies.
     let mut server = deployment

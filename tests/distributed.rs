@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::Backend;
 use common::processes::{Deployment, Effects, Process, create_games, free_port, stop_all};
 use common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
 use lapin::types::{AMQPValue, FieldTable};
@@ -22,12 +23,10 @@ async fn start(
     workers: &[&str],
     args: &[&str],
 ) -> (Deployment, Process, Vec<Process>, Amqp) {
-    let deployment = Deployment::on_rabbitmq(&vhost.url);
-    deployment.run("migrate", &[]).await;
-    let api = deployment.start_http("api", "api", free_port(), &[]).await;
-    let workers = deployment.start_workers(workers, args);
-    let amqp = Amqp::connect(&vhost.url).await;
-    amqp.wait_for_consumers(QUEUE, workers.len() as u32).await;
+    let deployment = Deployment::on(Backend::Sqlite)
+        .await
+        .with_rabbitmq(&vhost.url);
+    let (api, workers, amqp) = deployment.start_api_and_workers(workers, args).await;
     (deployment, api, workers, amqp)
 }
 
@@ -348,7 +347,9 @@ async fn a_policy_lets_rabbitmq_dead_letter_what_other_consumers_reject() {
 async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
     const KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let Some(vhost) = Vhost::create() else { return };
-    let deployment = Deployment::on_rabbitmq(&vhost.url);
+    let deployment = Deployment::on(Backend::Sqlite)
+        .await
+        .with_rabbitmq(&vhost.url);
     deployment.run("migrate", &[]).await;
     let sealed = ["--message-keys", KEYS];
     let api = deployment

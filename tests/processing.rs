@@ -3,13 +3,15 @@
 
 mod common;
 
+use chrono::Utc;
 use common::{Backend, Roles, TestApp, TestDatabase, game_body, on_every_backend, png, with};
 use retrocat::broker::{Consumer, Delivery, Message, Properties, Publish, headers, topology};
-use retrocat::domain::{GenreDraft, GenreName};
+use retrocat::domain::{EventId, GenreDraft, GenreName};
 use retrocat::processing::fetch::{CoverFetcher, FetchConfig};
 use retrocat::processing::retry::RetryPolicy;
 use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
 use retrocat::startup::connect_store;
+use retrocat::storage::{FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,6 +213,54 @@ async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
     assert_eq!(worker.handle(first).await.unwrap(), Outcome::Completed);
     assert_eq!(worker.handle(second).await.unwrap(), Outcome::Duplicate);
     assert_eq!(outcomes(&history(&app, &game["id"]).await), ["completed"]);
+    app.stop().await;
+}
+
+/// Two deliveries of one event in flight at once (a relay that published it twice, a
+/// redelivery while the first delivery is still handled): the second looked at the
+/// inbox before the first finished and starts after it, setting the game `processing`
+/// again. Finding the event settled, it must leave the game as the first one left it,
+/// completed or failed, not `processing` forever. Driven through the store, since only
+/// this interleaving shows it.
+async fn a_duplicate_starting_after_the_first_finished_leaves_its_status(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let store = app.store();
+    for (result, status) in [
+        (ProcessingResult::Completed { thumbnail: None }, "completed"),
+        (
+            ProcessingResult::Failed {
+                error: "attempt 3: cover unreachable".into(),
+            },
+            "failed",
+        ),
+    ] {
+        let game = app
+            .create_game(&game_body(&format!("Twice {status}")))
+            .await;
+        let id = game["id"].as_i64().unwrap();
+        let record = ProcessingRecord {
+            event_id: EventId::generate(),
+            game_id: id,
+            version: 1,
+            attempt: 1,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            result,
+            worker: "w1".into(),
+        };
+        let ready = |outcome| matches!(outcome, StartOutcome::Ready(_));
+        assert!(ready(store.start_processing(id, Some(1)).await.unwrap()));
+        assert!(!store.is_processed(&record.event_id).await.unwrap());
+        let first = store.finish_processing(&record).await.unwrap();
+        assert_eq!(first, FinishOutcome::Applied);
+        assert!(ready(store.start_processing(id, Some(1)).await.unwrap()));
+        let second = store.finish_processing(&record).await.unwrap();
+        assert_eq!(second, FinishOutcome::AlreadyProcessed);
+
+        let game = app.get_json(&format!("/api/games/{id}")).await;
+        assert_eq!(game["processingStatus"], status, "{game}");
+        assert_eq!(outcomes(&history(&app, &game["id"]).await), [status]);
+    }
     app.stop().await;
 }
 
@@ -481,6 +531,7 @@ on_every_backend!(
     a_cover_url_is_fetched_and_thumbnailed,
     a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered,
     a_duplicate_delivery_has_one_effect,
+    a_duplicate_starting_after_the_first_finished_leaves_its_status,
     an_older_version_finishing_late_never_overwrites_the_newer_one,
     an_event_for_an_old_version_delivered_after_the_new_one_is_skipped,
     poison_messages_are_dead_lettered_and_the_worker_keeps_going,

@@ -210,7 +210,8 @@ where
             if sqlx::query(sql)
                 .bind(id)
                 .fetch_optional(&mut *conn)
-                .await?
+                .await
+                .map_err(DB::classify)?
                 .is_none()
             {
                 return Err(StoreError::UnknownReference { field, entity, id });
@@ -728,6 +729,27 @@ where
             .await
             .map_err(DB::classify)?;
             if DB::rows_affected(&inserted) == 0 {
+                // Another delivery of this event settled it meanwhile. If this one
+                // started after that (it passed `is_processed` just before), its
+                // `start_processing` set the game `processing` again: give the game
+                // back the status the settled attempt left, or it stays `processing`.
+                sqlx::query(
+                    "UPDATE games SET processing_status = \
+                     (SELECT a.outcome FROM processing_attempts a \
+                      WHERE a.game_id = $1 AND a.event_id = $2 \
+                      AND a.outcome IN ('completed', 'failed') ORDER BY a.id DESC LIMIT 1) \
+                     WHERE id = $1 AND version = $3 AND processing_status = 'processing' \
+                     AND EXISTS (SELECT 1 FROM processing_attempts a \
+                      WHERE a.game_id = $1 AND a.event_id = $2 \
+                      AND a.outcome IN ('completed', 'failed'))",
+                )
+                .bind(record.game_id)
+                .bind(record.event_id.as_str().to_owned())
+                .bind(record.version)
+                .execute(&mut *tx)
+                .await
+                .map_err(DB::classify)?;
+                tx.commit().await.map_err(DB::classify)?;
                 return Ok(FinishOutcome::AlreadyProcessed);
             }
         }

@@ -53,6 +53,22 @@ impl Backend {
             None
         }
     }
+
+    /// A fresh catalog database on this backend and its URL for `DATABASE_URL`: a file
+    /// in `dir`, or a database of its own on the server, dropped with the returned
+    /// [`TestDatabase`]. One place per backend, for in-process apps and for processes.
+    pub async fn fresh_database(self, dir: &std::path::Path) -> (String, Option<TestDatabase>) {
+        match self {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.join("retrocat.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let database = TestDatabase::create().await;
+                (database.url.clone(), Some(database))
+            }
+        }
+    }
 }
 
 /// Runs each named test body (`async fn name(backend: Backend)`) on every catalog
@@ -201,16 +217,7 @@ impl TestApp {
     pub async fn spawn_on_with(backend: Backend, roles: Roles, extra: &[&str]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = TempDir::new().expect("temp dir");
-        let (database_url, database) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}", dir.path().join("retrocat.db").display()),
-                None,
-            ),
-            Backend::Postgres => {
-                let database = TestDatabase::create().await;
-                (database.url.clone(), Some(database))
-            }
-        };
+        let (database_url, database) = backend.fresh_database(dir.path()).await;
         let parts = Components::connect(&storage_in(dir.path(), database_url))
             .await
             .expect("database and broker");

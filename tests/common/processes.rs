@@ -1,20 +1,23 @@
 //! The `retrocat` binary as separate OS processes, the way it is deployed.
 //!
-//! A [`Deployment`] is a temporary directory with the SQLite database and one log file
-//! per process, plus the environment its processes share. A [`Process`] is one running
+//! A [`Deployment`] is a catalog database on any [`Backend`] (SQLite in a temporary
+//! directory, or a fresh database on a server), that directory with one log file per
+//! process, plus the environment its processes share. A [`Process`] is one running
 //! `retrocat <command>`: killed (SIGKILL), terminated (SIGTERM), waited for. When a
 //! test panics, each of its processes prints the end of its log, and the deployment
 //! keeps its directory (the path is printed) for a closer look. [`Effects`] reads what
 //! processing did straight from the database, and checks the exactly-once guarantee.
 
+use super::rabbitmq::Amqp;
+use super::{Backend, TestDatabase};
 use futures::StreamExt;
+use retrocat::startup::connect_store;
 use retrocat::storage::Store;
-use retrocat::storage::sqlite::SqliteStore;
 use serde_json::Value;
-use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -39,28 +42,25 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// A database (and embedded-broker file) in a fresh directory, and the environment every
+/// A catalog database (a file in a fresh directory, or a database of its own on a
+/// server), the embedded-broker file in that directory, and the environment every
 /// process of the deployment gets.
 pub struct Deployment {
     dir: Option<TempDir>,
     env: Vec<(String, String)>,
-}
-
-impl Default for Deployment {
-    fn default() -> Self {
-        Self::new()
-    }
+    backend: Backend,
+    rabbitmq_url: Option<String>,
+    /// The server database, dropped with the deployment (after its processes).
+    _database: Option<TestDatabase>,
 }
 
 impl Deployment {
-    /// A fresh SQLite database and the embedded broker (`RABBITMQ_URL` unset).
-    pub fn new() -> Self {
+    /// A fresh database on `backend` and the embedded broker (`RABBITMQ_URL` unset).
+    pub async fn on(backend: Backend) -> Self {
         let dir = TempDir::new().expect("temp dir");
+        let (database_url, database) = backend.fresh_database(dir.path()).await;
         let env = vec![
-            (
-                "DATABASE_URL".into(),
-                format!("sqlite://{}", dir.path().join("retrocat.db").display()),
-            ),
+            ("DATABASE_URL".into(), database_url),
             (
                 "RETROCAT_BROKER_PATH".into(),
                 dir.path().join("broker.db").display().to_string(),
@@ -71,14 +71,22 @@ impl Deployment {
         Self {
             dir: Some(dir),
             env,
+            backend,
+            rabbitmq_url: None,
+            _database: database,
         }
     }
 
-    /// The same on RabbitMQ at `url`.
-    pub fn on_rabbitmq(url: &str) -> Self {
-        let mut deployment = Self::new();
-        deployment.env.push(("RABBITMQ_URL".into(), url.into()));
-        deployment
+    /// The same deployment on RabbitMQ at `url` instead of the embedded broker.
+    pub fn with_rabbitmq(mut self, url: &str) -> Self {
+        self.rabbitmq_url = Some(url.into());
+        self.with_env("RABBITMQ_URL", url)
+    }
+
+    /// Every process of the deployment also gets `name=value` (e.g. `RUST_LOG`).
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -139,6 +147,27 @@ impl Deployment {
         process
     }
 
+    /// The usual deployment on RabbitMQ: migrates the database, starts `retrocat api`
+    /// (named `api`) and one `retrocat worker --worker-id ID ARGS` per id, and waits
+    /// until each worker consumes `game_events`. Returns them and a plain AMQP client.
+    pub async fn start_api_and_workers(
+        &self,
+        workers: &[&str],
+        args: &[&str],
+    ) -> (Process, Vec<Process>, Amqp) {
+        let url = self
+            .rabbitmq_url
+            .as_deref()
+            .expect("a deployment on RabbitMQ (with_rabbitmq)");
+        self.run("migrate", &[]).await;
+        let api = self.start_http("api", "api", free_port(), &[]).await;
+        let workers = self.start_workers(workers, args);
+        let amqp = Amqp::connect(url).await;
+        amqp.wait_for_consumers("game_events", workers.len() as u32)
+            .await;
+        (api, workers, amqp)
+    }
+
     /// Starts one `retrocat worker --worker-id ID ARGS` per id.
     pub fn start_workers(&self, ids: &[&str], args: &[&str]) -> Vec<Process> {
         ids.iter()
@@ -187,9 +216,14 @@ impl Process {
         self.child.try_wait().expect("child status").is_none()
     }
 
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `lines` lines of the process's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log = self.log();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -313,23 +347,69 @@ pub async fn create_games(
 
 /// What processing did, read from the deployment's database.
 pub struct Effects {
-    pool: sqlx::SqlitePool,
-    store: SqliteStore,
+    database: Database,
+    store: Arc<dyn Store>,
 }
 
 /// Per game, the worker of each of its completed attempts.
 pub type Completions = HashMap<i64, Vec<String>>;
 
+/// A processing attempt that settled its event (any outcome but `retry`): `completed`,
+/// `skipped` (a newer version superseded it), `failed`.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Settled {
+    pub game_id: i64,
+    pub version: i64,
+    pub outcome: String,
+    pub worker: String,
+}
+
+/// A game as the database holds it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StoredGame {
+    pub id: i64,
+    pub title: String,
+    pub processing_status: String,
+    pub version: i64,
+}
+
+/// The deployment's database for the test's own queries. The SQL is portable; only the
+/// pool type differs per backend, so a backend is one variant and one arm in each match.
+enum Database {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Database {
+    async fn connect(backend: Backend, url: &str) -> Self {
+        let connected = match backend {
+            Backend::Sqlite => sqlx::SqlitePool::connect(url).await.map(Self::Sqlite),
+            Backend::Postgres => sqlx::PgPool::connect(url).await.map(Self::Postgres),
+        };
+        connected.unwrap_or_else(|e| panic!("open the database {url}: {e}"))
+    }
+
+    async fn rows<T>(&self, sql: &'static str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
+    {
+        let rows = match self {
+            Self::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Self::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        };
+        rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
 impl Effects {
     pub async fn open(deployment: &Deployment) -> Self {
         let url = deployment.database_url();
-        let store = SqliteStore::connect(url).await.expect("open the database");
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await
-            .expect("open the database");
-        Self { pool, store }
+        let store = connect_store(url).await.expect("open the database");
+        let database = Database::connect(deployment.backend, url).await;
+        Self { database, store }
     }
 
     /// Events in the outbox not yet confirmed by the broker.
@@ -337,21 +417,35 @@ impl Effects {
         self.store.outbox_depth().await.expect("outbox depth")
     }
 
+    /// Every attempt that settled its event.
+    pub async fn settled(&self) -> Vec<Settled> {
+        self.database
+            .rows(
+                "SELECT game_id, version, outcome, COALESCE(worker, '') AS worker \
+                 FROM processing_attempts WHERE outcome <> 'retry'",
+            )
+            .await
+    }
+
+    /// Every game, by id.
+    pub async fn games(&self) -> HashMap<i64, StoredGame> {
+        let games: Vec<StoredGame> = self
+            .database
+            .rows("SELECT id, title, processing_status, version FROM games")
+            .await;
+        games.into_iter().map(|game| (game.id, game)).collect()
+    }
+
     /// Completed attempts of every game.
     pub async fn completions(&self) -> Completions {
-        let rows = sqlx::query(
-            "SELECT game_id, COALESCE(worker, '') AS worker FROM processing_attempts \
-             WHERE outcome = 'completed'",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .expect("read processing attempts");
         let mut completions = Completions::new();
-        for row in rows {
-            completions
-                .entry(row.get("game_id"))
-                .or_default()
-                .push(row.get("worker"));
+        for attempt in self.settled().await {
+            if attempt.outcome == "completed" {
+                completions
+                    .entry(attempt.game_id)
+                    .or_default()
+                    .push(attempt.worker);
+            }
         }
         completions
     }
@@ -370,17 +464,11 @@ impl Effects {
     /// attempt.
     pub async fn unfinished(&self, ids: &[i64]) -> Vec<i64> {
         let completions = self.completions().await;
-        let statuses: HashMap<i64, String> = sqlx::query("SELECT id, processing_status FROM games")
-            .fetch_all(&self.pool)
-            .await
-            .expect("read games")
-            .into_iter()
-            .map(|row| (row.get("id"), row.get("processing_status")))
-            .collect();
+        let games = self.games().await;
         ids.iter()
             .copied()
             .filter(|id| {
-                statuses.get(id).map(String::as_str) != Some("completed")
+                games.get(id).map(|game| game.processing_status.as_str()) != Some("completed")
                     || !completions.contains_key(id)
             })
             .collect()

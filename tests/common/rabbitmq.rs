@@ -5,7 +5,7 @@
 
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -223,8 +223,32 @@ impl Amqp {
         true
     }
 
-    /// Takes every message now ready in `queue`: its body, and its headers as text.
-    pub async fn take_all(&self, queue: &str) -> Vec<(String, BTreeMap<String, String>)> {
+    /// Declares `queue` (test-owned, gone with the vhost) and binds it to `exchange`
+    /// with `binding_key`: from then on it holds a copy of everything published there
+    /// with a matching routing key, to see what the system published and in which order.
+    pub async fn tap(&self, queue: &str, exchange: &str, binding_key: &str) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("declare {queue}: {e}"));
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("bind {queue} to {exchange} with {binding_key}: {e}"));
+    }
+
+    /// Takes every message now ready in `queue`, in queue order.
+    pub async fn take(&self, queue: &str) -> Vec<Taken> {
         let mut messages = Vec::new();
         while let Some(message) = self
             .channel
@@ -244,11 +268,38 @@ impl Amqp {
                         .collect()
                 })
                 .unwrap_or_default();
-            let body = String::from_utf8_lossy(&message.data).into_owned();
-            messages.push((body, headers));
+            messages.push(Taken {
+                routing_key: message.routing_key.as_str().to_owned(),
+                message_id: message
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned()),
+                body: String::from_utf8_lossy(&message.data).into_owned(),
+                headers,
+            });
         }
         messages
     }
+
+    /// Takes every message now ready in `queue`: its body, and its headers as text.
+    pub async fn take_all(&self, queue: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        let taken = self.take(queue).await;
+        taken
+            .into_iter()
+            .map(|message| (message.body, message.headers))
+            .collect()
+    }
+}
+
+/// A message taken from a queue.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub body: String,
+    /// Header values as text.
+    pub headers: BTreeMap<String, String>,
 }
 
 fn header_text(value: &AMQPValue) -> String {
