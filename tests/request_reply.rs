@@ -7,7 +7,6 @@ mod common;
 use common::{Backend, Roles, TestApp, game_body, on_every_backend, with};
 use retrocat::broker::{Message, Properties, Publish, topology};
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// Completed attempts in a game's history.
 async fn completions(app: &TestApp, id: i64) -> usize {
@@ -18,26 +17,6 @@ async fn completions(app: &TestApp, id: i64) -> usize {
         .iter()
         .filter(|attempt| attempt["outcome"] == "completed")
         .count()
-}
-
-/// Waits until the broker has nothing left for the workers: the ordinary events of the
-/// writes have been consumed too.
-async fn wait_until_idle(app: &TestApp) {
-    for _ in 0..500 {
-        let outbox = app.store().outbox_depth().await.expect("outbox depth");
-        let queued = app
-            .broker()
-            .queue_depth(topology::GAME_EVENTS_QUEUE)
-            .await
-            .expect("queue depth");
-        if outbox == 0 && queued == 0 {
-            // Give the last delivery time to be settled.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the events were never all consumed");
 }
 
 async fn a_create_that_waits_answers_the_processed_game_processed_once(backend: Backend) {
@@ -51,7 +30,7 @@ async fn a_create_that_waits_answers_the_processed_game_processed_once(backend: 
     assert_eq!(game["processingStatus"], "completed", "{game}");
     let id = game["id"].as_i64().unwrap();
 
-    wait_until_idle(&app).await;
+    app.wait_until_idle().await;
     assert_eq!(
         completions(&app, id).await,
         1,
@@ -78,7 +57,7 @@ async fn an_update_that_waits_answers_the_processed_version(backend: Backend) {
     assert_eq!(game["version"], 2);
     assert_eq!(game["processingStatus"], "completed", "{game}");
 
-    wait_until_idle(&app).await;
+    app.wait_until_idle().await;
     assert_eq!(completions(&app, id).await, 2, "one per version");
 }
 

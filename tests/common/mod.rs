@@ -317,6 +317,25 @@ impl TestApp {
         }
     }
 
+    /// Waits until every event was relayed and consumed: the outbox and `game_events`
+    /// are empty, and the last delivery had time to be settled.
+    pub async fn wait_until_idle(&self) {
+        for _ in 0..500 {
+            let outbox = self.store().outbox_depth().await.expect("outbox depth");
+            let queued = self
+                .broker()
+                .queue_depth(retrocat::broker::topology::GAME_EVENTS_QUEUE)
+                .await
+                .expect("queue depth");
+            if outbox == 0 && queued == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the events were never all relayed and consumed");
+    }
+
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
