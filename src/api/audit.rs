@@ -40,15 +40,19 @@ async fn audit(
     Ok(axum::Json(ctx.store.received(&subscriber, limit).await?))
 }
 
+/// `?limit=` alone.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitParam {
+    limit: Option<u32>,
+}
+
 /// The custom messages the custom-message consumer received, newest first.
 async fn received(
     State(ctx): State<ApiContext>,
-    query: Result<Query<Params>, QueryRejection>,
+    query: Result<Query<LimitParam>, QueryRejection>,
 ) -> Result<axum::Json<Vec<ReceivedMessage>>, ApiError> {
     let Query(params) = query?;
-    if params.subscriber.is_some() {
-        return Err(ApiError::bad_field("subscriber", "not a parameter here"));
-    }
     let limit = super::list_limit(params.limit)?;
     Ok(axum::Json(ctx.store.received(CUSTOM, limit).await?))
 }

@@ -578,16 +578,18 @@ impl Drop for RabbitAcker {
 }
 
 /// The delay queue a delay waits in, in milliseconds: the delay rounded *up* to two
-/// significant digits, but never by more than 100 ms. Jittered retry delays so share a
-/// bounded number of queues, and a message is never delivered early, nor more than
-/// 100 ms late (plus RabbitMQ's own expiry latency).
+/// significant digits, but never by more than 20 ms. Delays so share a bounded number
+/// of queues (retry delays are jittered in coarse steps to share them too), and a
+/// message is never delivered early, nor more than 20 ms late plus RabbitMQ's own
+/// expiry latency: within the 100 ms the embedded broker also keeps.
 fn delay_bucket(delay: Duration) -> i64 {
-    const MAX_UNIT_MS: u64 = 100;
+    const MAX_UNIT_MS: u64 = 20;
     let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut unit = 1;
-    while ms / unit >= 100 && unit < MAX_UNIT_MS {
+    while ms / unit >= 100 {
         unit *= 10;
     }
+    let unit = unit.min(MAX_UNIT_MS);
     i64::try_from(ms.div_ceil(unit).saturating_mul(unit)).unwrap_or(i64::MAX)
 }
 
@@ -687,15 +689,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delays_round_up_to_two_significant_digits_or_100_ms() {
+    fn delays_round_up_to_two_significant_digits_or_20_ms() {
         let bucket = |ms| delay_bucket(Duration::from_millis(ms));
         assert_eq!(bucket(0), 1);
         assert_eq!(bucket(87), 87);
         assert_eq!(bucket(100), 100);
         assert_eq!(bucket(123), 130);
-        assert_eq!(bucket(1234), 1300);
+        assert_eq!(bucket(1234), 1240);
         assert_eq!(bucket(1300), 1300);
-        assert_eq!(bucket(23_456), 23_500);
+        assert_eq!(bucket(23_456), 23_460);
         assert_eq!(bucket(60_000), 60_000);
     }
 

@@ -40,7 +40,9 @@ impl RetryPolicy {
     /// The delay before the next attempt after failed attempt `attempt` (1-based), or
     /// `None` when it was the last one allowed. Jitter keeps the delay within
     /// [½·d, d] of the exponential schedule d, so retries of a burst spread out without
-    /// ever shrinking the backoff by more than half.
+    /// ever shrinking the backoff by more than half. It moves in 16 steps: enough to
+    /// spread a burst, and few enough that a burst's retries share a handful of
+    /// RabbitMQ delay queues rather than declaring one each.
     pub fn delay_after(&self, attempt: u32, failure: &Failure) -> Option<Duration> {
         if matches!(failure, Failure::Permanent(_)) || attempt >= self.max_attempts {
             return None;
@@ -50,8 +52,8 @@ impl RetryPolicy {
             .base_delay
             .saturating_mul(1u32 << exponent)
             .min(self.max_delay);
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        Some(full.mul_f64(jitter))
+        let step = rand::rng().random_range(0..=16u32);
+        Some(full.mul_f64(0.5 + f64::from(step) / 32.0))
     }
 }
 
