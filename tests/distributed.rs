@@ -366,6 +366,8 @@ async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
         .await;
 
     // On the broker, bodies are ciphertext that names its key.
+    const TAP: &str = "test.custom_tap";
+    amqp.tap(TAP, "catalog.custom", "custom.#").await;
     let client = common::processes::http_client();
     let sent = client
         .post(api.url("/api/messages/custom"))
@@ -374,7 +376,7 @@ async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
         .await
         .expect("send a custom message");
     assert_eq!(sent.status(), 201);
-    let on_the_wire = amqp.take_all("custom_messages").await;
+    let on_the_wire = amqp.take_all(TAP).await;
     assert_eq!(on_the_wire.len(), 1);
     let (body, headers) = &on_the_wire[0];
     assert!(!body.contains("hello"), "the body is sealed: {body}");

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestApp, game_body};
 use retrocat::broker::embedded::EmbeddedBroker;
-use retrocat::broker::{Broker, Consumer, Delivery, HeaderValue, topology};
+use retrocat::broker::{Broker, Consumer, Delivery, HeaderValue, QueueSpec, topology};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,22 @@ async fn next(consumer: &mut Consumer) -> Delivery {
         .await
         .expect("a delivery within 10 s")
         .expect("consumer open")
+}
+
+/// A test-owned queue bound to `catalog.custom` as `custom_messages` is: it keeps a
+/// copy of every message that reaches `custom_messages`, which the system's own
+/// custom-message consumer reads and empties.
+async fn tap_custom(broker: &dyn Broker) -> &'static str {
+    const TAP: &str = "test.custom_tap";
+    broker
+        .declare_queue(&QueueSpec::durable(TAP))
+        .await
+        .unwrap();
+    broker
+        .bind_queue(TAP, topology::CUSTOM_EXCHANGE, topology::CUSTOM_KEYS)
+        .await
+        .unwrap();
+    TAP
 }
 
 fn body(delivery: &Delivery) -> Value {
@@ -57,11 +73,8 @@ async fn the_original_producers_routes_answer_as_it_did_and_deliver() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let mut custom = app
-        .broker()
-        .consume(topology::CUSTOM_QUEUE, 10)
-        .await
-        .unwrap();
+    let tap = tap_custom(app.broker()).await;
+    let mut custom = app.broker().consume(tap, 10).await.unwrap();
     let response = app
         .post_json("/api/messages/custom", &json!({"message": "hello"}))
         .await;
@@ -95,11 +108,8 @@ async fn the_original_producers_routes_answer_as_it_did_and_deliver() {
 #[tokio::test]
 async fn a_message_reaches_its_exchange_with_its_priority_delay_and_headers() {
     let app = TestApp::spawn().await;
-    let mut custom = app
-        .broker()
-        .consume(topology::CUSTOM_QUEUE, 10)
-        .await
-        .unwrap();
+    let tap = tap_custom(app.broker()).await;
+    let mut custom = app.broker().consume(tap, 10).await.unwrap();
     let sent = Instant::now();
     let response = app
         .post_json(
@@ -133,6 +143,7 @@ async fn a_message_reaches_its_exchange_with_its_priority_delay_and_headers() {
 #[tokio::test]
 async fn a_message_nobody_is_bound_for_is_kept_in_unrouted() {
     let app = TestApp::spawn().await;
+    let tap = tap_custom(app.broker()).await;
     let response = app
         .post_json(
             "/api/messages",
@@ -148,19 +159,14 @@ async fn a_message_nobody_is_bound_for_is_kept_in_unrouted() {
     let kept = next(&mut unrouted).await;
     assert_eq!(kept.routing_key, "orders.new");
     assert_eq!(body(&kept)["message"], "stray");
-    assert_eq!(
-        app.broker()
-            .queue_depth(topology::CUSTOM_QUEUE)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(app.broker().queue_depth(tap).await.unwrap(), 0);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn bad_messages_are_refused_and_nothing_is_sent() {
     let app = TestApp::spawn().await;
+    let tap = tap_custom(app.broker()).await;
     let cases = [
         (json!({"message": "x", "priority": 11}), 422, "priority"),
         (json!({"message": "x", "priority": -1}), 400, "priority"),
@@ -180,7 +186,7 @@ async fn bad_messages_are_refused_and_nothing_is_sent() {
         let problem = response.text().await.unwrap();
         assert!(problem.contains(mention), "{body}: {problem}");
     }
-    for queue in [topology::CUSTOM_QUEUE, topology::UNROUTED_QUEUE] {
+    for queue in [tap, topology::UNROUTED_QUEUE] {
         assert_eq!(app.broker().queue_depth(queue).await.unwrap(), 0, "{queue}");
     }
     app.stop().await;
