@@ -10,6 +10,7 @@ use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
 use crate::processing::retry::RetryPolicy;
 use crate::processing::worker::WorkerConfig;
+use crate::storage::PoolConfig;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use std::time::Duration;
 /// Where the catalog and the messages live; shared by every role.
 #[derive(Args, Clone, Debug)]
 pub struct StorageArgs {
-    /// Catalog database: sqlite://PATH (default), postgres://… or mysql://…
+    /// Catalog database: sqlite://PATH (default), postgres://… or mysql://… (MariaDB too)
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -27,6 +28,19 @@ pub struct StorageArgs {
         global = true
     )]
     pub database_url: String,
+
+    /// Connections in the catalog database's pool, at most [default: 8 for SQLite, 16
+    /// for PostgreSQL and MySQL]. Mind the server's own connection limit, shared by
+    /// every process.
+    #[arg(long, env = "RETROCAT_DB_MAX_CONNECTIONS", global = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_max_connections: Option<u32>,
+
+    /// How long a request waits for a free database connection before it fails with
+    /// 503 [default: 5s].
+    #[arg(long, env = "RETROCAT_DB_ACQUIRE_TIMEOUT", global = true,
+          value_parser = parse_positive_duration)]
+    pub db_acquire_timeout: Option<Duration>,
 
     /// RabbitMQ URL (amqp:// or amqps://). Unset: the embedded broker, in one process.
     #[arg(long, env = "RABBITMQ_URL", global = true)]
@@ -65,10 +79,28 @@ fn parse_message_keys(spec: &str) -> Result<Arc<MessageKeys>, String> {
     MessageKeys::parse(spec).map(Arc::new)
 }
 
+/// A duration such as `500ms` or `5s`; zero would make every wait fail at once.
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".into()),
+        Ok(duration) => Ok(duration),
+        Err(e) => Err(format!("{e} (expected e.g. 500ms, 5s, 1m)")),
+    }
+}
+
 impl StorageArgs {
     pub fn topology(&self) -> TopologyConfig {
         TopologyConfig {
             queue_type: self.queue_type,
+        }
+    }
+
+    /// The pool limits set here, the defaults for the rest.
+    pub fn pool(&self) -> PoolConfig {
+        let defaults = PoolConfig::default();
+        PoolConfig {
+            max_connections: self.db_max_connections.or(defaults.max_connections),
+            acquire_timeout: self.db_acquire_timeout.unwrap_or(defaults.acquire_timeout),
         }
     }
 }
@@ -196,6 +228,43 @@ impl WorkerArgs {
             max_bytes: self.fetch_max_bytes,
             allow_private: self.allow_private_fetch,
             ..FetchConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::Cli;
+    use crate::storage::PoolConfig;
+    use clap::Parser;
+    use std::time::Duration;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([&["retrocat"], args, &["migrate"]].concat())
+    }
+
+    #[test]
+    fn pool_flags_set_the_pool_and_default_to_the_backends_choice() {
+        let cli = parse(&["--db-max-connections", "3", "--db-acquire-timeout", "250ms"]).unwrap();
+        let expected = PoolConfig {
+            max_connections: Some(3),
+            acquire_timeout: Duration::from_millis(250),
+        };
+        assert_eq!(cli.storage.pool(), expected);
+        assert_eq!(parse(&[]).unwrap().storage.pool(), PoolConfig::default());
+    }
+
+    #[test]
+    fn bad_pool_flags_are_refused_with_the_flag_and_the_reason() {
+        for (args, reason) in [
+            (["--db-max-connections", "0"], "not in 1.."),
+            (["--db-max-connections", "many"], "invalid digit"),
+            (["--db-acquire-timeout", "0s"], "must be longer than 0s"),
+            (["--db-acquire-timeout", "soon"], "expected e.g. 500ms"),
+        ] {
+            let error = parse(&args).unwrap_err().to_string();
+            assert!(error.contains(args[0]), "{args:?}: {error}");
+            assert!(error.contains(reason), "{args:?}: {error}");
         }
     }
 }

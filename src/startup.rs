@@ -13,7 +13,9 @@ use crate::processing::subscriber::Subscriber;
 use crate::processing::worker::Worker;
 use crate::producer;
 use crate::shutdown::Shutdown;
-use crate::storage::{Store, postgres::PgStore, sqlite::SqliteStore};
+use crate::storage::{
+    self, PoolConfig, Store, mysql::MySqlStore, postgres::PgStore, sqlite::SqliteStore,
+};
 use anyhow::{Context, bail};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -28,7 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match command {
         Command::Migrate => {
-            connect_store(&cli.storage.database_url).await?;
+            connect_store(&cli.storage.database_url, cli.storage.pool()).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -80,7 +82,7 @@ pub struct Components {
 
 impl Components {
     pub async fn connect(storage: &StorageArgs) -> anyhow::Result<Self> {
-        let store = connect_store(&storage.database_url).await?;
+        let store = connect_store(&storage.database_url, storage.pool()).await?;
         let broker = connect_broker(storage).await?;
         topology::declare(broker.as_ref(), storage.topology())
             .await
@@ -89,17 +91,26 @@ impl Components {
     }
 }
 
-/// Opens the catalog database and applies pending migrations.
-pub async fn connect_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let opening = || format!("opening the database {url}");
+/// Opens the catalog database `url` names, with a pool of `pool`'s limits, and applies
+/// pending migrations.
+pub async fn connect_store(url: &str, pool: PoolConfig) -> anyhow::Result<Arc<dyn Store>> {
+    let opening = || format!("opening the database {}", storage::redacted(url));
     let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::connect(url).await.with_context(opening)?)
+        Arc::new(
+            SqliteStore::connect(url, pool)
+                .await
+                .with_context(opening)?,
+        )
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Arc::new(PgStore::connect(url).await.with_context(opening)?)
+        Arc::new(PgStore::connect(url, pool).await.with_context(opening)?)
+    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        Arc::new(MySqlStore::connect(url, pool).await.with_context(opening)?)
     } else {
         bail!(
-            "DATABASE_URL {url:?} is not supported by this build: use sqlite://PATH or \
-             postgres://USER@HOST/DATABASE (MySQL support is tracked in the project's issues)"
+            "DATABASE_URL {} is not supported: use sqlite://PATH, \
+             postgres://USER@HOST/DATABASE or mysql://USER:PASSWORD@HOST/DATABASE \
+             (mariadb:// too)",
+            storage::redacted(url)
         );
     };
     store.migrate().await.context("applying migrations")?;

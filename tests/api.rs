@@ -5,6 +5,9 @@ mod common;
 use common::{Backend, Roles, TestApp, game_body, on_every_backend, with, without};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection, Executor, MySqlConnection, PgConnection};
+use std::time::Duration;
+use tokio::sync::oneshot;
 
 async fn a_fresh_install_serves_the_seed_catalog(backend: Backend) {
     let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
@@ -137,6 +140,60 @@ async fn filters_search_and_pagination_walk_the_catalog_once(backend: Backend) {
         .map(|g| g["releaseYear"].as_i64().unwrap())
         .collect();
     assert!(years.windows(2).all(|w| w[0] >= w[1]), "{years:?}");
+    app.stop().await;
+}
+
+/// Search ignores case and takes `%`, `_` and `!` literally; titles sort in byte order
+/// (capitals first), the same on every database.
+async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    for title in [
+        "100% Pure",
+        "1000 Pure",
+        "snake_case",
+        "snakeXcase",
+        "zz top",
+        "ZZ Bottom",
+    ] {
+        app.create_game(&game_body(title)).await;
+    }
+    let titles = |games: Value| -> Vec<String> {
+        let games = games.as_array().unwrap().iter();
+        games
+            .map(|g| g["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (search, expected) in [
+        ("100%25", vec!["100% Pure"]),
+        ("E_C", vec!["snake_case"]),
+        ("PITFALL!", vec!["Pitfall!"]),
+        ("zz", vec!["ZZ Bottom", "zz top"]),
+    ] {
+        let found = titles(app.get_json(&format!("/api/games?search={search}")).await);
+        assert_eq!(found, expected, "?search={search}");
+    }
+    let all = titles(app.get_json("/api/games").await);
+    let position = |title: &str| all.iter().position(|t| t == title).unwrap();
+    assert!(position("ZZ Bottom") < position("snake_case"), "{all:?}");
+    app.stop().await;
+}
+
+/// Writing the values a row already has still finds the row (MySQL counts only changed
+/// rows unless told otherwise).
+async fn rewriting_unchanged_values_is_not_a_404(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    // Platform 1 as seeded.
+    let platform = json!({"name": "NES", "manufacturer": "Nintendo", "releaseYear": 1983});
+    for _ in 0..2 {
+        let response = app.put_json("/api/platforms/1", &platform).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let game = app.create_game(&game_body("Twice Completed")).await;
+    let path = format!("/api/games/{}/process-complete", game["id"]);
+    for _ in 0..2 {
+        let response = app.put_json(&path, &json!({"status": "completed"})).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
     app.stop().await;
 }
 
@@ -511,6 +568,22 @@ async fn malformed_requests_get_a_problem_and_change_nothing(backend: Backend) {
             422,
             Some("name"),
         ),
+        (
+            "POST",
+            "/api/platforms",
+            "application/json",
+            br#"{"name":"NES"}"#.to_vec(),
+            409,
+            None,
+        ),
+        (
+            "PUT",
+            "/api/genres/2",
+            "application/json",
+            br#"{"name":"Platformer"}"#.to_vec(),
+            409,
+            None,
+        ),
         ("DELETE", "/api/platforms/1", "", Vec::new(), 409, None),
         ("DELETE", "/api/genres/1", "", Vec::new(), 409, None),
         ("GET", "/api/nothing-here", "", Vec::new(), 404, None),
@@ -588,6 +661,83 @@ async fn markup_in_a_title_is_stored_and_returned_as_text(backend: Backend) {
     app.stop().await;
 }
 
+/// Another client deletes a genre while a game naming it is written: the check before
+/// the insert still saw the genre, so the foreign key refuses the insert, and the 422
+/// names `genreId` (MySQL names the constraint only in its message).
+async fn a_genre_deleted_during_the_write_is_named_in_the_422(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let response = app
+        .post_json("/api/genres", &json!({"name": "Doomed"}))
+        .await;
+    let genre: Value = response.json().await.unwrap();
+    let (url, id) = (app.server_database_url(), genre["id"].as_i64().unwrap());
+    let (deleted, is_deleted) = oneshot::channel();
+    let write = async {
+        is_deleted.await.unwrap();
+        let body = with(game_body("Orphan"), "genreId", json!(id));
+        app.post_json("/api/games", &body).await
+    };
+    let (committed, response) = match backend {
+        Backend::Postgres => tokio::join!(
+            delete_while_a_write_waits::<PgConnection>(
+                url,
+                id,
+                "SELECT 1 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                deleted,
+            ),
+            write
+        ),
+        Backend::Mysql => tokio::join!(
+            delete_while_a_write_waits::<MySqlConnection>(
+                url,
+                id,
+                "SELECT 1 FROM information_schema.PROCESSLIST \
+                 WHERE DB = DATABASE() AND INFO LIKE 'INSERT INTO games %'",
+                deleted,
+            ),
+            write
+        ),
+        Backend::Sqlite => unreachable!("SQLite has one writer at a time"),
+    };
+    committed.expect("the delete commits");
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "genreId", "{problem}");
+    app.stop().await;
+}
+
+/// Deletes genre `id` in an open transaction, says so on `deleted`, and commits once
+/// `waiting` finds the write that the delete blocks (on MySQL: an insert into `games`
+/// still running, which takes microseconds unless it waits for a lock).
+async fn delete_while_a_write_waits<C>(
+    url: &str,
+    id: i64,
+    waiting: &'static str,
+    deleted: oneshot::Sender<()>,
+) -> sqlx::Result<()>
+where
+    C: Connection,
+    for<'c> &'c mut C: Executor<'c>,
+{
+    let mut deleter = C::connect(url).await?;
+    deleter.execute("BEGIN").await?;
+    let delete = format!("DELETE FROM genres WHERE id = {id}");
+    deleter.execute(AssertSqlSafe(delete)).await?;
+    let _ = deleted.send(());
+    let mut monitor = C::connect(url).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while monitor.fetch_optional(waiting).await?.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deleter.execute("COMMIT").await?;
+    deleter.close().await
+}
+
 on_every_backend!(
     a_fresh_install_serves_the_seed_catalog,
     creating_a_game_answers_201_pending_with_a_derived_decade,
@@ -600,4 +750,8 @@ on_every_backend!(
     malformed_requests_get_a_problem_and_change_nothing,
     every_invalid_field_is_reported_at_once,
     markup_in_a_title_is_stored_and_returned_as_text,
+    search_is_literal_and_case_insensitive_and_titles_sort_by_bytes,
+    rewriting_unchanged_values_is_not_a_404;
+    servers:
+    a_genre_deleted_during_the_write_is_named_in_the_422,
 );

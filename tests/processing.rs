@@ -11,7 +11,9 @@ use retrocat::processing::fetch::{CoverFetcher, FetchConfig};
 use retrocat::processing::retry::RetryPolicy;
 use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
 use retrocat::startup::connect_store;
-use retrocat::storage::{FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome};
+use retrocat::storage::{
+    FinishOutcome, PoolConfig, ProcessingRecord, ProcessingResult, StartOutcome, Store,
+};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -479,14 +481,14 @@ async fn the_live_stream_shows_a_game_going_to_completed(backend: Backend) {
     app.stop().await;
 }
 
-/// Several API instances on one PostgreSQL database run a relay each: while one relay
+/// Several API instances on one database server run a relay each: while one relay
 /// publishes a batch, another finds nothing to do, so no row goes out twice at once and
 /// a game's events keep their order.
-#[tokio::test]
-async fn relays_on_one_postgres_database_take_turns() {
-    let Some(_) = Backend::postgres() else { return };
-    let database = TestDatabase::create().await;
-    let store = connect_store(&database.url).await.expect("store");
+async fn relays_on_one_database_take_turns(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let store = connect_store(&database.url, PoolConfig::default())
+        .await
+        .expect("store");
     let draft = GenreDraft {
         name: GenreName::parse("Rhythm").unwrap(),
         description: None,
@@ -515,21 +517,45 @@ async fn relays_on_one_postgres_database_take_turns() {
 }
 
 /// `retrocat migrate` may run from several processes at once (every role migrates at
-/// start): the migrator's lock applies each migration once.
-#[tokio::test]
-async fn concurrent_migrations_on_postgres_apply_once() {
-    let Some(_) = Backend::postgres() else { return };
-    let database = TestDatabase::create().await;
-    let mut migrations = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let url = database.url.clone();
-        migrations.spawn(async move { connect_store(&url).await.map(|_| ()) });
+/// start): the migrator's lock applies each migration once, and the catalog is seeded
+/// once, with the same rows as on SQLite.
+async fn concurrent_migrate_processes_seed_the_catalog_once(backend: Backend) {
+    let database = TestDatabase::create(backend).await;
+    let migrations = (0..3).map(|_| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
+            .arg("migrate")
+            .env("DATABASE_URL", &database.url)
+            // The smallest pool: migrating must not need a second connection.
+            .env("RETROCAT_DB_MAX_CONNECTIONS", "1")
+            .output()
+    });
+    for output in futures::future::join_all(migrations).await {
+        let output = output.expect("retrocat migrate runs");
+        assert!(
+            output.status.success(),
+            "retrocat migrate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    while let Some(migrated) = migrations.join_next().await {
-        migrated.unwrap().expect("every process migrates");
-    }
-    let store = connect_store(&database.url).await.unwrap();
-    assert_eq!(store.genres().await.unwrap().len(), 8, "seeded once");
+    // Connecting migrates again: nothing is left to apply, and no checksum differs.
+    let store = connect_store(&database.url, PoolConfig::default())
+        .await
+        .expect("migrated");
+    let dir = tempfile::TempDir::new().unwrap();
+    let sqlite_url = format!("sqlite://{}", dir.path().join("seed.db").display());
+    let sqlite = connect_store(&sqlite_url, PoolConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(catalog_names(&*store).await, catalog_names(&*sqlite).await);
+}
+
+/// Every platform, genre and game name, in the order the API lists them.
+async fn catalog_names(store: &dyn Store) -> Vec<String> {
+    let platforms = store.platforms().await.unwrap().into_iter().map(|p| p.name);
+    let genres = store.genres().await.unwrap().into_iter().map(|g| g.name);
+    let games = store.list_games(&Default::default()).await.unwrap();
+    let titles = games.items.into_iter().map(|g| g.title);
+    platforms.chain(genres).chain(titles).collect()
 }
 
 on_every_backend!(
@@ -544,5 +570,8 @@ on_every_backend!(
     poison_messages_are_dead_lettered_and_the_worker_keeps_going,
     the_original_systems_message_is_processed_like_ours,
     the_original_producers_custom_message_moves_to_custom_messages,
-    the_live_stream_shows_a_game_going_to_completed,
+    the_live_stream_shows_a_game_going_to_completed;
+    servers:
+    relays_on_one_database_take_turns,
+    concurrent_migrate_processes_seed_the_catalog_once,
 );

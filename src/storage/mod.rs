@@ -5,11 +5,12 @@
 //! event without its write, is impossible. Processing results commit together with the
 //! *inbox* row of the event they answer, so a redelivered event cannot apply twice.
 //!
-//! SQLite is the embedded default; PostgreSQL is the database server for several API
-//! instances (MySQL/MariaDB next). The SQL is written once (`sql`, with the row mapping
-//! and cursors in `shared`); each backend file holds only its dialect: how transactions
-//! start, its error codes, its migrations, and how relays share its outbox.
+//! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB are the database servers
+//! for several API instances. The SQL is written once (`sql`, with the row mapping and
+//! cursors in `shared`); each backend file holds only its dialect: how transactions
+//! start, its error codes, its migrations, and what its SQL spells differently.
 
+pub mod mysql;
 pub mod postgres;
 mod shared;
 mod sql;
@@ -23,6 +24,7 @@ use crate::processing::thumbnail::Thumbnail;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +47,41 @@ pub enum StoreError {
     Unavailable(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+/// `url` with its password masked, for messages and logs: a MySQL or PostgreSQL
+/// `DATABASE_URL` often carries one. A URL that does not parse is not shown at all.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(a URL that does not parse)".into(),
+    }
+}
+
+/// Connection pool limits (`--db-max-connections`, `--db-acquire-timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Connections open at most; `None`: the backend's default (8 for SQLite, one
+    /// writer at a time; 16 for a database server).
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a free connection before it fails with 503: while
+    /// the database is down or saturated, clients hear so in seconds instead of
+    /// queueing behind a pool that cannot connect.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Sort orders of `GET /api/games`; `-` means descending. The original sorted by title.
@@ -271,8 +308,8 @@ pub trait OutboxClaim: Send {
     async fn mark_sent(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]) and
-/// PostgreSQL ([`postgres::PgStore`]); MySQL/MariaDB next.
+/// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]),
+/// PostgreSQL ([`postgres::PgStore`]) and MySQL/MariaDB ([`mysql::MySqlStore`]).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations (schema and seed data). Safe to run repeatedly.
@@ -355,4 +392,20 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_outbox(&self, limit: u32) -> Result<Box<dyn OutboxClaim>, StoreError>;
     /// Rows waiting to be published.
     async fn outbox_depth(&self) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_database_urls_password_is_masked_and_the_rest_kept() {
+        assert_eq!(
+            redacted("mysql://app:s3cret@db:3306/retrocat"),
+            "mysql://app:***@db:3306/retrocat"
+        );
+        let plain = "postgres://postgres@127.0.0.1:5432/retrocat";
+        assert_eq!(redacted(plain), plain);
+        assert!(!redacted("mysql://app:s3cret@[db/x").contains("s3cret"));
+    }
 }

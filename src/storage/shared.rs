@@ -2,8 +2,9 @@
 //! the small conversions between the schema and the domain.
 //!
 //! The schemas agree on column types on purpose (BIGINT ids and millisecond timestamps,
-//! INTEGER years, TEXT, BLOB/BYTEA, boolean `EXISTS`), so one mapping reads a row of any
-//! backend. Each backend file keeps only what truly differs: placeholders, transaction
+//! INTEGER years, TEXT, BLOB/BYTEA/LONGBLOB), so one mapping reads a row of any backend;
+//! `EXISTS` is a boolean on PostgreSQL and an integer elsewhere, which sqlx decodes as a
+//! `bool` on each. Each backend file keeps only what truly differs: placeholders, transaction
 //! start, locking and error codes.
 
 use super::{
@@ -262,16 +263,18 @@ where
     let mut sql = QueryBuilder::<DB>::new(GAME_COLUMNS);
     sql.push(" WHERE 1 = 1");
     if let Some(search) = &query.search {
+        // `!` escapes the wildcards: a backslash, the usual choice, starts an escape
+        // sequence in MySQL's string literals, so `ESCAPE '\'` would not parse there.
         let escaped = search
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
+            .replace('!', "!!")
+            .replace('%', "!%")
+            .replace('_', "!_");
         let pattern = format!("%{escaped}%");
         sql.push(format_args!(" AND (g.title {like} "))
             .push_bind(pattern.clone())
-            .push(format_args!(" ESCAPE '\\' OR g.developer {like} "))
+            .push(format_args!(" ESCAPE '!' OR g.developer {like} "))
             .push_bind(pattern)
-            .push(" ESCAPE '\\')");
+            .push(" ESCAPE '!')");
     }
     if let Some(id) = query.platform_id {
         sql.push(" AND g.platform_id = ").push_bind(id);

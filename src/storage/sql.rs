@@ -1,15 +1,18 @@
 //! The catalog in SQL, written once for every backend.
 //!
-//! The queries are portable: numbered placeholders (`$1`, which SQLite reads too),
-//! `RETURNING`, `ON CONFLICT`, integer millisecond timestamps. What differs between
-//! backends is a [`Dialect`]: how a write transaction starts, which error codes mean
-//! "unavailable", the case-insensitive `LIKE`, and how a relay takes its turn at the
-//! outbox. `sqlite.rs` and `postgres.rs` hold those and the connection settings.
+//! The queries are portable: numbered placeholders (`$1`, which SQLite reads too and
+//! [`Dialect::sql`] turns into MySQL's `?`), integer millisecond timestamps, row-value
+//! comparisons, `FOR UPDATE SKIP LOCKED`. What differs between backends is a
+//! [`Dialect`]: how a write transaction starts, which error codes mean "unavailable",
+//! the case-insensitive `LIKE`, how an insert reports its new id, upserts, and whether
+//! `UPDATE … RETURNING` exists. `sqlite.rs`, `postgres.rs` and `mysql.rs` hold those and
+//! the connection settings.
 
 use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, OutboxClaim, OutboxMessage, PendingGame,
-    ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome, Store, StoreError, TaskView,
+    PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome, Store,
+    StoreError, TaskView,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -18,15 +21,16 @@ use crate::domain::{
 use crate::processing::thumbnail::Thumbnail;
 use async_trait::async_trait;
 use sqlx::Connection;
+use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolOptions;
+use sqlx::query::Query;
 use sqlx::{
-    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder,
-    Transaction, Type,
+    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
+    QueryBuilder, SqlSafeStr, SqlStr, Transaction, Type,
 };
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// What a backend adds to the shared SQL.
@@ -38,31 +42,71 @@ pub trait Dialect: Database {
     const LIKE: &'static str;
     /// This backend's schema and seed data (`migrations/<backend>`).
     const MIGRATOR: Migrator;
-    /// Whether a relay's turn at the outbox lasts until its rows are marked sent (see
-    /// [`Dialect::outbox_turn`]).
+    /// Whether a relay's turn at the outbox lasts until its rows are marked sent: on a
+    /// database server, where the relays of several API instances share one outbox (see
+    /// [`SqlStore::outbox_turn`]).
     const HOLD_TURN: bool;
+    /// The pool size when `--db-max-connections` is not set.
+    const DEFAULT_MAX_CONNECTIONS: u32;
+    /// Whether `UPDATE … RETURNING` exists. Without it, the updated row is read back in
+    /// the same transaction: a second round trip, which the backends that have it save.
+    const UPDATE_RETURNING: bool = true;
+    /// Deletes up to 10,000 outbox rows sent before `$1`: a bounded chunk, so pruning
+    /// never holds the relay's turn for long.
+    const PRUNE_SENT_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT id \
+         FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 10000)";
+    /// A statement run on every new connection, for session settings the connection
+    /// options cannot express.
+    const SESSION_SETUP: Option<&'static str> = None;
 
-    /// Rows written by a statement (each driver has its own result type).
+    /// A shared statement as this backend reads it. The shared SQL numbers its
+    /// placeholders (`$1`); a backend that spells them otherwise rewrites them here.
+    fn sql(shared: impl SqlSafeStr) -> SqlStr {
+        shared.into_sql_str()
+    }
+
+    /// What turns an INSERT into an upsert when a row with the unique `key` exists;
+    /// a `SET` list follows.
+    fn on_conflict_update(key: &str) -> String {
+        format!("ON CONFLICT ({key}) DO UPDATE SET")
+    }
+
+    /// In an upsert's `SET` list: `column`'s value in the row the INSERT proposed.
+    fn proposed(column: &str) -> String {
+        format!("excluded.{column}")
+    }
+
+    /// Waits until no other process migrates this database, where sqlx's migrator does
+    /// not ensure it. The lock is the session of the connection returned, outside the
+    /// pool: closing it (or dropping it, if migrating is cut short) releases the lock.
+    async fn lock_migrations(_pool: &Pool<Self>) -> Result<Option<Self::Connection>, StoreError> {
+        Ok(None)
+    }
+
+    /// Runs `insert`, an INSERT of one row into a table whose `id` the database
+    /// assigns, and returns that id.
+    async fn insert_id(
+        conn: &mut Self::Connection,
+        insert: Query<'static, Self, Self::Arguments>,
+    ) -> sqlx::Result<i64>;
+
+    /// Rows written by a statement (each driver has its own result type): rows the
+    /// statement matched, also when it set the values they already had.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 
-    /// True for an error code that means "the database cannot serve now, retry later".
-    fn is_unavailable(code: &str) -> bool;
+    /// True for an error that means "the database cannot serve now, retry later".
+    fn is_unavailable(error: &dyn DatabaseError) -> bool;
 
-    /// Starts a relay's turn at the outbox: a transaction that reads the rows to
-    /// publish, or `None` while another relay has the turn. When
-    /// [`Dialect::HOLD_TURN`], the transaction stays open until the rows are marked
-    /// sent, so no other relay publishes them (or anything after them) meanwhile.
-    async fn outbox_turn(
-        pool: &Pool<Self>,
-    ) -> Result<Option<Transaction<'static, Self>>, StoreError>;
+    /// The name of the constraint an error is about, where the backend reports it.
+    fn constraint(error: &dyn DatabaseError) -> Option<&str> {
+        error.constraint()
+    }
 
     /// Connection-level failures mean "unavailable, retry later"; the rest are bugs.
     fn classify(error: sqlx::Error) -> StoreError {
         match error {
             _ if shared::is_connection_error(&error) => StoreError::Unavailable(error.to_string()),
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|c| Self::is_unavailable(&c)) =>
-            {
+            sqlx::Error::Database(ref db) if Self::is_unavailable(db.as_ref()) => {
                 StoreError::Unavailable(format!("database unavailable: {db}"))
             }
             other => StoreError::Database(other),
@@ -70,34 +114,60 @@ pub trait Dialect: Database {
     }
 }
 
-/// The catalog on one SQL backend: [`super::sqlite::SqliteStore`] or
-/// [`super::postgres::PgStore`].
+/// `INSERT INTO {into}` that replaces `columns` of the row whose unique `key` exists.
+fn upsert<DB: Dialect>(into: &'static str, key: &'static str, columns: &[&'static str]) -> SqlStr {
+    let set = columns
+        .iter()
+        .map(|c| format!("{c} = {}", DB::proposed(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let on_conflict = DB::on_conflict_update(key);
+    DB::sql(AssertSqlSafe(format!(
+        "INSERT INTO {into} {on_conflict} {set}"
+    )))
+}
+
+/// The catalog on one SQL backend: [`super::sqlite::SqliteStore`],
+/// [`super::postgres::PgStore`] or [`super::mysql::MySqlStore`].
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     outbox_written: Notify,
     claims: AtomicU64,
 }
 
-impl<DB: Dialect> SqlStore<DB> {
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     /// The connection options `DATABASE_URL` names.
     pub(super) fn parse_url(url: &str) -> Result<ConnectOptions<DB>, StoreError> {
-        ConnectOptions::<DB>::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid DATABASE_URL {url:?}: {e}")))
+        ConnectOptions::<DB>::from_str(url).map_err(|e| {
+            let url = super::redacted(url);
+            StoreError::Unavailable(format!("invalid DATABASE_URL {url}: {e}"))
+        })
     }
 
-    /// Opens a pool of at most `max_connections`.
+    /// Opens a pool with `config`'s limits (the backend's default size unless set).
     pub(super) async fn open(
         options: ConnectOptions<DB>,
-        max_connections: u32,
+        config: PoolConfig,
     ) -> Result<Self, StoreError> {
-        let pool = PoolOptions::<DB>::new()
-            .max_connections(max_connections)
+        let mut pool = PoolOptions::<DB>::new()
+            .max_connections(
+                config
+                    .max_connections
+                    .unwrap_or(DB::DEFAULT_MAX_CONNECTIONS),
+            )
             // Fail fast while the database is down or saturated: a request gets its
             // 503 in seconds instead of queueing behind a pool that cannot connect.
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await
-            .map_err(DB::classify)?;
+            .acquire_timeout(config.acquire_timeout);
+        if let Some(setup) = DB::SESSION_SETUP {
+            pool = pool.after_connect(move |conn, _| {
+                Box::pin(async move { conn.execute(setup).await.map(drop) })
+            });
+        }
+        let pool = pool.connect_with(options).await.map_err(DB::classify)?;
         Ok(Self {
             pool,
             outbox_written: Notify::new(),
@@ -136,8 +206,35 @@ where
             .map_err(DB::classify)
     }
 
+    /// Starts a relay's turn at the outbox: a transaction that reads the rows to
+    /// publish, or `None` while another relay has the turn.
+    ///
+    /// On a database server ([`Dialect::HOLD_TURN`]) several API instances run a relay
+    /// each on one outbox. Skip-locking the outbox rows themselves would let a second
+    /// relay publish the rows after the first relay's batch (a game's `update` before
+    /// its `create`), so the relays take turns instead: the one that locks the single
+    /// `outbox_relay` row reads, publishes and marks sent in one transaction (SKIP
+    /// LOCKED: the others see nothing to do instead of queueing). A relay that dies
+    /// mid-batch drops its connection, the lock goes with it, and the next one
+    /// publishes the batch again: at-least-once, as with one relay. No lease to tune,
+    /// and the lock never blocks catalog writes (they only insert into the outbox).
+    /// SQLite has one relay per file: reading the rows is the claim.
+    async fn outbox_turn(&self) -> Result<Option<Transaction<'static, DB>>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(DB::classify)?;
+        if DB::HOLD_TURN {
+            let turn = sqlx::query("SELECT 1 FROM outbox_relay FOR UPDATE SKIP LOCKED")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(DB::classify)?;
+            if turn.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(tx))
+    }
+
     /// Commits the update of a platform or genre with its `{entity}.updated` event;
-    /// when the update changed no row, the entity does not exist.
+    /// when the update matched no row, the entity does not exist.
     async fn commit_update(
         &self,
         tx: Transaction<'static, DB>,
@@ -167,7 +264,7 @@ where
     }
 
     async fn fetch_game(conn: &mut DB::Connection, id: i64) -> Result<Option<Game>, StoreError> {
-        let sql = sqlx::AssertSqlSafe(format!("{GAME_COLUMNS} WHERE g.id = $1"));
+        let sql = DB::sql(AssertSqlSafe(format!("{GAME_COLUMNS} WHERE g.id = $1")));
         let row = sqlx::query(sql)
             .bind(id)
             .fetch_optional(conn)
@@ -180,10 +277,10 @@ where
         conn: &mut DB::Connection,
         message: &OutboxMessage,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(DB::sql(
             "INSERT INTO outbox (exchange, routing_key, message_id, headers, body, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
-        )
+        ))
         .bind(&message.exchange)
         .bind(&message.routing_key)
         .bind(&message.message_id)
@@ -206,7 +303,9 @@ where
             ("platforms", "platformId", "platform", draft.platform_id),
             ("genres", "genreId", "genre", draft.genre_id),
         ] {
-            let sql = sqlx::AssertSqlSafe(format!("SELECT 1 FROM {table} WHERE id = $1"));
+            let sql = DB::sql(AssertSqlSafe(format!(
+                "SELECT 1 FROM {table} WHERE id = $1"
+            )));
             if sqlx::query(sql)
                 .bind(id)
                 .fetch_optional(&mut *conn)
@@ -230,10 +329,11 @@ where
 
     /// A concurrent delete may remove a platform or genre between [`check_references`] and
     /// the write; the foreign key then refuses the write, and the client hears which field.
+    /// Every schema names the constraint `games_genre_id_fkey` (PostgreSQL's default).
     fn missing_reference(error: sqlx::Error, draft: &GameDraft) -> StoreError {
         match &error {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                if db.constraint() == Some("games_genre_id_fkey") {
+                if DB::constraint(db.as_ref()) == Some("games_genre_id_fkey") {
                     StoreError::UnknownReference {
                         field: "genreId",
                         entity: "genre",
@@ -251,6 +351,29 @@ where
         }
     }
 
+    /// Another delivery of this event settled it meanwhile. If this one started after
+    /// that (it passed `is_processed` just before, and the version was `failed`, which
+    /// `start_processing` lets a replayed dead letter start again), the game now reads
+    /// `processing`: give it back the status the settled attempt recorded, or it stays
+    /// `processing`. Outside the refused transaction, which PostgreSQL aborted.
+    async fn restore_settled_status(&self, record: &ProcessingRecord) -> Result<(), StoreError> {
+        sqlx::query(DB::sql(
+            "UPDATE games SET processing_status = COALESCE((SELECT a.outcome \
+             FROM processing_attempts a WHERE a.game_id = $1 AND a.event_id = $2 \
+             AND a.outcome IN ('completed', 'failed') ORDER BY a.id DESC LIMIT 1), \
+             processing_status) \
+             WHERE id = $3 AND version = $4 AND processing_status = 'processing'",
+        ))
+        .bind(record.game_id)
+        .bind(record.event_id.as_str().to_owned())
+        .bind(record.game_id)
+        .bind(record.version)
+        .execute(&self.pool)
+        .await
+        .map_err(DB::classify)?;
+        Ok(())
+    }
+
     /// Deletes a platform or genre, refused while games use it.
     async fn delete_reference(
         &self,
@@ -260,9 +383,9 @@ where
         id: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let used: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        let used: i64 = sqlx::query_scalar(DB::sql(AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM games WHERE {column} = $1"
-        )))
+        ))))
         .bind(id)
         .fetch_one(&mut *tx)
         .await
@@ -270,9 +393,9 @@ where
         if used > 0 {
             return Err(shared::still_used(entity, id, used));
         }
-        let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let deleted = sqlx::query(DB::sql(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE id = $1"
-        )))
+        ))))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -316,11 +439,13 @@ where
     async fn migrate(&self) -> Result<(), StoreError> {
         // On a database server the migrator holds a lock while it runs (PostgreSQL: an
         // advisory lock), so several processes migrating at once apply each migration
-        // once.
-        DB::MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Database(e.into()))
+        // once; where its lock falls short, the dialect holds one of its own meanwhile.
+        let lock = DB::lock_migrations(&self.pool).await?;
+        let migrated = DB::MIGRATOR.run(&self.pool).await;
+        if let Some(lock) = lock {
+            let _ = lock.close().await;
+        }
+        migrated.map_err(|e| StoreError::Database(e.into()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -368,20 +493,24 @@ where
     }
 
     async fn cover(&self, game_id: i64) -> Result<Option<Cover>, StoreError> {
-        let row = sqlx::query("SELECT content_type, bytes FROM covers WHERE game_id = $1")
-            .bind(game_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(DB::classify)?;
+        let row = sqlx::query(DB::sql(
+            "SELECT content_type, bytes FROM covers WHERE game_id = $1",
+        ))
+        .bind(game_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(DB::classify)?;
         row.as_ref().map(shared::cover_from_row).transpose()
     }
 
     async fn thumbnail(&self, game_id: i64) -> Result<Option<Thumbnail>, StoreError> {
-        let row = sqlx::query("SELECT png, width, height FROM thumbnails WHERE game_id = $1")
-            .bind(game_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(DB::classify)?;
+        let row = sqlx::query(DB::sql(
+            "SELECT png, width, height FROM thumbnails WHERE game_id = $1",
+        ))
+        .bind(game_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(DB::classify)?;
         row.as_ref().map(shared::thumbnail_from_row).transpose()
     }
 
@@ -389,11 +518,11 @@ where
         let mut tx = self.begin_write().await?;
         Self::check_references(&mut tx, draft).await?;
         let now = now_ms();
-        let id: i64 = sqlx::query_scalar(
+        let insert = sqlx::query(DB::sql(
             "INSERT INTO games (title, platform_id, genre_id, developer, release_year, \
              year_category, description, image_url, processing_status, version, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 1, $9, $10) RETURNING id",
-        )
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 1, $9, $10)",
+        ))
         .bind(draft.title.as_str().to_owned())
         .bind(draft.platform_id)
         .bind(draft.genre_id)
@@ -403,10 +532,10 @@ where
         .bind(&draft.description)
         .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
         .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| Self::missing_reference(e, draft))?;
+        .bind(now);
+        let id = DB::insert_id(&mut tx, insert)
+            .await
+            .map_err(|e| Self::missing_reference(e, draft))?;
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
@@ -426,11 +555,11 @@ where
     ) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
         Self::check_references(&mut tx, draft).await?;
-        let updated = sqlx::query(
+        let updated = sqlx::query(DB::sql(
             "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
              release_year = $5, year_category = $6, description = $7, image_url = $8, \
              processing_status = 'pending', version = version + 1, updated_at = $9 WHERE id = $10",
-        )
+        ))
         .bind(draft.title.as_str().to_owned())
         .bind(draft.platform_id)
         .bind(draft.genre_id)
@@ -463,7 +592,7 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        sqlx::query("DELETE FROM games WHERE id = $1")
+        sqlx::query(DB::sql("DELETE FROM games WHERE id = $1"))
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -478,10 +607,10 @@ where
 
     async fn set_cover(&self, id: i64, cover: &Cover) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
+        let updated = sqlx::query(DB::sql(
             "UPDATE games SET processing_status = 'pending', version = version + 1, \
              updated_at = $1 WHERE id = $2",
-        )
+        ))
         .bind(now_ms())
         .bind(id)
         .execute(&mut *tx)
@@ -490,11 +619,11 @@ where
         if DB::rows_affected(&updated) == 0 {
             return Err(StoreError::NotFound { entity: "game", id });
         }
-        sqlx::query(
-            "INSERT INTO covers (game_id, content_type, bytes) VALUES ($1, $2, $3) \
-             ON CONFLICT (game_id) DO UPDATE SET content_type = excluded.content_type, \
-             bytes = excluded.bytes",
-        )
+        sqlx::query(upsert::<DB>(
+            "covers (game_id, content_type, bytes) VALUES ($1, $2, $3)",
+            "game_id",
+            &["content_type", "bytes"],
+        ))
         .bind(id)
         .bind(&cover.content_type)
         .bind(&cover.bytes)
@@ -514,12 +643,14 @@ where
 
     async fn set_status(&self, id: i64, status: ProcessingStatus) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query("UPDATE games SET processing_status = $1 WHERE id = $2")
-            .bind(status.as_str().to_owned())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(DB::classify)?;
+        let updated = sqlx::query(DB::sql(
+            "UPDATE games SET processing_status = $1 WHERE id = $2",
+        ))
+        .bind(status.as_str().to_owned())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(DB::classify)?;
         if DB::rows_affected(&updated) == 0 {
             return Err(StoreError::NotFound { entity: "game", id });
         }
@@ -533,16 +664,15 @@ where
 
     async fn create_platform(&self, draft: &PlatformDraft) -> Result<Platform, StoreError> {
         let mut tx = self.begin_write().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO platforms (name, manufacturer, release_year) VALUES ($1, $2, $3) \
-             RETURNING id",
-        )
+        let insert = sqlx::query(DB::sql(
+            "INSERT INTO platforms (name, manufacturer, release_year) VALUES ($1, $2, $3)",
+        ))
         .bind(draft.name.as_str().to_owned())
         .bind(&draft.manufacturer)
-        .bind(draft.release_year)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| Self::unique_conflict(e, &format!("platform {:?}", draft.name.as_str())))?;
+        .bind(draft.release_year);
+        let id = DB::insert_id(&mut tx, insert).await.map_err(|e| {
+            Self::unique_conflict(e, &format!("platform {:?}", draft.name.as_str()))
+        })?;
         let message =
             OutboxMessage::reference_event("platform", "created", id, Some(draft.name.as_str()));
         self.commit_with_event(tx, &message).await?;
@@ -560,9 +690,9 @@ where
         draft: &PlatformDraft,
     ) -> Result<Platform, StoreError> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
+        let updated = sqlx::query(DB::sql(
             "UPDATE platforms SET name = $1, manufacturer = $2, release_year = $3 WHERE id = $4",
-        )
+        ))
         .bind(draft.name.as_str().to_owned())
         .bind(&draft.manufacturer)
         .bind(draft.release_year)
@@ -587,14 +717,14 @@ where
 
     async fn create_genre(&self, draft: &GenreDraft) -> Result<Genre, StoreError> {
         let mut tx = self.begin_write().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO genres (name, description) VALUES ($1, $2) RETURNING id",
-        )
+        let insert = sqlx::query(DB::sql(
+            "INSERT INTO genres (name, description) VALUES ($1, $2)",
+        ))
         .bind(draft.name.as_str().to_owned())
-        .bind(&draft.description)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| Self::unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
+        .bind(&draft.description);
+        let id = DB::insert_id(&mut tx, insert)
+            .await
+            .map_err(|e| Self::unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
         let message =
             OutboxMessage::reference_event("genre", "created", id, Some(draft.name.as_str()));
         self.commit_with_event(tx, &message).await?;
@@ -607,13 +737,15 @@ where
 
     async fn update_genre(&self, id: i64, draft: &GenreDraft) -> Result<Genre, StoreError> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query("UPDATE genres SET name = $1, description = $2 WHERE id = $3")
-            .bind(draft.name.as_str().to_owned())
-            .bind(&draft.description)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Self::unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
+        let updated = sqlx::query(DB::sql(
+            "UPDATE genres SET name = $1, description = $2 WHERE id = $3",
+        ))
+        .bind(draft.name.as_str().to_owned())
+        .bind(&draft.description)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Self::unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
         self.commit_update(tx, "genre", id, draft.name.as_str(), &updated)
             .await?;
         Ok(Genre {
@@ -640,7 +772,7 @@ where
     }
 
     async fn tasks(&self, limit: u32) -> Result<Vec<TaskView>, StoreError> {
-        let rows = sqlx::query(shared::TASKS)
+        let rows = sqlx::query(DB::sql(shared::TASKS))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
@@ -649,10 +781,10 @@ where
     }
 
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(DB::sql(
             "SELECT event_id, version, attempt, outcome, error, started_at, finished_at, \
              duration_ms, worker FROM processing_attempts WHERE game_id = $1 ORDER BY id",
-        )
+        ))
         .bind(game_id)
         .fetch_all(&self.pool)
         .await
@@ -661,7 +793,7 @@ where
     }
 
     async fn is_processed(&self, event_id: &EventId) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM inbox WHERE event_id = $1")
+        let row = sqlx::query(DB::sql("SELECT 1 FROM inbox WHERE event_id = $1"))
             .bind(event_id.as_str().to_owned())
             .fetch_optional(&self.pool)
             .await
@@ -674,40 +806,63 @@ where
         game_id: i64,
         version: Option<i64>,
     ) -> Result<StartOutcome, StoreError> {
-        // One statement: the version check and the status change cannot be split by a
-        // concurrent update or a concurrent copy of the event. A given version that is
-        // completed stays so; without a version (`process`: again) it starts anew.
-        let row = sqlx::query(
-            "UPDATE games SET processing_status = 'processing' \
+        // A given version that is completed stays so (another copy of its event got
+        // there first); without a version (`process`: again) it starts anew.
+        const START: &str = "UPDATE games SET processing_status = 'processing' \
              WHERE id = $1 AND version = COALESCE($2, version) \
-             AND ($3 IS NULL OR processing_status <> 'completed') \
-             RETURNING version, title, image_url, \
-             EXISTS (SELECT 1 FROM covers c WHERE c.game_id = games.id) AS has_cover",
-        )
-        .bind(game_id)
-        .bind(version)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(DB::classify)?;
+             AND ($3 IS NULL OR processing_status <> 'completed')";
+        const WORK_ITEM: &str = "version, title, image_url, \
+             EXISTS (SELECT 1 FROM covers c WHERE c.game_id = games.id) AS has_cover";
+        // The version check and the status change are one statement, so a concurrent
+        // update cannot come between them. Without `UPDATE … RETURNING` the row is read
+        // back in the same transaction, while the update still locks it.
+        let row = if DB::UPDATE_RETURNING {
+            sqlx::query(DB::sql(AssertSqlSafe(format!(
+                "{START} RETURNING {WORK_ITEM}"
+            ))))
+            .bind(game_id)
+            .bind(version)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(DB::classify)?
+        } else {
+            let mut tx = self.begin_write().await?;
+            let started = sqlx::query(DB::sql(START))
+                .bind(game_id)
+                .bind(version)
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(DB::classify)?;
+            let row = if DB::rows_affected(&started) == 0 {
+                None
+            } else {
+                let read_back = format!("SELECT {WORK_ITEM} FROM games WHERE id = $1");
+                sqlx::query(DB::sql(AssertSqlSafe(read_back)))
+                    .bind(game_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(DB::classify)?
+            };
+            tx.commit().await.map_err(DB::classify)?;
+            row
+        };
         if let Some(row) = row {
             return Ok(StartOutcome::Ready(shared::work_item_from_row(
                 game_id, &row,
             )?));
         }
-        let current = sqlx::query("SELECT version, processing_status FROM games WHERE id = $1")
-            .bind(game_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(DB::classify)?;
-        let Some(current) = current else {
-            return Ok(StartOutcome::Missing);
-        };
-        let current_version = current.int("version")?;
-        Ok(if Some(current_version) == version {
-            StartOutcome::Done
-        } else {
-            StartOutcome::Stale { current_version }
+        let current: Option<i64> =
+            sqlx::query_scalar(DB::sql("SELECT version FROM games WHERE id = $1"))
+                .bind(game_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(DB::classify)?;
+        Ok(match current {
+            Some(current_version) if Some(current_version) == version => StartOutcome::Done,
+            Some(current_version) => StartOutcome::Stale { current_version },
+            None => StartOutcome::Missing,
         })
     }
 
@@ -718,48 +873,34 @@ where
         let mut tx = self.begin_write().await?;
         let is_final = !matches!(record.result, ProcessingResult::Retry { .. });
         if is_final {
-            // The inbox row is the exactly-once guard: it commits with the effect.
-            let inserted = sqlx::query(
-                "INSERT INTO inbox (event_id, processed_at) VALUES ($1, $2) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
+            // The inbox row is the exactly-once guard: it commits with the effect. A
+            // duplicate key means another delivery of the event committed first (a
+            // concurrent one waits for it); the transaction is dropped unwritten. A plain
+            // INSERT says this on every backend: MySQL has no `ON CONFLICT DO NOTHING`,
+            // and its `INSERT IGNORE` would also turn other errors into warnings.
+            let inserted = sqlx::query(DB::sql(
+                "INSERT INTO inbox (event_id, processed_at) VALUES ($1, $2)",
+            ))
             .bind(record.event_id.as_str().to_owned())
             .bind(now_ms())
             .execute(&mut *tx)
-            .await
-            .map_err(DB::classify)?;
-            if DB::rows_affected(&inserted) == 0 {
-                // Another delivery of this event settled it meanwhile. If this one
-                // started after that (it passed `is_processed` just before), its
-                // `start_processing` set the game `processing` again: give the game
-                // back the status the settled attempt left, or it stays `processing`.
-                sqlx::query(
-                    "UPDATE games SET processing_status = \
-                     (SELECT a.outcome FROM processing_attempts a \
-                      WHERE a.game_id = $1 AND a.event_id = $2 \
-                      AND a.outcome IN ('completed', 'failed') ORDER BY a.id DESC LIMIT 1) \
-                     WHERE id = $1 AND version = $3 AND processing_status = 'processing' \
-                     AND EXISTS (SELECT 1 FROM processing_attempts a \
-                      WHERE a.game_id = $1 AND a.event_id = $2 \
-                      AND a.outcome IN ('completed', 'failed'))",
-                )
-                .bind(record.game_id)
-                .bind(record.event_id.as_str().to_owned())
-                .bind(record.version)
-                .execute(&mut *tx)
-                .await
-                .map_err(DB::classify)?;
-                tx.commit().await.map_err(DB::classify)?;
-                return Ok(FinishOutcome::AlreadyProcessed);
-            }
+            .await;
+            match inserted {
+                Err(error) if shared::is_duplicate(&error) => {
+                    drop(tx);
+                    self.restore_settled_status(record).await?;
+                    return Ok(FinishOutcome::AlreadyProcessed);
+                }
+                other => other.map_err(DB::classify)?,
+            };
         }
         let started = record.started_at.timestamp_millis();
         let finished = record.finished_at.timestamp_millis();
-        sqlx::query(
+        sqlx::query(DB::sql(
             "INSERT INTO processing_attempts (event_id, game_id, version, attempt, outcome, \
              error, started_at, finished_at, duration_ms, worker) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
+        ))
         .bind(record.event_id.as_str().to_owned())
         .bind(record.game_id)
         .bind(record.version)
@@ -778,10 +919,10 @@ where
             ProcessingResult::Completed { .. } => ProcessingStatus::Completed,
             ProcessingResult::Failed { .. } => ProcessingStatus::Failed,
             ProcessingResult::CleanedUp => {
-                sqlx::query(
+                sqlx::query(DB::sql(
                     "DELETE FROM thumbnails WHERE game_id = $1 \
                      AND NOT EXISTS (SELECT 1 FROM games WHERE id = $2)",
-                )
+                ))
                 .bind(record.game_id)
                 .bind(record.game_id)
                 .execute(&mut *tx)
@@ -796,14 +937,15 @@ where
             }
         };
         // Only the version this event describes may change: a newer write wins.
-        let updated =
-            sqlx::query("UPDATE games SET processing_status = $1 WHERE id = $2 AND version = $3")
-                .bind(status.as_str().to_owned())
-                .bind(record.game_id)
-                .bind(record.version)
-                .execute(&mut *tx)
-                .await
-                .map_err(DB::classify)?;
+        let updated = sqlx::query(DB::sql(
+            "UPDATE games SET processing_status = $1 WHERE id = $2 AND version = $3",
+        ))
+        .bind(status.as_str().to_owned())
+        .bind(record.game_id)
+        .bind(record.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(DB::classify)?;
         if DB::rows_affected(&updated) == 0 {
             tx.commit().await.map_err(DB::classify)?;
             return Ok(FinishOutcome::Superseded);
@@ -811,12 +953,12 @@ where
         if let ProcessingResult::Completed { thumbnail } = &record.result {
             match thumbnail {
                 Some(thumbnail) => {
-                    sqlx::query(
-                        "INSERT INTO thumbnails (game_id, version, png, width, height) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (game_id) DO UPDATE SET \
-                         version = excluded.version, png = excluded.png, \
-                         width = excluded.width, height = excluded.height",
-                    )
+                    sqlx::query(upsert::<DB>(
+                        "thumbnails (game_id, version, png, width, height) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                        "game_id",
+                        &["version", "png", "width", "height"],
+                    ))
                     .bind(record.game_id)
                     .bind(record.version)
                     .bind(&thumbnail.png)
@@ -828,7 +970,7 @@ where
                 }
                 // This version has no cover: an older thumbnail no longer applies.
                 None => {
-                    sqlx::query("DELETE FROM thumbnails WHERE game_id = $1")
+                    sqlx::query(DB::sql("DELETE FROM thumbnails WHERE game_id = $1"))
                         .bind(record.game_id)
                         .execute(&mut *tx)
                         .await
@@ -843,11 +985,10 @@ where
     }
 
     async fn record_received(&self, message: &ReceivedMessage) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
+        let inserted = sqlx::query(DB::sql(
             "INSERT INTO received_messages (subscriber, message_id, exchange, routing_key, \
-             headers, body, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (subscriber, message_id) DO NOTHING",
-        )
+             headers, body, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ))
         .bind(message.subscriber.clone())
         .bind(message.message_id.clone())
         .bind(message.exchange.clone())
@@ -856,9 +997,13 @@ where
         .bind(serde_json::to_vec(&message.body).expect("JSON serializes"))
         .bind(message.received_at.timestamp_millis())
         .execute(&self.pool)
-        .await
-        .map_err(DB::classify)?;
-        Ok(DB::rows_affected(&inserted) > 0)
+        .await;
+        // The unique (subscriber, message_id) key: recorded before, by a delivery
+        // of the same message.
+        match inserted {
+            Err(error) if shared::is_duplicate(&error) => Ok(false),
+            other => other.map(|_| true).map_err(DB::classify),
+        }
     }
 
     async fn received(
@@ -866,10 +1011,10 @@ where
         subscriber: &str,
         limit: u32,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(DB::sql(
             "SELECT subscriber, message_id, exchange, routing_key, headers, body, received_at \
              FROM received_messages WHERE subscriber = $1 ORDER BY id DESC LIMIT $2",
-        )
+        ))
         .bind(subscriber.to_owned())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -883,13 +1028,13 @@ where
     }
 
     async fn claim_outbox(&self, limit: u32) -> Result<Box<dyn OutboxClaim>, StoreError> {
-        let Some(mut turn) = DB::outbox_turn(&self.pool).await? else {
+        let Some(mut turn) = self.outbox_turn().await? else {
             return Ok(Box::new(SqlClaim::<DB>::empty(self.pool.clone())));
         };
-        let rows = sqlx::query(
+        let rows = sqlx::query(DB::sql(
             "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
              WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-        )
+        ))
         .bind(i64::from(limit))
         .fetch_all(&mut *turn)
         .await
@@ -988,14 +1133,11 @@ where
         sql.push(")");
         sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
         if prune {
-            sqlx::query(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-                 WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 10000)",
-            )
-            .bind(now - KEEP_SENT_OUTBOX_MS)
-            .execute(&mut *tx)
-            .await
-            .map_err(DB::classify)?;
+            sqlx::query(DB::sql(DB::PRUNE_SENT_OUTBOX))
+                .bind(now - KEEP_SENT_OUTBOX_MS)
+                .execute(&mut *tx)
+                .await
+                .map_err(DB::classify)?;
         }
         tx.commit().await.map_err(DB::classify)
     }

@@ -5,19 +5,23 @@
 //! `SQLITE_BUSY` when a reader tries to upgrade) and stay short. The queries are the
 //! shared ones of [`super::sql`].
 
-use super::StoreError;
 use super::sql::{Dialect, SqlStore};
+use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
+use sqlx::Sqlite;
+use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Pool, Sqlite, Transaction};
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnection, SqliteJournalMode, SqliteQueryResult, SqliteSynchronous,
+};
 use std::time::Duration;
 
 pub type SqliteStore = SqlStore<Sqlite>;
 
 impl SqliteStore {
     /// Opens `sqlite://PATH`, creating the file and its directory if needed.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, pool: PoolConfig) -> Result<Self, StoreError> {
         let options = Self::parse_url(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -34,7 +38,7 @@ impl SqliteStore {
                 StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        Self::open(options, 8).await
+        Self::open(options, pool).await
     }
 }
 
@@ -47,19 +51,23 @@ impl Dialect for Sqlite {
     /// One relay per SQLite file (the process that serves the API): reading the rows
     /// is the claim, and no transaction stays open while the broker confirms.
     const HOLD_TURN: bool = false;
+    /// One writer at a time: more connections only serve more concurrent reads.
+    const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+    /// The rowid of the inserted row, which the `id` column aliases.
+    async fn insert_id(
+        conn: &mut SqliteConnection,
+        insert: Query<'static, Sqlite, SqliteArguments>,
+    ) -> sqlx::Result<i64> {
+        Ok(insert.execute(conn).await?.last_insert_rowid())
+    }
 
     /// `SQLITE_BUSY`: another connection held the write lock past the busy timeout.
-    fn is_unavailable(code: &str) -> bool {
-        code == "5"
+    fn is_unavailable(error: &dyn DatabaseError) -> bool {
+        error.code().is_some_and(|code| code == "5")
     }
 
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()
-    }
-
-    async fn outbox_turn(
-        pool: &Pool<Self>,
-    ) -> Result<Option<Transaction<'static, Self>>, StoreError> {
-        pool.begin().await.map(Some).map_err(Self::classify)
     }
 }

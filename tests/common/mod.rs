@@ -1,6 +1,7 @@
 //! `TestApp`: the real application on a random port, with a fresh database (SQLite, or
-//! PostgreSQL when `TEST_POSTGRES_URL` is set) and an embedded broker in a temporary
-//! directory, plus typed helpers that read like the API.
+//! one created on the PostgreSQL or MySQL server of `TEST_POSTGRES_URL` /
+//! `TEST_MYSQL_URL`) and an embedded broker in a temporary directory, plus typed helpers
+//! that read like the API.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
 /// The binary as separate OS processes, and what they did to the database.
@@ -16,7 +17,7 @@ use retrocat::shutdown::Shutdown;
 use retrocat::startup::{Components, run_api, run_serve};
 use retrocat::storage::Store;
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, Executor, MySqlConnection, PgConnection};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -29,7 +30,7 @@ pub struct TestApp {
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
     pub dir: TempDir,
-    /// The PostgreSQL database of this test, dropped with the app.
+    /// The database server's database of this test, dropped with the app.
     _database: Option<TestDatabase>,
 }
 
@@ -39,18 +40,44 @@ pub enum Backend {
     Sqlite,
     /// A fresh database on the server of `TEST_POSTGRES_URL`.
     Postgres,
+    /// A fresh database on the MySQL or MariaDB server of `TEST_MYSQL_URL`.
+    Mysql,
 }
 
 impl Backend {
-    const POSTGRES_URL: &str = "TEST_POSTGRES_URL";
-
     /// PostgreSQL when `TEST_POSTGRES_URL` is set; otherwise the test is skipped.
     pub fn postgres() -> Option<Self> {
-        if std::env::var_os(Self::POSTGRES_URL).is_some() {
-            Some(Self::Postgres)
-        } else {
-            println!("skipped: {} is not set", Self::POSTGRES_URL);
-            None
+        Self::Postgres.if_configured()
+    }
+
+    /// MySQL/MariaDB when `TEST_MYSQL_URL` is set; otherwise the test is skipped.
+    pub fn mysql() -> Option<Self> {
+        Self::Mysql.if_configured()
+    }
+
+    /// The variable naming this backend's server; SQLite needs none.
+    fn server_variable(self) -> Option<&'static str> {
+        match self {
+            Self::Sqlite => None,
+            Self::Postgres => Some("TEST_POSTGRES_URL"),
+            Self::Mysql => Some("TEST_MYSQL_URL"),
+        }
+    }
+
+    /// The URL of this backend's server; panics for SQLite or when it is not set.
+    fn server_url(self) -> String {
+        let variable = self.server_variable().expect("a database server");
+        std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set"))
+    }
+
+    /// `self` when its server is configured; otherwise says the test is skipped.
+    fn if_configured(self) -> Option<Self> {
+        match self.server_variable() {
+            Some(variable) if std::env::var_os(variable).is_none() => {
+                println!("skipped: {variable} is not set");
+                None
+            }
+            _ => Some(self),
         }
     }
 
@@ -63,8 +90,8 @@ impl Backend {
                 format!("sqlite://{}", dir.join("retrocat.db").display()),
                 None,
             ),
-            Backend::Postgres => {
-                let database = TestDatabase::create().await;
+            Backend::Postgres | Backend::Mysql => {
+                let database = TestDatabase::create(self).await;
                 (database.url.clone(), Some(database))
             }
         }
@@ -72,10 +99,12 @@ impl Backend {
 }
 
 /// Runs each named test body (`async fn name(backend: Backend)`) on every catalog
-/// database: `sqlite::name` always, `postgres::name` when `TEST_POSTGRES_URL` is set.
+/// database: `sqlite::name` always, `postgres::name` and `mysql::name` when
+/// `TEST_POSTGRES_URL` and `TEST_MYSQL_URL` are set. The bodies listed after
+/// `; servers:` run on the database servers only.
 #[allow(unused_macros)] // test binaries that run on SQLite only don't use it
 macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
+    ($($test:ident),* $(,)? $(; servers: $($server_test:ident),* $(,)?)?) => {
         mod sqlite {
             $(
                 #[tokio::test]
@@ -86,23 +115,39 @@ macro_rules! on_every_backend {
         }
 
         mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    if let Some(backend) = crate::common::Backend::postgres() {
-                        super::$test(backend).await
-                    }
-                }
-            )*
+            crate::common::on_server!(postgres: $($test,)* $($($server_test,)*)?);
+        }
+
+        mod mysql {
+            crate::common::on_server!(mysql: $($test,)* $($($server_test,)*)?);
         }
     };
 }
 #[allow(unused_imports)]
 pub(crate) use on_every_backend;
 
-/// A database of its own on the PostgreSQL server of `TEST_POSTGRES_URL`, dropped when
-/// the test ends, also when it panics.
+/// The tests of [`on_every_backend`] on one database server, skipped when its URL is
+/// not set.
+#[allow(unused_macros)]
+macro_rules! on_server {
+    ($server:ident: $($test:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                if let Some(backend) = crate::common::Backend::$server() {
+                    super::$test(backend).await
+                }
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_server;
+
+/// A database of its own on the server of `TEST_POSTGRES_URL` or `TEST_MYSQL_URL`,
+/// dropped when the test ends, also when it panics.
 pub struct TestDatabase {
+    backend: Backend,
     server_url: String,
     name: String,
     /// The URL of the new database, for `DATABASE_URL`.
@@ -110,47 +155,81 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    pub async fn create() -> Self {
-        let server_url = std::env::var(Backend::POSTGRES_URL).expect("TEST_POSTGRES_URL");
+    pub async fn create(backend: Backend) -> Self {
+        let server_url = backend.server_url();
         let name = format!("retrocat_test_{}", uuid::Uuid::now_v7().simple());
-        let mut server = PgConnection::connect(&server_url)
-            .await
-            .expect("connect to TEST_POSTGRES_URL");
-        server
-            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .expect("CREATE DATABASE");
-        let _ = server.close().await;
-        let mut url = url::Url::parse(&server_url).expect("TEST_POSTGRES_URL is a URL");
+        let create = AssertSqlSafe(format!("CREATE DATABASE {name}"));
+        let created = match backend {
+            Backend::Postgres => execute_once::<PgConnection>(&server_url, create).await,
+            Backend::Mysql => execute_once::<MySqlConnection>(&server_url, create).await,
+            Backend::Sqlite => unreachable!("SQLite needs no server"),
+        };
+        created.unwrap_or_else(|e| panic!("CREATE DATABASE on {server_url}: {e}"));
+        let mut url = url::Url::parse(&server_url).expect("the server URL is a URL");
         url.set_path(&name);
         Self {
+            backend,
             server_url,
             name,
             url: url.to_string(),
         }
     }
+
+    /// Drops the database even though the app may still hold connections to it.
+    async fn drop_database(backend: Backend, server_url: &str, name: &str) -> sqlx::Result<()> {
+        match backend {
+            Backend::Postgres => {
+                let drop = AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                execute_once::<PgConnection>(server_url, drop).await
+            }
+            // MySQL has no FORCE: end the connections first, or DROP waits for a
+            // transaction one of them holds open (a relay's turn at the outbox).
+            Backend::Mysql => {
+                let mut server = MySqlConnection::connect(server_url).await?;
+                // ID is signed on MariaDB, unsigned on MySQL.
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = ?",
+                )
+                .bind(name)
+                .fetch_all(&mut server)
+                .await?;
+                for id in ids {
+                    // It may have ended meanwhile.
+                    let _ = server.execute(AssertSqlSafe(format!("KILL {id}"))).await;
+                }
+                server
+                    .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+                    .await?;
+                server.close().await
+            }
+            Backend::Sqlite => unreachable!("SQLite needs no server"),
+        }
+    }
+}
+
+/// Runs one statement on a connection of its own to `url`.
+async fn execute_once<C>(url: &str, statement: AssertSqlSafe<String>) -> sqlx::Result<()>
+where
+    C: Connection,
+    for<'c> &'c mut C: Executor<'c>,
+{
+    let mut conn = C::connect(url).await?;
+    conn.execute(statement).await?;
+    conn.close().await
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         // Drop runs outside async code (and maybe while a panic unwinds): a thread of
-        // its own with a small runtime does the async work. FORCE closes the
-        // connections the app still holds.
-        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        // its own with a small runtime does the async work.
+        let (backend, server_url, name) =
+            (self.backend, self.server_url.clone(), self.name.clone());
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(async {
-                let mut server = PgConnection::connect(&server_url).await?;
-                server
-                    .execute(AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .await?;
-                server.close().await
-            })
+            runtime.block_on(Self::drop_database(backend, &server_url, &name))
         })
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
@@ -175,6 +254,8 @@ pub enum Roles {
 pub fn storage_in(dir: &std::path::Path, database_url: String) -> StorageArgs {
     StorageArgs {
         database_url,
+        db_max_connections: None,
+        db_acquire_timeout: None,
         rabbitmq_url: None,
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
@@ -243,6 +324,11 @@ impl TestApp {
             dir,
             _database: database,
         }
+    }
+
+    /// The URL of this test's database on a database server (not for SQLite).
+    pub fn server_database_url(&self) -> &str {
+        &self._database.as_ref().expect("a database server").url
     }
 
     pub fn store(&self) -> &dyn Store {

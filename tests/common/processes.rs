@@ -12,7 +12,7 @@ use super::rabbitmq::Amqp;
 use super::{Backend, TestDatabase};
 use futures::StreamExt;
 use retrocat::startup::connect_store;
-use retrocat::storage::Store;
+use retrocat::storage::{PoolConfig, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -378,6 +378,7 @@ pub struct StoredGame {
 enum Database {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
+    Mysql(sqlx::MySqlPool),
 }
 
 impl Database {
@@ -385,6 +386,7 @@ impl Database {
         let connected = match backend {
             Backend::Sqlite => sqlx::SqlitePool::connect(url).await.map(Self::Sqlite),
             Backend::Postgres => sqlx::PgPool::connect(url).await.map(Self::Postgres),
+            Backend::Mysql => sqlx::MySqlPool::connect(url).await.map(Self::Mysql),
         };
         connected.unwrap_or_else(|e| panic!("open the database {url}: {e}"))
     }
@@ -393,12 +395,14 @@ impl Database {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
             + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>
             + Send
             + Unpin,
     {
         let rows = match self {
             Self::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
             Self::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Self::Mysql(pool) => sqlx::query_as(sql).fetch_all(pool).await,
         };
         rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
@@ -407,7 +411,9 @@ impl Database {
 impl Effects {
     pub async fn open(deployment: &Deployment) -> Self {
         let url = deployment.database_url();
-        let store = connect_store(url).await.expect("open the database");
+        let store = connect_store(url, PoolConfig::default())
+            .await
+            .expect("open the database");
         let database = Database::connect(deployment.backend, url).await;
         Self { database, store }
     }
