@@ -17,7 +17,8 @@ Phases, each on a fresh SQLite database and broker:
      finishedAt of its completed attempt - the game's createdAt (server clock, ms).
 Each phase also checks that every game has exactly one completed attempt.
 With E2E_DATABASE=postgres each phase gets a fresh PostgreSQL database on the local
-server (postgres@127.0.0.1:5432, made and dropped with psql) instead of SQLite.
+server (postgres@127.0.0.1:5432, made and dropped with psql) instead of SQLite; with
+E2E_DATABASE=mysql, one on the local MySQL/MariaDB (root@127.0.0.1:3306, with mysql).
 Needs target/release/retrocat (cargo build --release). Client and server share the
 machine: the figures include the load generator's cost.
 """
@@ -39,12 +40,16 @@ class Deployment:
 
     def __init__(self, broker):
         self.dir = tempfile.mkdtemp(prefix="retrocat-e2e-")
-        self.pg_database = None
+        kind = os.environ.get("E2E_DATABASE", "sqlite")
+        if kind != "sqlite" and kind not in SERVERS:
+            sys.exit(f"E2E_DATABASE={kind}: use sqlite, postgres or mysql")
+        self.server = SERVERS.get(kind)
+        self.database = None
         database_url = f"sqlite://{self.dir}/retrocat.db"
-        if os.environ.get("E2E_DATABASE") == "postgres":
-            self.pg_database = f"retrocat_e2e_{uuid.uuid4().hex[:8]}"
-            psql("postgres", f"CREATE DATABASE {self.pg_database}")
-            database_url = f"postgres://postgres@127.0.0.1:5432/{self.pg_database}"
+        if self.server:
+            self.database = f"retrocat_e2e_{uuid.uuid4().hex[:8]}"
+            self.server.run(self.server.admin_database, f"CREATE DATABASE {self.database}")
+            database_url = self.server.url + self.database
         self.env = dict(os.environ, DATABASE_URL=database_url,
                         RETROCAT_BROKER_PATH=f"{self.dir}/broker.db", RUST_LOG="warn")
         self.env.pop("RABBITMQ_URL", None)
@@ -84,24 +89,43 @@ class Deployment:
             self.stop(name)
         if self.vhost:
             rabbitmqctl("delete_vhost", self.vhost)
-        if self.pg_database:
-            psql("postgres", f"DROP DATABASE {self.pg_database} WITH (FORCE)")
+        if self.database:
+            self.server.run(self.server.admin_database,
+                            self.server.drop.format(self.database))
         shutil.rmtree(self.dir)
 
     def query(self, sql):
         """The rows of a query, on whichever database this deployment uses."""
-        if self.pg_database:
-            out = psql(self.pg_database, sql)
-            return [tuple(int(v) if v.lstrip("-").isdigit() else v for v in line.split("|"))
+        if self.database:
+            out = self.server.run(self.database, sql)
+            return [tuple(int(v) if v.lstrip("-").isdigit() else v
+                          for v in line.split(self.server.separator))
                     for line in out.splitlines() if line]
         with sqlite3.connect(f"{self.dir}/retrocat.db", timeout=30) as db:
             return db.execute(sql).fetchall()
 
 
-def psql(database, sql):
-    return subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database,
-                           "-AtXq", "-c", sql], check=True, capture_output=True,
-                          text=True).stdout
+class Server:
+    """A database server on this machine and the command-line client that reaches it."""
+
+    def __init__(self, client, url, admin_database, drop, separator):
+        self.client, self.url, self.admin_database = client, url, admin_database
+        self.drop, self.separator = drop, separator
+
+    def run(self, database, sql):
+        return subprocess.run([*self.client(database), sql], check=True,
+                              capture_output=True, text=True).stdout
+
+
+SERVERS = {
+    "postgres": Server(lambda db: ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db,
+                                   "-AtXq", "-c"],
+                       "postgres://postgres@127.0.0.1:5432/", "postgres",
+                       "DROP DATABASE {} WITH (FORCE)", "|"),
+    "mysql": Server(lambda db: ["mysql", "-h", "127.0.0.1", "-u", "root", "-N", "-B",
+                                "-D", db, "-e"],
+                    "mysql://root@127.0.0.1:3306/", "mysql", "DROP DATABASE {}", "\t"),
+}
 
 
 def rabbitmqctl(*args):
