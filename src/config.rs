@@ -147,12 +147,14 @@ impl HttpArgs {
 /// Background processing.
 #[derive(Args, Clone, Debug)]
 pub struct WorkerArgs {
-    /// Events processed at the same time by this process.
-    #[arg(long, env = "RETROCAT_WORKER_CONCURRENCY", default_value_t = 16)]
+    /// Events processed at the same time by this process. Their status writes share
+    /// transactions, so more in flight means larger batches (covers are still fetched
+    /// at most 16 at a time).
+    #[arg(long, env = "RETROCAT_WORKER_CONCURRENCY", default_value_t = 128)]
     pub concurrency: usize,
 
     /// Unacknowledged deliveries the broker may push ahead (consumer QoS).
-    #[arg(long, env = "RETROCAT_PREFETCH", default_value_t = 64)]
+    #[arg(long, env = "RETROCAT_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
 
     /// Attempts per event before it is marked failed and dead-lettered.

@@ -12,7 +12,8 @@ use retrocat::processing::retry::RetryPolicy;
 use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
 use retrocat::startup::connect_store;
 use retrocat::storage::{
-    FinishOutcome, PoolConfig, ProcessingRecord, ProcessingResult, StartOutcome, Store,
+    FinishOutcome, PoolConfig, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest,
+    Store,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -216,12 +217,12 @@ async fn a_duplicate_delivery_has_one_effect(backend: Backend) {
 }
 
 /// Two deliveries of one event in flight at once (a relay that published it twice, a
-/// redelivery while the first delivery is still handled): the second looked at the
-/// inbox before the first finished and starts after it, setting the game `processing`
-/// again. Finding the event settled, it must leave the game as the first one left it,
-/// completed or failed, not `processing` forever. Driven through the store, since only
-/// this interleaving shows it.
-async fn a_duplicate_starting_after_the_first_finished_leaves_its_status(backend: Backend) {
+/// redelivery while the first delivery is still handled): both start before either
+/// finishes. Whether they finish one after the other or in one batch, the event settles
+/// once, the game keeps the status it settled with (completed or failed, never
+/// `processing`), and a copy that starts afterwards finds the event processed. Driven
+/// through the store, since only these interleavings show it.
+async fn duplicate_deliveries_in_flight_at_once_settle_once(backend: Backend) {
     let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let store = app.store();
     for (result, status) in [
@@ -233,40 +234,153 @@ async fn a_duplicate_starting_after_the_first_finished_leaves_its_status(backend
             "failed",
         ),
     ] {
-        let game = app
-            .create_game(&game_body(&format!("Twice {status}")))
-            .await;
-        let id = game["id"].as_i64().unwrap();
-        let record = ProcessingRecord {
-            event_id: EventId::generate(),
-            game_id: id,
-            version: 1,
-            attempt: 1,
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-            result,
-            worker: "w1".into(),
-        };
-        let ready = |outcome| matches!(outcome, StartOutcome::Ready(_));
-        assert!(ready(store.start_processing(id, Some(1)).await.unwrap()));
-        assert!(!store.is_processed(&record.event_id).await.unwrap());
-        let first = store.finish_processing(&record).await.unwrap();
-        assert_eq!(first, FinishOutcome::Applied);
-        match store.start_processing(id, Some(1)).await.unwrap() {
-            // A completed version does not start again.
-            StartOutcome::Done => assert_eq!(status, "completed"),
-            // A failed one may (a replayed dead letter): the inbox refuses this copy.
-            StartOutcome::Ready(_) => {
-                let second = store.finish_processing(&record).await.unwrap();
-                assert_eq!(second, FinishOutcome::AlreadyProcessed);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        for in_one_batch in [false, true] {
+            let game = app
+                .create_game(&game_body(&format!("Twice {status} {in_one_batch}")))
+                .await;
+            let id = game["id"].as_i64().unwrap();
+            let record = ProcessingRecord {
+                event_id: EventId::generate(),
+                game_id: id,
+                version: 1,
+                attempt: 1,
+                started_at: Utc::now(),
+                finished_at: Utc::now(),
+                result: result.clone(),
+                worker: "w1".into(),
+            };
+            let start = StartRequest {
+                event_id: record.event_id.clone(),
+                game_id: id,
+                version: Some(1),
+            };
+            let starts = store
+                .start_processing(&[start.clone(), start.clone()])
+                .await
+                .unwrap();
+            assert!(
+                starts.iter().all(|s| matches!(s, StartOutcome::Ready(_))),
+                "{starts:?}"
+            );
+            let both = [record.clone(), record];
+            let finished = if in_one_batch {
+                store.finish_processing(&both).await.unwrap()
+            } else {
+                let mut finished = store.finish_processing(&both[..1]).await.unwrap();
+                finished.extend(store.finish_processing(&both[1..]).await.unwrap());
+                finished
+            };
+            assert_eq!(
+                finished,
+                [FinishOutcome::Applied, FinishOutcome::AlreadyProcessed]
+            );
+            assert_eq!(
+                store.start_processing(&[start]).await.unwrap(),
+                [StartOutcome::Processed]
+            );
 
-        let game = app.get_json(&format!("/api/games/{id}")).await;
-        assert_eq!(game["processingStatus"], status, "{game}");
-        assert_eq!(outcomes(&history(&app, &game["id"]).await), [status]);
+            let game = app.get_json(&format!("/api/games/{id}")).await;
+            assert_eq!(game["processingStatus"], status, "{game}");
+            assert_eq!(outcomes(&history(&app, &game["id"]).await), [status]);
+        }
     }
+    app.stop().await;
+}
+
+/// One batch of status writes does for each record what it would alone: a stale
+/// version is superseded, a deleted game skipped, a retry recorded without settling,
+/// and only the current versions' games change status and publish `game.processed`.
+async fn a_batch_of_status_writes_applies_each_as_alone(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let store = app.store();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let game = app.create_game(&game_body(&format!("Batch {n}"))).await;
+        ids.push(game["id"].as_i64().unwrap());
+    }
+    // Game 1 moves on to version 2; game 3 is deleted.
+    let updated = app
+        .put_json(
+            &format!("/api/games/{}", ids[1]),
+            &game_body("Batch 1, again"),
+        )
+        .await;
+    assert_eq!(updated.status(), 200);
+    let path = format!("/api/games/{}", ids[3]);
+    let deleted = app.client.delete(app.url(&path)).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let starts: Vec<StartRequest> = ids
+        .iter()
+        .map(|&game_id| StartRequest {
+            event_id: EventId::generate(),
+            game_id,
+            version: Some(1),
+        })
+        .collect();
+    let started = store.start_processing(&starts).await.unwrap();
+    assert!(matches!(started[0], StartOutcome::Ready(_)), "{started:?}");
+    assert_eq!(started[1], StartOutcome::Stale { current_version: 2 });
+    assert!(matches!(started[2], StartOutcome::Ready(_)), "{started:?}");
+    assert_eq!(started[3], StartOutcome::Missing);
+
+    let record = |n: usize, result| ProcessingRecord {
+        event_id: starts[n].event_id.clone(),
+        game_id: ids[n],
+        version: 1,
+        attempt: 1,
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+        result,
+        worker: "w1".into(),
+    };
+    let finished = store
+        .finish_processing(&[
+            record(0, ProcessingResult::Completed { thumbnail: None }),
+            // Finishing an old version, as a worker that started before the update.
+            record(1, ProcessingResult::Completed { thumbnail: None }),
+            record(
+                2,
+                ProcessingResult::Retry {
+                    error: "cover: timeout".into(),
+                },
+            ),
+            record(
+                3,
+                ProcessingResult::Skipped {
+                    reason: "game no longer exists".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        finished,
+        [
+            FinishOutcome::Applied,
+            FinishOutcome::Superseded,
+            FinishOutcome::Applied,
+            FinishOutcome::Applied
+        ]
+    );
+    let status = |game: Value| game["processingStatus"].as_str().unwrap().to_owned();
+    assert_eq!(
+        status(app.get_json(&format!("/api/games/{}", ids[0])).await),
+        "completed"
+    );
+    assert_eq!(
+        status(app.get_json(&format!("/api/games/{}", ids[1])).await),
+        "pending"
+    );
+    assert_eq!(
+        status(app.get_json(&format!("/api/games/{}", ids[2])).await),
+        "processing"
+    );
+    assert_eq!(outcomes(&history(&app, &json!(ids[2])).await), ["retry"]);
+    // The retry's event is not settled: its next delivery starts again.
+    assert!(matches!(
+        store.start_processing(&starts[2..3]).await.unwrap()[..],
+        [StartOutcome::Ready(_)]
+    ));
     app.stop().await;
 }
 
@@ -564,7 +678,8 @@ on_every_backend!(
     a_cover_url_is_fetched_and_thumbnailed,
     a_failing_cover_url_is_retried_with_growing_delays_then_dead_lettered,
     a_duplicate_delivery_has_one_effect,
-    a_duplicate_starting_after_the_first_finished_leaves_its_status,
+    duplicate_deliveries_in_flight_at_once_settle_once,
+    a_batch_of_status_writes_applies_each_as_alone,
     an_older_version_finishing_late_never_overwrites_the_newer_one,
     an_event_for_an_old_version_delivered_after_the_new_one_is_skipped,
     poison_messages_are_dead_lettered_and_the_worker_keeps_going,

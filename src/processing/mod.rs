@@ -7,6 +7,7 @@
 //! audit subscribers and the custom-message consumer receive.
 
 pub mod fetch;
+pub mod group_commit;
 pub mod retry;
 pub mod subscriber;
 pub mod thumbnail;

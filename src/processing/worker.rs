@@ -11,6 +11,7 @@
 //! crash before the acknowledgement leads to a redelivery that changes nothing.
 
 use super::fetch::CoverFetcher;
+use super::group_commit::GroupCommit;
 use super::retry::{Failure, RetryPolicy};
 use super::thumbnail::{Thumbnail, make_thumbnail};
 use crate::broker::{
@@ -19,16 +20,23 @@ use crate::broker::{
 use crate::domain::{EventId, GameAction, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::{
-    FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, Store, StoreError, WorkItem,
+    FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
+    StoreError, WorkItem,
 };
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+/// Covers fetched and thumbnailed at the same time, whatever the concurrency: each may
+/// hold up to `--fetch-max-bytes` and its decoded pixels, so this bounds the memory.
+const COVER_WORK_AT_ONCE: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Deliveries processed at the same time by one worker.
+    /// Deliveries processed at the same time by one worker; also the largest batch of
+    /// status writes, which concurrent deliveries share.
     pub concurrency: usize,
     /// Unacknowledged deliveries the broker may push ahead of processing.
     pub prefetch: u16,
@@ -46,8 +54,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 16,
-            prefetch: 64,
+            concurrency: 128,
+            prefetch: 256,
             retry: RetryPolicy::default(),
             simulate_work: Duration::ZERO,
             thumbnail_side: 160,
@@ -96,7 +104,7 @@ impl Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] Arc<StoreError>),
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -106,6 +114,11 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     fetcher: CoverFetcher,
     config: WorkerConfig,
+    /// `Store::start_processing` and `Store::finish_processing`, each shared by the
+    /// deliveries in flight: one transaction per batch.
+    starts: GroupCommit<StartRequest, StartOutcome, StoreError>,
+    finishes: GroupCommit<ProcessingRecord, FinishOutcome, StoreError>,
+    cover_work: Semaphore,
 }
 
 impl Worker {
@@ -115,11 +128,29 @@ impl Worker {
         fetcher: CoverFetcher,
         config: WorkerConfig,
     ) -> Self {
+        let batch = config.concurrency;
+        let starts = GroupCommit::spawn(batch, {
+            let store = store.clone();
+            move |requests: Vec<StartRequest>| {
+                let store = store.clone();
+                async move { store.start_processing(&requests).await }
+            }
+        });
+        let finishes = GroupCommit::spawn(batch, {
+            let store = store.clone();
+            move |records: Vec<ProcessingRecord>| {
+                let store = store.clone();
+                async move { store.finish_processing(&records).await }
+            }
+        });
         Self {
             store,
             broker,
             fetcher,
             config,
+            starts,
+            finishes,
+            cover_work: Semaphore::new(COVER_WORK_AT_ONCE),
         }
     }
 
@@ -237,10 +268,6 @@ impl Worker {
             Some(replay) if replay > 0 => EventId::new(format!("{}#replay-{replay}", event.id())),
             _ => event.id(),
         };
-        if self.store.is_processed(&event_id).await? {
-            delivery.ack().await?;
-            return Ok(Outcome::Duplicate);
-        }
         let attempt = properties
             .header_int(headers::RETRY_COUNT)
             .unwrap_or(0)
@@ -268,8 +295,17 @@ impl Worker {
             GameAction::Process => None,
             _ => event.version,
         };
-        let item = match self.store.start_processing(event.game_id, version).await? {
+        let start = StartRequest {
+            event_id: event_id.clone(),
+            game_id: event.game_id,
+            version,
+        };
+        let item = match self.starts.call(start).await? {
             StartOutcome::Ready(item) => item,
+            StartOutcome::Processed => {
+                delivery.ack().await?;
+                return Ok(Outcome::Duplicate);
+            }
             StartOutcome::Stale { current_version } => {
                 let reason = format!("superseded by version {current_version}");
                 let skipped = ProcessingResult::Skipped { reason };
@@ -301,9 +337,7 @@ impl Worker {
                     let retry = ProcessingResult::Retry {
                         error: failure.to_string(),
                     };
-                    self.store
-                        .finish_processing(&record(item.version, retry))
-                        .await?;
+                    self.finishes.call(record(item.version, retry)).await?;
                     self.retry_later(delivery, attempt, delay).await?;
                     tracing::info!(game_id = item.game_id, attempt, ?delay, error = %failure, "processing failed; will retry");
                     Ok(Outcome::Retried { attempt, delay })
@@ -313,9 +347,7 @@ impl Worker {
                     let failed = ProcessingResult::Failed {
                         error: reason.clone(),
                     };
-                    self.store
-                        .finish_processing(&record(item.version, failed))
-                        .await?;
+                    self.finishes.call(record(item.version, failed)).await?;
                     delivery.dead_letter(&reason).await?;
                     tracing::warn!(game_id = item.game_id, %reason, "processing failed for good; dead-lettered");
                     Ok(Outcome::DeadLettered { reason })
@@ -330,12 +362,12 @@ impl Worker {
         delivery: Delivery,
         record: ProcessingRecord,
     ) -> Result<Outcome, WorkerError> {
-        let outcome = match (&record.result, self.store.finish_processing(&record).await?) {
-            (_, FinishOutcome::AlreadyProcessed) => Outcome::Duplicate,
-            (ProcessingResult::Skipped { .. }, _) | (_, FinishOutcome::Superseded) => {
-                Outcome::Skipped
-            }
-            _ => Outcome::Completed,
+        let skipped = matches!(record.result, ProcessingResult::Skipped { .. });
+        let outcome = match self.finishes.call(record).await? {
+            FinishOutcome::AlreadyProcessed => Outcome::Duplicate,
+            FinishOutcome::Superseded => Outcome::Skipped,
+            FinishOutcome::Applied if skipped => Outcome::Skipped,
+            FinishOutcome::Applied => Outcome::Completed,
         };
         delivery.ack().await?;
         Ok(outcome)
@@ -375,6 +407,14 @@ impl Worker {
         if !self.config.simulate_work.is_zero() {
             tokio::time::sleep(self.config.simulate_work).await;
         }
+        if !item.has_cover && item.image_url.is_none() {
+            return Ok(None);
+        }
+        let _permit = self
+            .cover_work
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let image = if item.has_cover {
             self.store
                 .cover(item.game_id)

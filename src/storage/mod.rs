@@ -232,8 +232,19 @@ pub struct WorkItem {
     pub has_cover: bool,
 }
 
+/// A worker's request to start processing one event.
+#[derive(Clone, Debug)]
+pub struct StartRequest {
+    pub event_id: EventId,
+    pub game_id: i64,
+    /// The version the event describes; `None` (`process`: again) takes the current one.
+    pub version: Option<i64>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum StartOutcome {
+    /// The inbox holds the event: it was processed already, nothing to do.
+    Processed,
     /// The game is now `processing` at this version.
     Ready(WorkItem),
     /// A newer version exists; its own event will process it.
@@ -273,6 +284,14 @@ pub enum ProcessingResult {
     Skipped { reason: String },
     /// A `delete` event: remove the game's derived data (thumbnail).
     CleanedUp,
+}
+
+impl ProcessingResult {
+    /// Whether the event is settled by this result (all but a retry): its inbox row
+    /// commits with it.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Retry { .. })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,21 +376,21 @@ pub trait Store: Send + Sync + 'static {
     async fn tasks(&self, limit: u32) -> Result<Vec<TaskView>, StoreError>;
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError>;
 
-    // Worker.
-    /// True when the inbox holds this event: it was fully processed already.
-    async fn is_processed(&self, event_id: &EventId) -> Result<bool, StoreError>;
-    /// Marks the game `processing` if `version` (default: the current one) is current.
+    // Worker. Both calls take a batch and answer in its order; a worker's concurrent
+    // deliveries share them (see `processing::group_commit`).
+    /// For each request: `Processed` when the inbox holds its event, otherwise marks the
+    /// game `processing` if the version is current. One transaction for the batch.
     async fn start_processing(
         &self,
-        game_id: i64,
-        version: Option<i64>,
-    ) -> Result<StartOutcome, StoreError>;
-    /// Records an attempt and, unless it is a retry, the inbox row, the status, the
-    /// thumbnail and the `game.processed`/`game.failed` outbox event: one transaction.
+        requests: &[StartRequest],
+    ) -> Result<Vec<StartOutcome>, StoreError>;
+    /// Records each attempt and, unless it is a retry, the inbox row, the status, the
+    /// thumbnail and the `game.processed`/`game.failed` outbox event. One transaction
+    /// for the batch, so it applies wholly or not at all.
     async fn finish_processing(
         &self,
-        record: &ProcessingRecord,
-    ) -> Result<FinishOutcome, StoreError>;
+        records: &[ProcessingRecord],
+    ) -> Result<Vec<FinishOutcome>, StoreError>;
 
     // Subscribers.
     /// Records a message for `message.subscriber`; false when it was recorded before

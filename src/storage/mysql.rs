@@ -50,8 +50,6 @@ impl Dialect for MySql {
     /// `FOR UPDATE SKIP LOCKED`: MySQL 8.0.1+, MariaDB 10.6+.
     const HOLD_TURN: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
-    /// MySQL has no `RETURNING`; MariaDB has it for INSERT and DELETE, not UPDATE.
-    const UPDATE_RETURNING: bool = false;
     /// MySQL refuses a `LIMIT` in an `IN` subquery, and a subquery on the table a
     /// DELETE deletes from; its own `DELETE … LIMIT` walks the `sent_at` index instead.
     const PRUNE_SENT_OUTBOX: &'static str =

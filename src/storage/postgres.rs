@@ -1,9 +1,10 @@
 //! The catalog on PostgreSQL: the database server for several API instances.
 //!
 //! The queries are the shared ones of [`super::sql`]; what is PostgreSQL's own is here:
-//! `ILIKE`, its error codes, and `RETURNING id` for new rows. Write transactions run at READ COMMITTED: the statements that must not
-//! race (version checks, the inbox insert) are single statements that lock the row
-//! they change, and foreign keys catch what a concurrent delete removed.
+//! `ILIKE`, its error codes, and `RETURNING id` for new rows. Write transactions run at
+//! READ COMMITTED: what must not race locks its rows (a version check is an UPDATE of
+//! the row, or a `SELECT … FOR UPDATE` before the status changes; the inbox key refuses
+//! a second claim), and foreign keys catch what a concurrent delete removed.
 
 use super::sql::{Dialect, SqlStore};
 use super::{PoolConfig, StoreError};

@@ -206,7 +206,7 @@ pub(super) fn attempt_from_row(row: &impl Columns) -> Result<Attempt, StoreError
     })
 }
 
-/// The `RETURNING` row of the start of processing: what the worker needs.
+/// A game's row as the start of processing reads it: what the worker needs.
 pub(super) fn work_item_from_row(game_id: i64, row: &impl Columns) -> Result<WorkItem, StoreError> {
     Ok(WorkItem {
         game_id,

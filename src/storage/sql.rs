@@ -4,15 +4,19 @@
 //! [`Dialect::sql`] turns into MySQL's `?`), integer millisecond timestamps, row-value
 //! comparisons, `FOR UPDATE SKIP LOCKED`. What differs between backends is a
 //! [`Dialect`]: how a write transaction starts, which error codes mean "unavailable",
-//! the case-insensitive `LIKE`, how an insert reports its new id, upserts, and whether
-//! `UPDATE … RETURNING` exists. `sqlite.rs`, `postgres.rs` and `mysql.rs` hold those and
-//! the connection settings.
+//! the case-insensitive `LIKE`, how an insert reports its new id, upserts, and how a
+//! read locks rows. `sqlite.rs`, `postgres.rs` and `mysql.rs` hold those and the
+//! connection settings.
+//!
+//! A worker's status writes come in batches (see [`Store::start_processing`]), written
+//! with multi-row statements built by sqlx's `QueryBuilder`, which spells each
+//! backend's placeholders itself.
 
 use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, OutboxClaim, OutboxMessage, PendingGame,
-    PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome, Store,
-    StoreError, TaskView,
+    PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome, StartRequest,
+    Store, StoreError, TaskView,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -29,6 +33,7 @@ use sqlx::{
     AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
     QueryBuilder, SqlSafeStr, SqlStr, Transaction, Type,
 };
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
@@ -48,9 +53,8 @@ pub trait Dialect: Database {
     const HOLD_TURN: bool;
     /// The pool size when `--db-max-connections` is not set.
     const DEFAULT_MAX_CONNECTIONS: u32;
-    /// Whether `UPDATE … RETURNING` exists. Without it, the updated row is read back in
-    /// the same transaction: a second round trip, which the backends that have it save.
-    const UPDATE_RETURNING: bool = true;
+    /// What a `SELECT` adds to lock the rows it reads until the transaction ends.
+    const LOCK_ROWS: &'static str = " FOR UPDATE";
     /// Deletes up to 10,000 outbox rows sent before `$1`: a bounded chunk, so pruning
     /// never holds the relay's turn for long.
     const PRUNE_SENT_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT id \
@@ -125,6 +129,19 @@ fn upsert<DB: Dialect>(into: &'static str, key: &'static str, columns: &[&'stati
     DB::sql(AssertSqlSafe(format!(
         "INSERT INTO {into} {on_conflict} {set}"
     )))
+}
+
+/// Appends `(v1, v2, …)` to `sql`, each value bound; `values` must not be empty.
+fn push_list<DB: Database, T>(sql: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
+where
+    for<'t> T: Encode<'t, DB> + Type<DB>,
+{
+    sql.push("(");
+    let mut list = sql.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    list.push_unseparated(")");
 }
 
 /// The catalog on one SQL backend: [`super::sqlite::SqliteStore`],
@@ -257,7 +274,7 @@ where
         mut tx: Transaction<'static, DB>,
         message: &OutboxMessage,
     ) -> Result<(), StoreError> {
-        Self::insert_outbox(&mut tx, message).await?;
+        Self::insert_outbox(&mut tx, std::slice::from_ref(message)).await?;
         tx.commit().await.map_err(DB::classify)?;
         self.outbox_written.notify_one();
         Ok(())
@@ -273,23 +290,27 @@ where
         row.as_ref().map(shared::game_from_row).transpose()
     }
 
+    /// Inserts `messages` into the outbox, in order, with one statement.
     async fn insert_outbox(
         conn: &mut DB::Connection,
-        message: &OutboxMessage,
+        messages: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        sqlx::query(DB::sql(
-            "INSERT INTO outbox (exchange, routing_key, message_id, headers, body, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        ))
-        .bind(&message.exchange)
-        .bind(&message.routing_key)
-        .bind(&message.message_id)
-        .bind(shared::headers_json(message))
-        .bind(&message.body)
-        .bind(now_ms())
-        .execute(conn)
-        .await
-        .map_err(DB::classify)?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut sql = QueryBuilder::<DB>::new(
+            "INSERT INTO outbox (exchange, routing_key, message_id, headers, body, created_at) ",
+        );
+        sql.push_values(messages, |mut row, message| {
+            row.push_bind(message.exchange.clone())
+                .push_bind(message.routing_key.clone())
+                .push_bind(message.message_id.clone())
+                .push_bind(shared::headers_json(message))
+                .push_bind(message.body.clone())
+                .push_bind(now);
+        });
+        sql.build().execute(conn).await.map_err(DB::classify)?;
         Ok(())
     }
 
@@ -349,6 +370,220 @@ where
             }
             _ => DB::classify(error),
         }
+    }
+
+    /// Which of `events` the inbox holds: processed already.
+    async fn in_inbox<'e>(
+        conn: &mut DB::Connection,
+        events: impl Iterator<Item = &'e EventId>,
+    ) -> Result<HashSet<String>, StoreError> {
+        let events: Vec<String> = events.map(|event| event.as_str().to_owned()).collect();
+        if events.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut sql = QueryBuilder::<DB>::new("SELECT event_id FROM inbox WHERE event_id IN ");
+        push_list(&mut sql, events);
+        let rows = sql.build().fetch_all(conn).await.map_err(DB::classify)?;
+        Ok(rows
+            .iter()
+            .map(|row| row.text("event_id"))
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// The current version of each of `games` that exists, its row locked until the
+    /// transaction ends (in id order, as every batch locks them).
+    async fn lock_versions(
+        conn: &mut DB::Connection,
+        games: impl IntoIterator<Item = i64>,
+    ) -> Result<HashMap<i64, i64>, StoreError> {
+        let mut sql = QueryBuilder::<DB>::new("SELECT id, version FROM games WHERE id IN ");
+        push_list(&mut sql, games);
+        sql.push(" ORDER BY id").push(DB::LOCK_ROWS);
+        let rows = sql.build().fetch_all(conn).await.map_err(DB::classify)?;
+        Ok(rows
+            .iter()
+            .map(|row| Ok((row.int("id")?, row.int("version")?)))
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Writes a batch of finished attempts in one transaction (see
+    /// [`Store::finish_processing`]), or nothing: `None` when the inbox refused one of
+    /// the events, claimed meanwhile by a concurrent delivery.
+    async fn finish_batch(
+        &self,
+        records: &[ProcessingRecord],
+    ) -> Result<Option<Vec<FinishOutcome>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // The inbox row is the exactly-once guard: it commits with the effect. A final
+        // result whose event the inbox holds, or an earlier record of this batch claims,
+        // comes from a duplicate delivery: nothing of it is written.
+        let finals = records.iter().filter(|r| r.result.is_final());
+        let seen = Self::in_inbox(&mut tx, finals.map(|r| &r.event_id)).await?;
+        let mut claims = HashSet::new();
+        let duplicate: Vec<bool> = records
+            .iter()
+            .map(|r| {
+                let event = r.event_id.as_str();
+                r.result.is_final() && (seen.contains(event) || !claims.insert(event))
+            })
+            .collect();
+        let written: Vec<&ProcessingRecord> = records
+            .iter()
+            .zip(&duplicate)
+            .filter(|(_, duplicate)| !**duplicate)
+            .map(|(record, _)| record)
+            .collect();
+        // In key order, as concurrent batches must take the keys' locks in one order.
+        let mut claims: Vec<&str> = claims.into_iter().collect();
+        claims.sort_unstable();
+        if !claims.is_empty() {
+            let now = now_ms();
+            let mut sql = QueryBuilder::<DB>::new("INSERT INTO inbox (event_id, processed_at) ");
+            sql.push_values(claims, |mut row, event| {
+                row.push_bind(event.to_owned()).push_bind(now);
+            });
+            // A plain INSERT says "duplicate" on every backend: MySQL has no `ON CONFLICT
+            // DO NOTHING`, and its `INSERT IGNORE` would also turn other errors into
+            // warnings. The transaction is dropped unwritten.
+            match sql.build().execute(&mut *tx).await {
+                Err(error) if shared::is_duplicate(&error) => return Ok(None),
+                other => other.map_err(DB::classify)?,
+            };
+        }
+        if !written.is_empty() {
+            let mut sql = QueryBuilder::<DB>::new(
+                "INSERT INTO processing_attempts (event_id, game_id, version, attempt, \
+                 outcome, error, started_at, finished_at, duration_ms, worker) ",
+            );
+            sql.push_values(&written, |mut row, record| {
+                let started = record.started_at.timestamp_millis();
+                let finished = record.finished_at.timestamp_millis();
+                row.push_bind(record.event_id.as_str().to_owned())
+                    .push_bind(record.game_id)
+                    .push_bind(record.version)
+                    .push_bind(i64::from(record.attempt))
+                    .push_bind(shared::outcome_name(&record.result).to_owned())
+                    .push_bind(shared::attempt_error(record).map(str::to_owned))
+                    .push_bind(started)
+                    .push_bind(finished)
+                    .push_bind((finished - started).max(0))
+                    .push_bind(record.worker.clone());
+            });
+            sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
+        }
+
+        // Only the version a record describes may change: a newer write wins.
+        let settling: Vec<(&ProcessingRecord, ProcessingStatus)> = written
+            .iter()
+            .filter_map(|record| match record.result {
+                ProcessingResult::Completed { .. } => Some((*record, ProcessingStatus::Completed)),
+                ProcessingResult::Failed { .. } => Some((*record, ProcessingStatus::Failed)),
+                _ => None,
+            })
+            .collect();
+        let current = if settling.is_empty() {
+            HashMap::new()
+        } else {
+            Self::lock_versions(&mut tx, settling.iter().map(|(r, _)| r.game_id)).await?
+        };
+        let is_current =
+            |record: &ProcessingRecord| current.get(&record.game_id) == Some(&record.version);
+        let applied: Vec<(&ProcessingRecord, ProcessingStatus)> = settling
+            .into_iter()
+            .filter(|(record, _)| is_current(record))
+            .collect();
+        for status in [ProcessingStatus::Completed, ProcessingStatus::Failed] {
+            let games: Vec<i64> = applied
+                .iter()
+                .filter(|(_, s)| *s == status)
+                .map(|(r, _)| r.game_id)
+                .collect();
+            if !games.is_empty() {
+                let mut sql = QueryBuilder::<DB>::new("UPDATE games SET processing_status = ");
+                sql.push_bind(status.as_str().to_owned())
+                    .push(" WHERE id IN ");
+                push_list(&mut sql, games);
+                sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
+            }
+        }
+        // A completed version stores its thumbnail, or drops an older one (no cover);
+        // a deleted game's goes.
+        let mut uncovered = Vec::new();
+        for (record, _) in &applied {
+            match &record.result {
+                ProcessingResult::Completed {
+                    thumbnail: Some(thumbnail),
+                } => {
+                    sqlx::query(upsert::<DB>(
+                        "thumbnails (game_id, version, png, width, height) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                        "game_id",
+                        &["version", "png", "width", "height"],
+                    ))
+                    .bind(record.game_id)
+                    .bind(record.version)
+                    .bind(thumbnail.png.clone())
+                    .bind(i64::from(thumbnail.width))
+                    .bind(i64::from(thumbnail.height))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DB::classify)?;
+                }
+                ProcessingResult::Completed { thumbnail: None } => uncovered.push(record.game_id),
+                _ => {}
+            }
+        }
+        let cleaned: Vec<i64> = written
+            .iter()
+            .filter(|r| matches!(r.result, ProcessingResult::CleanedUp))
+            .map(|r| r.game_id)
+            .collect();
+        for (games, condition) in [
+            (uncovered, ""),
+            (
+                cleaned,
+                " AND NOT EXISTS (SELECT 1 FROM games g WHERE g.id = thumbnails.game_id)",
+            ),
+        ] {
+            if !games.is_empty() {
+                let mut sql = QueryBuilder::<DB>::new("DELETE FROM thumbnails WHERE game_id IN ");
+                push_list(&mut sql, games);
+                sql.push(condition);
+                sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
+            }
+        }
+        let events: Vec<OutboxMessage> = applied
+            .iter()
+            .map(|(r, status)| {
+                OutboxMessage::game_processed(r.game_id, r.version, *status, &r.event_id)
+            })
+            .collect();
+        Self::insert_outbox(&mut tx, &events).await?;
+        tx.commit().await.map_err(DB::classify)?;
+        if !events.is_empty() {
+            self.outbox_written.notify_one();
+        }
+
+        for record in records
+            .iter()
+            .filter(|r| r.result.is_final() && seen.contains(r.event_id.as_str()))
+        {
+            self.restore_settled_status(record).await?;
+        }
+        let outcomes = records
+            .iter()
+            .zip(duplicate)
+            .map(|(record, duplicate)| match &record.result {
+                _ if duplicate => FinishOutcome::AlreadyProcessed,
+                ProcessingResult::Completed { .. } | ProcessingResult::Failed { .. }
+                    if !is_current(record) =>
+                {
+                    FinishOutcome::Superseded
+                }
+                _ => FinishOutcome::Applied,
+            })
+            .collect();
+        Ok(Some(outcomes))
     }
 
     /// Another delivery of this event settled it meanwhile. If this one started after
@@ -792,196 +1027,91 @@ where
         rows.iter().map(shared::attempt_from_row).collect()
     }
 
-    async fn is_processed(&self, event_id: &EventId) -> Result<bool, StoreError> {
-        let row = sqlx::query(DB::sql("SELECT 1 FROM inbox WHERE event_id = $1"))
-            .bind(event_id.as_str().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(DB::classify)?;
-        Ok(row.is_some())
-    }
-
     async fn start_processing(
         &self,
-        game_id: i64,
-        version: Option<i64>,
-    ) -> Result<StartOutcome, StoreError> {
-        // A given version that is completed stays so (another copy of its event got
-        // there first); without a version (`process`: again) it starts anew.
-        const START: &str = "UPDATE games SET processing_status = 'processing' \
-             WHERE id = $1 AND version = COALESCE($2, version) \
-             AND ($3 IS NULL OR processing_status <> 'completed')";
-        const WORK_ITEM: &str = "version, title, image_url, \
-             EXISTS (SELECT 1 FROM covers c WHERE c.game_id = games.id) AS has_cover";
-        // The version check and the status change are one statement, so a concurrent
-        // update cannot come between them. Without `UPDATE … RETURNING` the row is read
-        // back in the same transaction, while the update still locks it.
-        let row = if DB::UPDATE_RETURNING {
-            sqlx::query(DB::sql(AssertSqlSafe(format!(
-                "{START} RETURNING {WORK_ITEM}"
-            ))))
-            .bind(game_id)
-            .bind(version)
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(DB::classify)?
-        } else {
-            let mut tx = self.begin_write().await?;
-            let started = sqlx::query(DB::sql(START))
-                .bind(game_id)
-                .bind(version)
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(DB::classify)?;
-            let row = if DB::rows_affected(&started) == 0 {
-                None
-            } else {
-                let read_back = format!("SELECT {WORK_ITEM} FROM games WHERE id = $1");
-                sqlx::query(DB::sql(AssertSqlSafe(read_back)))
-                    .bind(game_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(DB::classify)?
-            };
-            tx.commit().await.map_err(DB::classify)?;
-            row
-        };
-        if let Some(row) = row {
-            return Ok(StartOutcome::Ready(shared::work_item_from_row(
-                game_id, &row,
-            )?));
+        requests: &[StartRequest],
+    ) -> Result<Vec<StartOutcome>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
         }
-        let current: Option<i64> =
-            sqlx::query_scalar(DB::sql("SELECT version FROM games WHERE id = $1"))
-                .bind(game_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(DB::classify)?;
-        Ok(match current {
-            Some(current_version) if Some(current_version) == version => StartOutcome::Done,
-            Some(current_version) => StartOutcome::Stale { current_version },
-            None => StartOutcome::Missing,
-        })
+        let mut tx = self.begin_write().await?;
+        let processed = Self::in_inbox(&mut tx, requests.iter().map(|r| &r.event_id)).await?;
+        // Read and locked in id order, so two workers' batches never wait on each other
+        // in a cycle; the status change below commits with what was read.
+        let mut sql = QueryBuilder::<DB>::new(
+            "SELECT id, version, processing_status, title, image_url, \
+             EXISTS (SELECT 1 FROM covers c WHERE c.game_id = games.id) AS has_cover \
+             FROM games WHERE id IN ",
+        );
+        push_list(&mut sql, requests.iter().map(|r| r.game_id));
+        sql.push(" ORDER BY id").push(DB::LOCK_ROWS);
+        let rows = sql
+            .build()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(DB::classify)?;
+        let mut games = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id = row.int("id")?;
+            let completed = row.text("processing_status")? == ProcessingStatus::Completed.as_str();
+            games.insert(id, (shared::work_item_from_row(id, row)?, completed));
+        }
+        let mut starting = Vec::new();
+        let outcomes = requests
+            .iter()
+            .map(|request| {
+                if processed.contains(request.event_id.as_str()) {
+                    return StartOutcome::Processed;
+                }
+                let Some((item, completed)) = games.get(&request.game_id) else {
+                    return StartOutcome::Missing;
+                };
+                match request.version {
+                    Some(version) if version != item.version => StartOutcome::Stale {
+                        current_version: item.version,
+                    },
+                    // A given version that is completed stays so (another copy of its
+                    // event got there first); without a version (`process`: again) it
+                    // starts anew.
+                    Some(_) if *completed => StartOutcome::Done,
+                    _ => {
+                        starting.push(item.game_id);
+                        StartOutcome::Ready(item.clone())
+                    }
+                }
+            })
+            .collect();
+        if !starting.is_empty() {
+            let mut sql = QueryBuilder::<DB>::new(
+                "UPDATE games SET processing_status = 'processing' WHERE id IN ",
+            );
+            push_list(&mut sql, starting);
+            sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
+        }
+        tx.commit().await.map_err(DB::classify)?;
+        Ok(outcomes)
     }
 
     async fn finish_processing(
         &self,
-        record: &ProcessingRecord,
-    ) -> Result<FinishOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let is_final = !matches!(record.result, ProcessingResult::Retry { .. });
-        if is_final {
-            // The inbox row is the exactly-once guard: it commits with the effect. A
-            // duplicate key means another delivery of the event committed first (a
-            // concurrent one waits for it); the transaction is dropped unwritten. A plain
-            // INSERT says this on every backend: MySQL has no `ON CONFLICT DO NOTHING`,
-            // and its `INSERT IGNORE` would also turn other errors into warnings.
-            let inserted = sqlx::query(DB::sql(
-                "INSERT INTO inbox (event_id, processed_at) VALUES ($1, $2)",
-            ))
-            .bind(record.event_id.as_str().to_owned())
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Err(error) if shared::is_duplicate(&error) => {
-                    drop(tx);
-                    self.restore_settled_status(record).await?;
-                    return Ok(FinishOutcome::AlreadyProcessed);
-                }
-                other => other.map_err(DB::classify)?,
-            };
+        records: &[ProcessingRecord],
+    ) -> Result<Vec<FinishOutcome>, StoreError> {
+        if let Some(outcomes) = self.finish_batch(records).await? {
+            return Ok(outcomes);
         }
-        let started = record.started_at.timestamp_millis();
-        let finished = record.finished_at.timestamp_millis();
-        sqlx::query(DB::sql(
-            "INSERT INTO processing_attempts (event_id, game_id, version, attempt, outcome, \
-             error, started_at, finished_at, duration_ms, worker) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        ))
-        .bind(record.event_id.as_str().to_owned())
-        .bind(record.game_id)
-        .bind(record.version)
-        .bind(i64::from(record.attempt))
-        .bind(shared::outcome_name(&record.result).to_owned())
-        .bind(shared::attempt_error(record).map(str::to_owned))
-        .bind(started)
-        .bind(finished)
-        .bind((finished - started).max(0))
-        .bind(&record.worker)
-        .execute(&mut *tx)
-        .await
-        .map_err(DB::classify)?;
-
-        let status = match &record.result {
-            ProcessingResult::Completed { .. } => ProcessingStatus::Completed,
-            ProcessingResult::Failed { .. } => ProcessingStatus::Failed,
-            ProcessingResult::CleanedUp => {
-                sqlx::query(DB::sql(
-                    "DELETE FROM thumbnails WHERE game_id = $1 \
-                     AND NOT EXISTS (SELECT 1 FROM games WHERE id = $2)",
-                ))
-                .bind(record.game_id)
-                .bind(record.game_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(DB::classify)?;
-                tx.commit().await.map_err(DB::classify)?;
-                return Ok(FinishOutcome::Applied);
-            }
-            ProcessingResult::Retry { .. } | ProcessingResult::Skipped { .. } => {
-                tx.commit().await.map_err(DB::classify)?;
-                return Ok(FinishOutcome::Applied);
-            }
-        };
-        // Only the version this event describes may change: a newer write wins.
-        let updated = sqlx::query(DB::sql(
-            "UPDATE games SET processing_status = $1 WHERE id = $2 AND version = $3",
-        ))
-        .bind(status.as_str().to_owned())
-        .bind(record.game_id)
-        .bind(record.version)
-        .execute(&mut *tx)
-        .await
-        .map_err(DB::classify)?;
-        if DB::rows_affected(&updated) == 0 {
-            tx.commit().await.map_err(DB::classify)?;
-            return Ok(FinishOutcome::Superseded);
-        }
-        if let ProcessingResult::Completed { thumbnail } = &record.result {
-            match thumbnail {
-                Some(thumbnail) => {
-                    sqlx::query(upsert::<DB>(
-                        "thumbnails (game_id, version, png, width, height) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                        "game_id",
-                        &["version", "png", "width", "height"],
-                    ))
-                    .bind(record.game_id)
-                    .bind(record.version)
-                    .bind(&thumbnail.png)
-                    .bind(i64::from(thumbnail.width))
-                    .bind(i64::from(thumbnail.height))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DB::classify)?;
-                }
-                // This version has no cover: an older thumbnail no longer applies.
+        // Another delivery of one of these events committed its inbox row while this
+        // batch was being written: one by one, so that only its record is refused.
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            match self.finish_batch(std::slice::from_ref(record)).await? {
+                Some(outcome) => outcomes.extend(outcome),
                 None => {
-                    sqlx::query(DB::sql("DELETE FROM thumbnails WHERE game_id = $1"))
-                        .bind(record.game_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(DB::classify)?;
+                    self.restore_settled_status(record).await?;
+                    outcomes.push(FinishOutcome::AlreadyProcessed);
                 }
             }
         }
-        let message =
-            OutboxMessage::game_processed(record.game_id, record.version, status, &record.event_id);
-        self.commit_with_event(tx, &message).await?;
-        Ok(FinishOutcome::Applied)
+        Ok(outcomes)
     }
 
     async fn record_received(&self, message: &ReceivedMessage) -> Result<bool, StoreError> {
@@ -1125,12 +1255,8 @@ where
         };
         let now = now_ms();
         let mut sql = QueryBuilder::<DB>::new("UPDATE outbox SET sent_at = ");
-        sql.push_bind(now).push(" WHERE id IN (");
-        let mut list = sql.separated(", ");
-        for id in &ids {
-            list.push_bind(*id);
-        }
-        sql.push(")");
+        sql.push_bind(now).push(" WHERE id IN ");
+        push_list(&mut sql, ids);
         sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
         if prune {
             sqlx::query(DB::sql(DB::PRUNE_SENT_OUTBOX))

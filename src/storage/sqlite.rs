@@ -53,6 +53,8 @@ impl Dialect for Sqlite {
     const HOLD_TURN: bool = false;
     /// One writer at a time: more connections only serve more concurrent reads.
     const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+    /// A write transaction (`BEGIN IMMEDIATE`) holds the whole file's write lock.
+    const LOCK_ROWS: &'static str = "";
 
     /// The rowid of the inserted row, which the `id` column aliases.
     async fn insert_id(

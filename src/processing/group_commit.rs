@@ -1,0 +1,114 @@
+//! Group commit: many concurrent callers, one store call per batch.
+//!
+//! A worker handles many deliveries at once, and each would otherwise pay a database
+//! transaction of its own for each status write. A [`GroupCommit`] takes the callers'
+//! requests on a channel; its task waits for the first, takes whatever else is waiting
+//! (up to `max_batch`) and makes one call for all of them: one transaction of a few
+//! multi-row statements. Idle, a lone request goes at once (no timer, no added
+//! latency); busy, batches grow with the load, while the previous batch commits.
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+type Answer<Out, E> = oneshot::Sender<Result<Out, Arc<E>>>;
+
+/// A handle to a group-commit task; the task ends when the last handle is dropped.
+pub struct GroupCommit<In, Out, E> {
+    requests: mpsc::Sender<(In, Answer<Out, E>)>,
+}
+
+impl<In, Out, E> GroupCommit<In, Out, E>
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Starts the task. `commit` takes a batch and answers one output per input, in
+    /// order; its error goes to every caller of the batch.
+    pub fn spawn<F, Fut>(max_batch: usize, commit: F) -> Self
+    where
+        F: Fn(Vec<In>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<Out>, E>> + Send,
+    {
+        let max_batch = max_batch.max(1);
+        let (requests, mut waiting) = mpsc::channel(max_batch);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while waiting.recv_many(&mut batch, max_batch).await > 0 {
+                let (inputs, answers): (Vec<In>, Vec<Answer<Out, E>>) = batch.drain(..).unzip();
+                match commit(inputs).await {
+                    Ok(outputs) => {
+                        assert_eq!(outputs.len(), answers.len(), "one output per input");
+                        for (answer, output) in answers.into_iter().zip(outputs) {
+                            // A caller that stopped waiting (shutdown) needs no answer.
+                            let _ = answer.send(Ok(output));
+                        }
+                    }
+                    Err(error) => {
+                        let error = Arc::new(error);
+                        for answer in answers {
+                            let _ = answer.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Queues `input` for the next batch and waits for its output.
+    pub async fn call(&self, input: In) -> Result<Out, Arc<E>> {
+        let (answer, output) = oneshot::channel();
+        self.requests
+            .send((input, answer))
+            .await
+            .unwrap_or_else(|_| panic!("the group-commit task lives as long as its handle"));
+        output
+            .await
+            .unwrap_or_else(|_| panic!("the group-commit task answers every request"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let doubler = Arc::new(GroupCommit::spawn(8, move |batch: Vec<u32>| {
+            seen.lock().unwrap().push(batch.len());
+            async move {
+                // Slow enough that the other callers queue up meanwhile.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok::<_, String>(batch.into_iter().map(|n| n * 2).collect::<Vec<_>>())
+            }
+        }));
+        let calls: Vec<_> = (0..20)
+            .map(|n| {
+                let doubler = doubler.clone();
+                tokio::spawn(async move { (n, doubler.call(n).await.unwrap()) })
+            })
+            .collect();
+        for call in calls {
+            let (n, doubled) = call.await.unwrap();
+            assert_eq!(doubled, n * 2);
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().all(|&size| size <= 8), "{sizes:?}");
+        assert!(sizes.len() < 20, "calls were batched: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_call_in_it() {
+        let failing = GroupCommit::spawn(4, |_batch: Vec<u32>| async {
+            Err::<Vec<u32>, _>("database down".to_owned())
+        });
+        let error = failing.call(1).await.unwrap_err();
+        assert_eq!(*error, "database down");
+    }
+}
