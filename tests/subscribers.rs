@@ -6,6 +6,7 @@ mod common;
 
 use common::{Backend, Roles, TestApp, game_body, on_every_backend};
 use retrocat::broker::topology;
+use retrocat::storage::ReceivedMessage;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -153,7 +154,43 @@ async fn bad_audit_queries_are_refused(backend: Backend) {
     assert_eq!(response.status(), 400);
 }
 
+/// A subscriber records what it has ready in one statement; a redelivered message in
+/// a batch (recorded before, or twice in the batch) is refused alone, the rest kept.
+async fn a_redelivered_message_is_recorded_once(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let message = |id: &str| ReceivedMessage {
+        subscriber: "archive".into(),
+        message_id: id.into(),
+        exchange: topology::EVENTS_EXCHANGE.into(),
+        routing_key: "game.created".into(),
+        headers: Default::default(),
+        body: json!({ "id": id }),
+        received_at: chrono::Utc::now(),
+    };
+    let store = app.store();
+    let first = store
+        .record_received(&[message("m1"), message("m2")])
+        .await
+        .unwrap();
+    assert_eq!(first, [true, true]);
+    let again = store
+        .record_received(&[message("m2"), message("m3"), message("m3")])
+        .await
+        .unwrap();
+    assert_eq!(again, [false, true, false]);
+    let kept: Vec<String> = store
+        .received("archive", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(kept, ["m3", "m2", "m1"]);
+    app.stop().await;
+}
+
 on_every_backend!(
+    a_redelivered_message_is_recorded_once,
     each_subscriber_keeps_every_domain_event,
     a_custom_message_is_recorded_and_answered,
     an_unroutable_request_is_kept_and_times_out,

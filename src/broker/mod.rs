@@ -362,6 +362,13 @@ impl Consumer {
     pub async fn next(&mut self) -> Option<Delivery> {
         self.deliveries.recv().await
     }
+
+    /// Waits for the next delivery, then adds it and every other one already here (up
+    /// to `limit` in all) to `batch`; 0 once the consumer was cancelled. For consumers
+    /// that settle deliveries in batches.
+    pub async fn next_batch(&mut self, batch: &mut Vec<Delivery>, limit: usize) -> usize {
+        self.deliveries.recv_many(batch, limit).await
+    }
 }
 
 /// Consumes until shutdown, whatever happens to the broker: `open` declares what it

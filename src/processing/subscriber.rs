@@ -75,26 +75,54 @@ impl Subscriber {
         crate::broker::consume_until_shutdown(&this.name, &shutdown, open, drain).await;
     }
 
+    /// Records what the consumer has ready (up to the prefetch window) at a time: one
+    /// statement per batch, then the acknowledgements.
     async fn drain(self: Arc<Self>, mut consumer: Consumer, shutdown: Shutdown) {
+        let limit = usize::from(self.prefetch.max(1));
+        let mut batch = Vec::with_capacity(limit);
         loop {
-            let delivery = tokio::select! {
+            tokio::select! {
                 _ = shutdown.wait() => return,
-                next = consumer.next() => match next {
-                    Some(delivery) => delivery,
-                    None => return,
+                received = consumer.next_batch(&mut batch, limit) => if received == 0 {
+                    return;
                 },
-            };
-            if let Err(error) = self.handle(delivery).await {
-                // The delivery went back unsettled; don't hot-loop while the database
+            }
+            if let Err(error) = self.handle(std::mem::take(&mut batch)).await {
+                // The deliveries went back unsettled; don't hot-loop while the database
                 // is down.
-                tracing::warn!(%error, subscriber = self.name, "message not recorded; it will be redelivered");
+                tracing::warn!(%error, subscriber = self.name, "messages not recorded; they will be redelivered");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 
-    /// Records one delivery, acknowledges it, and answers it if it asks for a reply.
-    pub async fn handle(&self, delivery: Delivery) -> Result<(), SubscriberError> {
+    /// Records a batch of deliveries, acknowledges them, and answers those that ask
+    /// for a reply.
+    async fn handle(&self, deliveries: Vec<Delivery>) -> Result<(), SubscriberError> {
+        let received: Vec<ReceivedMessage> = deliveries
+            .iter()
+            .map(|delivery| self.received(delivery))
+            .collect();
+        self.store.record_received(&received).await?;
+        for (delivery, received) in deliveries.into_iter().zip(received) {
+            let answer = json!({
+                "received": true,
+                "subscriber": self.name,
+                "messageId": received.message_id,
+            });
+            let reply = delivery.message.reply(answer.to_string());
+            delivery.ack().await?;
+            if let Some(reply) = reply
+                && let Err(error) = self.broker.publish(vec![reply]).await
+            {
+                tracing::debug!(%error, "reply not sent");
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of one delivery: its body as JSON (or as a string, if it is not).
+    fn received(&self, delivery: &Delivery) -> ReceivedMessage {
         let message = &delivery.message;
         let message_id = message
             .properties
@@ -105,25 +133,15 @@ impl Subscriber {
         let body = serde_json::from_slice(&message.body).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&message.body).into_owned())
         });
-        let received = ReceivedMessage {
+        ReceivedMessage {
             subscriber: self.name.clone(),
-            message_id: message_id.clone(),
+            message_id,
             exchange: delivery.exchange.clone(),
             routing_key: delivery.routing_key.clone(),
             headers: message.properties.headers.clone(),
             body,
             received_at: chrono::Utc::now(),
-        };
-        self.store.record_received(&received).await?;
-        let answer = json!({ "received": true, "subscriber": self.name, "messageId": message_id });
-        let reply = message.reply(answer.to_string());
-        delivery.ack().await?;
-        if let Some(reply) = reply
-            && let Err(error) = self.broker.publish(vec![reply]).await
-        {
-            tracing::debug!(%error, "reply not sent");
         }
-        Ok(())
     }
 }
 

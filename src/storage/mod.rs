@@ -393,9 +393,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<FinishOutcome>, StoreError>;
 
     // Subscribers.
-    /// Records a message for `message.subscriber`; false when it was recorded before
-    /// (a redelivery), which changes nothing.
-    async fn record_received(&self, message: &ReceivedMessage) -> Result<bool, StoreError>;
+    /// Records each message for its subscriber, in one statement when none was
+    /// recorded before; false for one that was (a redelivery), which changes nothing.
+    async fn record_received(&self, messages: &[ReceivedMessage]) -> Result<Vec<bool>, StoreError>;
     /// The latest `limit` messages a subscriber received, newest first.
     async fn received(
         &self,

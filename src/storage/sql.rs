@@ -586,6 +586,27 @@ where
         Ok(Some(outcomes))
     }
 
+    /// Inserts `messages` into `received_messages` with one statement: all or none.
+    async fn insert_received(&self, messages: &[ReceivedMessage]) -> sqlx::Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut sql = QueryBuilder::<DB>::new(
+            "INSERT INTO received_messages (subscriber, message_id, exchange, routing_key, \
+             headers, body, received_at) ",
+        );
+        sql.push_values(messages, |mut row, message| {
+            row.push_bind(message.subscriber.clone())
+                .push_bind(message.message_id.clone())
+                .push_bind(message.exchange.clone())
+                .push_bind(message.routing_key.clone())
+                .push_bind(serde_json::to_string(&message.headers).expect("headers serialize"))
+                .push_bind(serde_json::to_vec(&message.body).expect("JSON serializes"))
+                .push_bind(message.received_at.timestamp_millis());
+        });
+        sql.build().execute(&self.pool).await.map(drop)
+    }
+
     /// Another delivery of this event settled it meanwhile. If this one started after
     /// that (it passed `is_processed` just before, and the version was `failed`, which
     /// `start_processing` lets a replayed dead letter start again), the game now reads
@@ -1114,26 +1135,26 @@ where
         Ok(outcomes)
     }
 
-    async fn record_received(&self, message: &ReceivedMessage) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(DB::sql(
-            "INSERT INTO received_messages (subscriber, message_id, exchange, routing_key, \
-             headers, body, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        ))
-        .bind(message.subscriber.clone())
-        .bind(message.message_id.clone())
-        .bind(message.exchange.clone())
-        .bind(message.routing_key.clone())
-        .bind(serde_json::to_string(&message.headers).expect("headers serialize"))
-        .bind(serde_json::to_vec(&message.body).expect("JSON serializes"))
-        .bind(message.received_at.timestamp_millis())
-        .execute(&self.pool)
-        .await;
-        // The unique (subscriber, message_id) key: recorded before, by a delivery
-        // of the same message.
-        match inserted {
-            Err(error) if shared::is_duplicate(&error) => Ok(false),
-            other => other.map(|_| true).map_err(DB::classify),
+    async fn record_received(&self, messages: &[ReceivedMessage]) -> Result<Vec<bool>, StoreError> {
+        match self.insert_received(messages).await {
+            Ok(()) => return Ok(vec![true; messages.len()]),
+            // The unique (subscriber, message_id) key: one of them was recorded before,
+            // by another delivery of the same message. One by one, so that only those
+            // are refused.
+            Err(error) if shared::is_duplicate(&error) => {}
+            Err(error) => return Err(DB::classify(error)),
         }
+        let mut recorded = Vec::with_capacity(messages.len());
+        for message in messages {
+            recorded.push(
+                match self.insert_received(std::slice::from_ref(message)).await {
+                    Ok(()) => true,
+                    Err(error) if shared::is_duplicate(&error) => false,
+                    Err(error) => return Err(DB::classify(error)),
+                },
+            );
+        }
+        Ok(recorded)
     }
 
     async fn received(
