@@ -37,7 +37,10 @@ where
             let mut batch = Vec::with_capacity(max_batch);
             while waiting.recv_many(&mut batch, max_batch).await > 0 {
                 let (inputs, answers): (Vec<In>, Vec<Answer<Out, E>>) = batch.drain(..).unzip();
-                match commit(inputs).await {
+                let (size, started) = (inputs.len(), std::time::Instant::now());
+                let committed = commit(inputs).await;
+                tracing::debug!(size, elapsed = ?started.elapsed(), "group commit");
+                match committed {
                     Ok(outputs) => {
                         assert_eq!(outputs.len(), answers.len(), "one output per input");
                         for (answer, output) in answers.into_iter().zip(outputs) {
