@@ -408,12 +408,20 @@ async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
 async fn a_waiting_request_overtakes_a_backlog_of_ten_thousand_events() {
     const BACKLOG: u32 = 10_000;
     let Some(vhost) = Vhost::create() else { return };
-    let (_deployment, api, workers, amqp) = start(&vhost, &["w1"], &[]).await;
-    // Events in the original format about games that do not exist: each is quick to
-    // skip, but each takes its turn on game_events.
+    // One event at a time, each taking 2 ms: the backlog needs 20 s or more, so that
+    // what is left of it when the request is answered shows whether it waited its turn,
+    // however fast the machine.
+    let (_deployment, api, workers, amqp) = start(
+        &vhost,
+        &["w1"],
+        &["--concurrency", "1", "--simulate-work", "2ms"],
+    )
+    .await;
+    // Events in the original format asking to process a seeded game again, each its
+    // own (the timestamp tells them apart): each takes its turn on game_events.
     let bodies: Vec<Vec<u8>> = (0..BACKLOG)
         .map(|n| {
-            json!({ "gameId": 1_000_000 + n, "action": "process" })
+            json!({ "gameId": 1, "action": "process", "timestamp": format!("backlog {n}") })
                 .to_string()
                 .into_bytes()
         })

@@ -106,11 +106,12 @@ on_every_backend!(
     a_bad_wait_is_refused_and_writes_nothing,
 );
 
-/// 10,000 events queued on `game_events`, in the original producer's format.
+/// Events queued on `game_events`, in the original producer's format: each asks to
+/// process a seeded game again, and each is its own event.
 fn backlog(events: usize) -> Vec<Publish> {
     (0..events)
         .map(|n| {
-            let body = json!({ "gameId": 1_000_000 + n, "action": "process" }).to_string();
+            let body = json!({ "gameId": 1, "action": "process" }).to_string();
             let message = Message {
                 body: body.into(),
                 properties: Properties::json(format!("backlog-{n}")),
@@ -123,7 +124,14 @@ fn backlog(events: usize) -> Vec<Publish> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_request_is_processed_ahead_of_a_backlog_of_ten_thousand_events() {
     const BACKLOG: u64 = 10_000;
-    let app = TestApp::spawn().await;
+    // One event at a time, each taking 2 ms: the backlog needs 20 s or more, so that
+    // what is left of it when the request is answered shows whether it waited its
+    // turn, however fast the machine.
+    let app = TestApp::spawn_with(
+        Roles::Serve,
+        &["--concurrency", "1", "--simulate-work", "2ms"],
+    )
+    .await;
     app.broker()
         .publish(backlog(BACKLOG as usize))
         .await
