@@ -59,6 +59,8 @@ pub trait Dialect: Database {
     /// never holds the relay's turn for long.
     const PRUNE_SENT_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT id \
          FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 10000)";
+    /// Connections for writes, apart from the others; `None`: writes share the pool.
+    const WRITE_CONNECTIONS: Option<u32> = None;
     /// A statement run on every new connection, for session settings the connection
     /// options cannot express.
     const SESSION_SETUP: Option<&'static str> = None;
@@ -148,6 +150,9 @@ where
 /// [`super::postgres::PgStore`] or [`super::mysql::MySqlStore`].
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    /// Where writes get their connection: `pool` itself, or on SQLite a pool of one
+    /// ([`Dialect::WRITE_CONNECTIONS`]).
+    writer: Pool<DB>,
     outbox_written: Notify,
     claims: AtomicU64,
 }
@@ -170,23 +175,36 @@ where
         options: ConnectOptions<DB>,
         config: PoolConfig,
     ) -> Result<Self, StoreError> {
-        let mut pool = PoolOptions::<DB>::new()
-            .max_connections(
-                config
-                    .max_connections
-                    .unwrap_or(DB::DEFAULT_MAX_CONNECTIONS),
-            )
-            // Fail fast while the database is down or saturated: a request gets its
-            // 503 in seconds instead of queueing behind a pool that cannot connect.
-            .acquire_timeout(config.acquire_timeout);
-        if let Some(setup) = DB::SESSION_SETUP {
-            pool = pool.after_connect(move |conn, _| {
-                Box::pin(async move { conn.execute(setup).await.map(drop) })
-            });
-        }
-        let pool = pool.connect_with(options).await.map_err(DB::classify)?;
+        let pool_of = |size: u32| {
+            let mut pool = PoolOptions::<DB>::new()
+                .max_connections(size)
+                // Fail fast while the database is down or saturated: a request gets its
+                // 503 in seconds instead of queueing behind a pool that cannot connect.
+                .acquire_timeout(config.acquire_timeout);
+            if let Some(setup) = DB::SESSION_SETUP {
+                pool = pool.after_connect(move |conn, _| {
+                    Box::pin(async move { conn.execute(setup).await.map(drop) })
+                });
+            }
+            pool
+        };
+        let size = config
+            .max_connections
+            .unwrap_or(DB::DEFAULT_MAX_CONNECTIONS);
+        let pool = pool_of(size)
+            .connect_with(options.clone())
+            .await
+            .map_err(DB::classify)?;
+        let writer = match DB::WRITE_CONNECTIONS {
+            Some(writers) => pool_of(writers)
+                .connect_with(options)
+                .await
+                .map_err(DB::classify)?,
+            None => pool.clone(),
+        };
         Ok(Self {
             pool,
+            writer,
             outbox_written: Notify::new(),
             claims: AtomicU64::new(0),
         })
@@ -217,7 +235,7 @@ where
     for<'r> i64: Decode<'r, DB>,
 {
     async fn begin_write(&self) -> Result<Transaction<'static, DB>, StoreError> {
-        self.pool
+        self.writer
             .begin_with(DB::BEGIN_WRITE)
             .await
             .map_err(DB::classify)
@@ -604,14 +622,13 @@ where
                 .push_bind(serde_json::to_vec(&message.body).expect("JSON serializes"))
                 .push_bind(message.received_at.timestamp_millis());
         });
-        sql.build().execute(&self.pool).await.map(drop)
+        sql.build().execute(&self.writer).await.map(drop)
     }
 
-    /// Another delivery of this event settled it meanwhile. If this one started after
-    /// that (it passed `is_processed` just before, and the version was `failed`, which
-    /// `start_processing` lets a replayed dead letter start again), the game now reads
-    /// `processing`: give it back the status the settled attempt recorded, or it stays
-    /// `processing`. Outside the refused transaction, which PostgreSQL aborted.
+    /// Another delivery of this event settled it meanwhile. If this one's start came
+    /// after that settlement, the game now reads `processing`: give it back the status
+    /// the settled attempt recorded, or it stays `processing`. Outside the refused
+    /// transaction, which PostgreSQL aborted.
     async fn restore_settled_status(&self, record: &ProcessingRecord) -> Result<(), StoreError> {
         sqlx::query(DB::sql(
             "UPDATE games SET processing_status = COALESCE((SELECT a.outcome \
@@ -624,7 +641,7 @@ where
         .bind(record.event_id.as_str().to_owned())
         .bind(record.game_id)
         .bind(record.version)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(DB::classify)?;
         Ok(())
@@ -1180,7 +1197,7 @@ where
 
     async fn claim_outbox(&self, limit: u32) -> Result<Box<dyn OutboxClaim>, StoreError> {
         let Some(mut turn) = self.outbox_turn().await? else {
-            return Ok(Box::new(SqlClaim::<DB>::empty(self.pool.clone())));
+            return Ok(Box::new(SqlClaim::<DB>::empty(self.writer.clone())));
         };
         let rows = sqlx::query(DB::sql(
             "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
@@ -1201,7 +1218,7 @@ where
             None
         };
         Ok(Box::new(SqlClaim {
-            pool: self.pool.clone(),
+            pool: self.writer.clone(),
             turn,
             ids,
             messages,
