@@ -68,7 +68,7 @@ async fn a_killed_workers_unacknowledged_deliveries_go_to_the_others() {
         &["w1", "w2", "w3"],
         &[
             "--simulate-work",
-            "20ms",
+            "50ms",
             "--concurrency",
             "4",
             "--prefetch",
@@ -91,8 +91,13 @@ async fn a_killed_workers_unacknowledged_deliveries_go_to_the_others() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Messages still waiting in the queue mean every consumer's window is full: the
-    // victim dies holding deliveries it has not acknowledged.
-    let (ready, _) = amqp.queue_state(QUEUE).await;
+    // victim dies holding deliveries it has not acknowledged. The workers take 240
+    // events/s in all, the creates come faster, so a backlog builds.
+    let mut ready = 0;
+    while ready == 0 && tokio::time::Instant::now() < deadline {
+        ready = amqp.queue_state(QUEUE).await.0;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut victim = workers.remove(0);
     victim.kill().await;
     let by_victim = effects.completed_by("w1").await;
