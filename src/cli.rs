@@ -1,5 +1,6 @@
 //! The command line: one binary, one subcommand per role (DESIGN.md).
 
+use crate::bench::BenchArgs;
 use crate::broker::{HeaderValue, dead_letters, topology};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::producer::Outgoing;
@@ -44,6 +45,16 @@ pub enum Command {
     /// Inspect a dead-letter queue and act on its messages.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Load a running system through its API and report throughput and latency.
+    ///
+    /// Sends the workload's requests at --rate a second or flat out, waits until every
+    /// event they caused is processed (following GET /api/stream), and reports
+    /// requests/s, events/s end to end, write→processed latency percentiles (from the
+    /// server's stamps in each game's history), errors, and the ceiling of the broker the
+    /// system runs on, measured in the same run: end-to-end figures are a share of it.
+    /// Progress bars go to standard error on a terminal. Exits 1 when a request failed or
+    /// an event was not processed in time.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -20,10 +20,13 @@
 //! - [`api`]: the HTTP API (the original system's routes and shapes, plus ours) and the
 //!   live stream of processing updates.
 //! - [`web`]: the web UI, its assets embedded in the binary.
+//! - [`bench`]: `retrocat bench`, a load generator that measures a running system
+//!   through its API against the ceiling of its broker.
 //! - [`config`], [`cli`], [`telemetry`], [`shutdown`] and [`startup`]: how a process reads
 //!   its settings, logs, stops cleanly, and composes the roles (`serve` = `api` + `worker`).
 
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -36,3 +39,11 @@ pub mod startup;
 pub mod storage;
 pub mod telemetry;
 pub mod web;
+
+/// Installs ring as this process's TLS crypto provider, which every HTTP client needs:
+/// reqwest is built without a default one (`rustls-no-provider`; its default needs
+/// cmake). Installing twice is harmless.
+pub fn install_crypto_provider() {
+    // An error means a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

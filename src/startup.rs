@@ -1,6 +1,7 @@
 //! Builds the roles and runs them. `serve` is literally `api` and `worker` composed.
 
 use crate::api::{self, ApiContext, stream::LiveFeed};
+use crate::bench;
 use crate::broker::{
     Broker, dead_letters, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, sealed::SealedBroker,
     topology,
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Replay and purge acknowledge; the process exits right after.
             Ok(broker.close().await?)
         }
+        Command::Bench(args) => bench::run(args, cli.storage.rabbitmq_url.as_deref()).await,
         Command::Serve(args) => {
             let parts = Components::connect(&cli.storage).await?;
             let listener = bind(&args.http).await?;
@@ -129,16 +131,7 @@ async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>
 
 async fn connect_plain_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
     if let Some(url) = &storage.rabbitmq_url {
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            bail!(
-                "RABBITMQ_URL must start with amqp:// or amqps:// (got {url:?}); unset it \
-                 to use the embedded broker"
-            );
-        }
-        let broker = RabbitMqBroker::connect(url)
-            .await
-            .context("is RabbitMQ running, and are RABBITMQ_URL's credentials right?")?;
-        return Ok(Arc::new(broker));
+        return Ok(Arc::new(connect_rabbitmq(url).await?));
     }
     let broker = EmbeddedBroker::open(&storage.broker_path)
         .await
@@ -149,6 +142,19 @@ async fn connect_plain_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn B
             )
         })?;
     Ok(Arc::new(broker))
+}
+
+/// The RabbitMQ broker at `url` (`RABBITMQ_URL`), refusing URLs of other schemes.
+pub async fn connect_rabbitmq(url: &str) -> anyhow::Result<RabbitMqBroker> {
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        bail!(
+            "RABBITMQ_URL must start with amqp:// or amqps:// (got {url:?}); unset it to use \
+             the embedded broker"
+        );
+    }
+    RabbitMqBroker::connect(url)
+        .await
+        .context("is RabbitMQ running, and are RABBITMQ_URL's credentials right?")
 }
 
 /// The broker alone, with the topology declared: for commands that need no database.

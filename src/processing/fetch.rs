@@ -116,9 +116,7 @@ pub struct CoverFetcher {
 
 impl CoverFetcher {
     pub fn new(config: FetchConfig) -> Self {
-        // reqwest is built without a default crypto provider (`rustls-no-provider`).
-        // An error means a provider is already installed, which is all we need.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .no_proxy()

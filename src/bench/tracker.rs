@@ -1,0 +1,276 @@
+//! Which of a run's events have been processed, and how long each took.
+//!
+//! `GET /api/stream` says so as it happens (`game.processed` / `game.failed` with the
+//! game's id and version). A stream can fall behind (it then sends `resync`) or drop,
+//! so when it has said nothing new for a while the tracker asks each unfinished game
+//! itself. Once every event is processed, the latencies come from each game's
+//! processing history, on the server's clock.
+
+use super::BenchArgs;
+use super::load::bar;
+use super::report::{ErrorLog, Histogram};
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::task::AbortOnDropHandle;
+
+/// An event a write caused: the version of the game it will process.
+#[derive(Clone, Debug)]
+pub struct Expected {
+    pub game_id: i64,
+    pub version: i64,
+    /// The write's own stamp: `createdAt` of a create, `updatedAt` of an update.
+    pub written_at: DateTime<Utc>,
+}
+
+/// The newest processed version of a game, as far as the tracker knows.
+#[derive(Clone, Copy, Debug)]
+struct Processed {
+    version: i64,
+    failed: bool,
+    /// When the tracker learnt it.
+    seen: Instant,
+}
+
+/// Follows the stream until dropped.
+pub struct Tracker {
+    processed: Arc<Mutex<HashMap<i64, Processed>>>,
+    _stream: AbortOnDropHandle<()>,
+}
+
+/// What became of a run's events.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub expected: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub unfinished: u64,
+    /// When the tracker learnt of the last one processed.
+    pub last_processed: Option<Instant>,
+    /// Write → `finishedAt` of its attempt, microseconds.
+    pub latency: Histogram,
+    /// Histories that could not be read or lacked the attempt.
+    pub errors: ErrorLog,
+}
+
+/// The fields of a live update the tracker needs.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Update {
+    game_id: i64,
+    version: Option<i64>,
+    processing_status: Option<String>,
+}
+
+impl Tracker {
+    /// Connects to `GET /api/stream`; events processed from then on are seen.
+    pub async fn follow(args: &BenchArgs) -> anyhow::Result<Self> {
+        let url = args.endpoint("/api/stream");
+        // A client of its own: the stream lasts longer than any request may.
+        let response = reqwest::Client::new()
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("following {url}"))?;
+        let processed = Arc::new(Mutex::new(HashMap::new()));
+        let stream = tokio::spawn({
+            let processed = processed.clone();
+            async move {
+                let mut events = response.bytes_stream().eventsource();
+                while let Some(Ok(event)) = events.next().await {
+                    let Ok(update) = serde_json::from_str::<Update>(&event.data) else {
+                        continue;
+                    };
+                    if let (Some(version), Some(status)) =
+                        (update.version, update.processing_status.as_deref())
+                    {
+                        let failed = status == "failed";
+                        if failed || status == "completed" {
+                            record(&processed, update.game_id, version, failed);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            processed,
+            _stream: AbortOnDropHandle::new(stream),
+        })
+    }
+
+    /// Waits until every event of `expected` is processed or `--wait-timeout` has
+    /// passed since the last write, then reads the latencies from the histories.
+    pub async fn wait(
+        &self,
+        client: &reqwest::Client,
+        args: &BenchArgs,
+        expected: &[Expected],
+    ) -> Events {
+        let progress = bar(expected.len() as u64, "processed");
+        let deadline = Instant::now() + args.wait_timeout;
+        let mut unfinished: Vec<&Expected> = expected.iter().collect();
+        let mut last_change = Instant::now();
+        while !unfinished.is_empty() && Instant::now() < deadline {
+            let before = unfinished.len();
+            unfinished.retain(|event| self.outcome(event).is_none());
+            progress.set_position((expected.len() - unfinished.len()) as u64);
+            if unfinished.len() < before {
+                last_change = Instant::now();
+            } else if last_change.elapsed() > STREAM_SILENCE {
+                self.ask_games(client, args, &unfinished).await;
+                last_change = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        progress.finish_and_clear();
+        let mut events = Events {
+            expected: expected.len() as u64,
+            unfinished: unfinished.len() as u64,
+            ..Events::default()
+        };
+        let mut done = Vec::new();
+        for event in expected {
+            if let Some(processed) = self.outcome(event) {
+                if processed.failed {
+                    events.failed += 1;
+                } else {
+                    events.completed += 1;
+                }
+                events.last_processed = events.last_processed.max(Some(processed.seen));
+                done.push(event);
+            }
+        }
+        self.latencies(client, args, &done, &mut events).await;
+        events
+    }
+
+    /// How `event` ended, once a version at least as new is processed.
+    fn outcome(&self, event: &Expected) -> Option<Processed> {
+        let processed = self.processed.lock().expect("not poisoned");
+        processed
+            .get(&event.game_id)
+            .filter(|processed| processed.version >= event.version)
+            .copied()
+    }
+
+    /// Asks each game in `unfinished` how far its processing is.
+    async fn ask_games(
+        &self,
+        client: &reqwest::Client,
+        args: &BenchArgs,
+        unfinished: &[&Expected],
+    ) {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Game {
+            version: i64,
+            processing_status: String,
+        }
+        let asks = unfinished.iter().map(|event| async move {
+            let url = args.endpoint(&format!("/api/games/{}", event.game_id));
+            let game: Game = client.get(url).send().await.ok()?.json().await.ok()?;
+            Some((event.game_id, game))
+        });
+        let answers: Vec<_> = futures::stream::iter(asks)
+            .buffer_unordered(args.concurrency as usize)
+            .collect()
+            .await;
+        for (game_id, game) in answers.into_iter().flatten() {
+            let failed = game.processing_status == "failed";
+            if failed || game.processing_status == "completed" {
+                record(&self.processed, game_id, game.version, failed);
+            }
+        }
+    }
+
+    /// Each processed event's write → `finishedAt`, from its game's history.
+    async fn latencies(
+        &self,
+        client: &reqwest::Client,
+        args: &BenchArgs,
+        done: &[&Expected],
+        events: &mut Events,
+    ) {
+        let progress = bar(done.len() as u64, "latency");
+        let reads = done.iter().map(|event| {
+            let progress = progress.clone();
+            async move {
+                let finished = finished_at(client, args, event).await;
+                progress.inc(1);
+                finished.map(|at| (at - event.written_at).to_std().unwrap_or_default())
+            }
+        });
+        let mut latencies =
+            futures::stream::iter(reads).buffer_unordered(args.concurrency as usize);
+        while let Some(latency) = latencies.next().await {
+            match latency {
+                Ok(latency) => events.latency.record(latency),
+                Err(error) => events.errors.add(format!("{error:#}")),
+            }
+        }
+        progress.finish_and_clear();
+    }
+}
+
+/// How long a stream may stay silent, with events unfinished, before the tracker asks
+/// the games themselves.
+const STREAM_SILENCE: Duration = Duration::from_secs(2);
+
+fn record(processed: &Mutex<HashMap<i64, Processed>>, game_id: i64, version: i64, failed: bool) {
+    let mut processed = processed.lock().expect("not poisoned");
+    let newer = processed
+        .get(&game_id)
+        .is_none_or(|known| known.version < version);
+    if newer {
+        let seen = Instant::now();
+        processed.insert(
+            game_id,
+            Processed {
+                version,
+                failed,
+                seen,
+            },
+        );
+    }
+}
+
+/// When the final attempt at `event`'s version finished.
+async fn finished_at(
+    client: &reqwest::Client,
+    args: &BenchArgs,
+    event: &Expected,
+) -> anyhow::Result<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Attempt {
+        version: i64,
+        outcome: String,
+        finished_at: DateTime<Utc>,
+    }
+    let url = args.endpoint(&format!("/api/games/{}/history", event.game_id));
+    let attempts: Vec<Attempt> = client
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    let Some(last) = attempts.iter().find(|attempt| {
+        attempt.version == event.version
+            && matches!(attempt.outcome.as_str(), "completed" | "failed")
+    }) else {
+        bail!(
+            "game {} has no final attempt at version {}: a newer write overtook it",
+            event.game_id,
+            event.version
+        );
+    };
+    Ok(last.finished_at)
+}
