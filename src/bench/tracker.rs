@@ -118,7 +118,10 @@ impl Tracker {
         let mut last_change = Instant::now();
         while !unfinished.is_empty() && Instant::now() < deadline {
             let before = unfinished.len();
-            unfinished.retain(|event| self.outcome(event).is_none());
+            {
+                let known = self.known();
+                unfinished.retain(|event| outcome(&known, event).is_none());
+            }
             progress.set_position((expected.len() - unfinished.len()) as u64);
             if unfinished.len() < before {
                 last_change = Instant::now();
@@ -135,28 +138,27 @@ impl Tracker {
             ..Events::default()
         };
         let mut done = Vec::new();
-        for event in expected {
-            if let Some(processed) = self.outcome(event) {
-                if processed.failed {
-                    events.failed += 1;
-                } else {
-                    events.completed += 1;
+        {
+            let known = self.known();
+            for event in expected {
+                if let Some(processed) = outcome(&known, event) {
+                    if processed.failed {
+                        events.failed += 1;
+                    } else {
+                        events.completed += 1;
+                    }
+                    events.last_processed = events.last_processed.max(Some(processed.seen));
+                    done.push(event);
                 }
-                events.last_processed = events.last_processed.max(Some(processed.seen));
-                done.push(event);
             }
         }
         self.latencies(client, args, &done, &mut events).await;
         events
     }
 
-    /// How `event` ended, once a version at least as new is processed.
-    fn outcome(&self, event: &Expected) -> Option<Processed> {
-        let processed = self.processed.lock().expect("not poisoned");
-        processed
-            .get(&event.game_id)
-            .filter(|processed| processed.version >= event.version)
-            .copied()
+    /// The processed games as known now: one lock for a whole pass over the events.
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Processed>> {
+        self.processed.lock().expect("not poisoned")
     }
 
     /// Asks each game in `unfinished` how far its processing is.
@@ -221,6 +223,14 @@ impl Tracker {
 /// How long a stream may stay silent, with events unfinished, before the tracker asks
 /// the games themselves.
 const STREAM_SILENCE: Duration = Duration::from_secs(2);
+
+/// How `event` ended, once a version at least as new is processed.
+fn outcome(known: &HashMap<i64, Processed>, event: &Expected) -> Option<Processed> {
+    known
+        .get(&event.game_id)
+        .filter(|processed| processed.version >= event.version)
+        .copied()
+}
 
 fn record(processed: &Mutex<HashMap<i64, Processed>>, game_id: i64, version: i64, failed: bool) {
     let mut processed = processed.lock().expect("not poisoned");
