@@ -178,6 +178,37 @@ async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend
     app.stop().await;
 }
 
+/// Search finds a game by its current title and developer only: after a rename the
+/// old title finds nothing, after a delete nothing at all (SQLite answers terms of
+/// three characters or more from a trigram index, which must follow every write).
+async fn search_follows_renames_and_deletes(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let game = app.create_game(&game_body("Quuxbert Returns")).await;
+    let path = format!("/api/games/{}", game["id"]);
+    let found = |search: &'static str| {
+        let app = &app;
+        async move {
+            let games = app.get_json(&format!("/api/games?search={search}")).await;
+            games.as_array().unwrap().len()
+        }
+    };
+    assert_eq!(found("quuxbert").await, 1);
+    assert_eq!(found("TEST STUDIO").await, 1, "by developer");
+
+    let mut renamed = game_body("Xyzzy Forever");
+    renamed["developer"] = json!("Plugh Works");
+    let response = app.put_json(&path, &renamed).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(found("quuxbert").await, 0, "the old title");
+    assert_eq!(found("xyzzy").await, 1, "the new title");
+    assert_eq!(found("plugh").await, 1, "the new developer");
+
+    let response = app.client.delete(app.url(&path)).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(found("xyzzy").await, 0, "deleted");
+    app.stop().await;
+}
+
 /// Writing the values a row already has still finds the row (MySQL counts only changed
 /// rows unless told otherwise).
 async fn rewriting_unchanged_values_is_not_a_404(backend: Backend) {
@@ -751,6 +782,7 @@ on_every_backend!(
     every_invalid_field_is_reported_at_once,
     markup_in_a_title_is_stored_and_returned_as_text,
     search_is_literal_and_case_insensitive_and_titles_sort_by_bytes,
+    search_follows_renames_and_deletes,
     rewriting_unchanged_values_is_not_a_404;
     servers:
     a_genre_deleted_during_the_write_is_named_in_the_422,

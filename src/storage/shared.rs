@@ -252,8 +252,15 @@ pub(super) fn headers_json(message: &OutboxMessage) -> String {
 }
 
 /// `GET /api/games` as one query: filters, keyset position, order and limit. `like` is
-/// the backend's case-insensitive `LIKE` (SQLite's `LIKE` already ignores ASCII case).
-pub(super) fn games_query<DB>(query: &GameQuery, like: &str) -> Result<QueryBuilder<DB>, StoreError>
+/// the backend's case-insensitive `LIKE` (SQLite's `LIKE` already ignores ASCII case);
+/// `trigrams` names its full-text trigram table, if it has one ([`Dialect::TRIGRAMS`]).
+///
+/// [`Dialect::TRIGRAMS`]: super::sql::Dialect::TRIGRAMS
+pub(super) fn games_query<DB>(
+    query: &GameQuery,
+    like: &str,
+    trigrams: Option<&str>,
+) -> Result<QueryBuilder<DB>, StoreError>
 where
     DB: Database,
     DB::Arguments: Default,
@@ -262,19 +269,32 @@ where
 {
     let mut sql = QueryBuilder::<DB>::new(GAME_COLUMNS);
     sql.push(" WHERE 1 = 1");
-    if let Some(search) = &query.search {
-        // `!` escapes the wildcards: a backslash, the usual choice, starts an escape
-        // sequence in MySQL's string literals, so `ESCAPE '\'` would not parse there.
-        let escaped = search
-            .replace('!', "!!")
-            .replace('%', "!%")
-            .replace('_', "!_");
-        let pattern = format!("%{escaped}%");
-        sql.push(format_args!(" AND (g.title {like} "))
-            .push_bind(pattern.clone())
-            .push(format_args!(" ESCAPE '!' OR g.developer {like} "))
-            .push_bind(pattern)
-            .push(" ESCAPE '!')");
+    match (&query.search, trigrams) {
+        // A trigram index matches a phrase of three characters or more as a substring,
+        // ignoring case; inside the phrase's quotes only a quote is special.
+        (Some(search), Some(table)) if search.chars().count() >= 3 => {
+            sql.push(format_args!(
+                " AND g.id IN (SELECT rowid FROM {table} WHERE {table} MATCH "
+            ))
+            .push_bind(format!("\"{}\"", search.replace('"', "\"\"")))
+            .push(")");
+        }
+        (Some(search), _) => {
+            // `!` escapes the wildcards: a backslash, the usual choice, starts an
+            // escape sequence in MySQL's string literals, so `ESCAPE '\'` would not
+            // parse there.
+            let escaped = search
+                .replace('!', "!!")
+                .replace('%', "!%")
+                .replace('_', "!_");
+            let pattern = format!("%{escaped}%");
+            sql.push(format_args!(" AND (g.title {like} "))
+                .push_bind(pattern.clone())
+                .push(format_args!(" ESCAPE '!' OR g.developer {like} "))
+                .push_bind(pattern)
+                .push(" ESCAPE '!')");
+        }
+        (None, _) => {}
     }
     if let Some(id) = query.platform_id {
         sql.push(" AND g.platform_id = ").push_bind(id);

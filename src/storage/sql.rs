@@ -45,6 +45,11 @@ pub trait Dialect: Database {
     const BEGIN_WRITE: &'static str;
     /// The case-insensitive `LIKE` of `?search=`.
     const LIKE: &'static str;
+    /// A full-text table of the games' titles and developers, tokenized in trigrams and
+    /// queried with `MATCH` (SQLite's FTS5), that `?search=` uses for terms of three
+    /// characters or more instead of scanning with `LIKE`. Backends without one index
+    /// `LIKE` itself (PostgreSQL's pg_trgm) or scan.
+    const TRIGRAMS: Option<&'static str> = None;
     /// This backend's schema and seed data (`migrations/<backend>`).
     const MIGRATOR: Migrator;
     /// Whether a relay's turn at the outbox lasts until its rows are marked sent: on a
@@ -730,7 +735,7 @@ where
     }
 
     async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
-        let mut sql = shared::games_query::<DB>(query, DB::LIKE)?;
+        let mut sql = shared::games_query::<DB>(query, DB::LIKE, DB::TRIGRAMS)?;
         let rows = sql
             .build()
             .fetch_all(&self.pool)

@@ -47,6 +47,8 @@ impl Dialect for Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     /// SQLite's `LIKE` ignores ASCII case already.
     const LIKE: &'static str = "LIKE";
+    /// `games_search` (migration 0005): FTS5 with the trigram tokenizer.
+    const TRIGRAMS: Option<&'static str> = Some("games_search");
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
     /// One relay per SQLite file (the process that serves the API): reading the rows
     /// is the claim, and no transaction stays open while the broker confirms.
