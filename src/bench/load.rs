@@ -21,24 +21,33 @@ pub fn client(args: &BenchArgs) -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// One request of a workload.
+/// The games a workload acts on: their ids, and for searches their titles.
+#[derive(Debug, Default)]
+pub struct Pool {
+    ids: Vec<i64>,
+    titles: Vec<String>,
+}
+
+/// One request of a workload; a search names the index of its title in the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
     Create(u64),
     Update(i64, u64),
     Read(i64),
     List,
+    Search(usize),
 }
 
 impl Request {
     /// The `index`th request of `workload`, acting on the games of `pool`.
-    fn nth(workload: Workload, index: u64, pool: &[i64]) -> Self {
-        let game = |n: u64| pool[(n % pool.len() as u64) as usize];
+    fn nth(workload: Workload, index: u64, pool: &Pool) -> Self {
+        let game = |n: u64| pool.ids[(n % pool.ids.len() as u64) as usize];
         match workload {
             Workload::Create => Self::Create(index),
             Workload::Update => Self::Update(game(index), index),
             Workload::Read => Self::Read(game(index)),
             Workload::List => Self::List,
+            Workload::Search => Self::Search((index % pool.titles.len() as u64) as usize),
             Workload::Mixed => match index % 10 {
                 0 => Self::Create(index),
                 1 => Self::Update(game(index / 10), index),
@@ -50,20 +59,37 @@ impl Request {
 }
 
 /// The games a workload acts on: its updates go to distinct games (each event then
-/// stands for one game), its reads to existing ones.
-pub async fn setup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Vec<i64>> {
-    let created = match args.workload {
-        Workload::Create | Workload::List => return Ok(Vec::new()),
-        Workload::Update => args.count,
-        Workload::Mixed => args.count.div_ceil(10),
-        Workload::Read => {
-            let ids = existing_games(client, args).await?;
-            if !ids.is_empty() {
-                return Ok(ids);
+/// stands for one game), its reads and searches to existing ones (100 new ones in an
+/// empty catalog).
+pub async fn setup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Pool> {
+    let ids = match args.workload {
+        Workload::Create | Workload::List => return Ok(Pool::default()),
+        Workload::Update => create(client, args, args.count).await?,
+        Workload::Mixed => create(client, args, args.count.div_ceil(10)).await?,
+        Workload::Read | Workload::Search => {
+            let mut games = existing_games(client, args).await?;
+            if games.is_empty() {
+                create(client, args, 100).await?;
+                games = existing_games(client, args).await?;
             }
-            100
+            return Ok(Pool {
+                ids: games.iter().map(|game| game.id).collect(),
+                titles: games.into_iter().map(|game| game.title).collect(),
+            });
         }
     };
+    Ok(Pool {
+        ids,
+        titles: Vec::new(),
+    })
+}
+
+/// Creates `created` games and waits until they are processed; their ids.
+async fn create(
+    client: &reqwest::Client,
+    args: &BenchArgs,
+    created: u64,
+) -> anyhow::Result<Vec<i64>> {
     let setup = BenchArgs {
         workload: Workload::Create,
         count: created,
@@ -71,7 +97,7 @@ pub async fn setup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result
         ..args.clone()
     };
     let tracker = Tracker::follow(&setup).await?;
-    let sent = send(client, &setup, &[]).await;
+    let sent = send(client, &setup, &Arc::default()).await;
     if let Some(error) = sent.errors.first() {
         bail!("the setup could not create its {created} games: {error}");
     }
@@ -91,15 +117,18 @@ pub async fn setup(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result
         .collect())
 }
 
-/// Up to 500 ids of games in the catalog.
-async fn existing_games(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Vec<i64>> {
+/// A game of the catalog, as the list shows it.
+#[derive(Deserialize)]
+struct Listed {
+    id: i64,
+    title: String,
+}
+
+/// Up to 500 games of the catalog.
+async fn existing_games(client: &reqwest::Client, args: &BenchArgs) -> anyhow::Result<Vec<Listed>> {
     #[derive(Deserialize)]
     struct Page {
-        items: Vec<Id>,
-    }
-    #[derive(Deserialize)]
-    struct Id {
-        id: i64,
+        items: Vec<Listed>,
     }
     let page: Page = client
         .get(args.endpoint("/api/games?limit=500"))
@@ -109,7 +138,7 @@ async fn existing_games(client: &reqwest::Client, args: &BenchArgs) -> anyhow::R
         .json()
         .await
         .context("reading the catalog's first page")?;
-    Ok(page.items.into_iter().map(|game| game.id).collect())
+    Ok(page.items)
 }
 
 /// What the measured requests did.
@@ -137,7 +166,7 @@ struct Outcomes {
 /// Sends the workload's requests, `--rate` a second or flat out, at most
 /// `--concurrency` at once. Latency runs from when a request was due (on a schedule)
 /// or sent (flat out), so a system that falls behind a rate is charged for it.
-pub async fn send(client: &reqwest::Client, args: &BenchArgs, pool: &[i64]) -> Sent {
+pub async fn send(client: &reqwest::Client, args: &BenchArgs, pool: &Arc<Pool>) -> Sent {
     let progress = bar(args.count, "requests");
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
@@ -155,9 +184,9 @@ pub async fn send(client: &reqwest::Client, args: &BenchArgs, pool: &[i64]) -> S
         let due = scheduled.unwrap_or_else(Instant::now);
         let request = Request::nth(args.workload, index, pool);
         let (client, url, run) = (client.clone(), args.url.clone(), run.clone());
-        let (outcomes, progress) = (outcomes.clone(), progress.clone());
+        let (pool, outcomes, progress) = (pool.clone(), outcomes.clone(), progress.clone());
         tasks.spawn(async move {
-            let result = perform(&client, url.as_str(), &run, request).await;
+            let result = perform(&client, url.as_str(), &run, &pool, request).await;
             let took = due.elapsed();
             let mut outcomes = outcomes.lock().expect("not poisoned");
             outcomes.latency.record(took);
@@ -200,6 +229,7 @@ async fn perform(
     client: &reqwest::Client,
     base: &str,
     run: &str,
+    pool: &Pool,
     request: Request,
 ) -> anyhow::Result<Option<Expected>> {
     let base = base.trim_end_matches('/');
@@ -218,6 +248,13 @@ async fn perform(
             .json(&game(format!("Bench {run} {index} updated"))),
         Request::Read(id) => client.get(format!("{base}/api/games/{id}")),
         Request::List => client.get(format!("{base}/api/games?limit=50")),
+        Request::Search(title) => {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("search", &pool.titles[title])
+                .append_pair("limit", "50")
+                .finish();
+            client.get(format!("{base}/api/games?{query}"))
+        }
     }
     .send()
     .await?;
@@ -240,7 +277,7 @@ async fn perform(
                 written_at: since,
             })
         }
-        Request::Read(_) | Request::List => None,
+        Request::Read(_) | Request::List | Request::Search(_) => None,
     })
 }
 
@@ -261,7 +298,10 @@ mod tests {
 
     #[test]
     fn mixed_sends_one_create_one_update_two_lists_and_six_reads_in_ten() {
-        let pool = [7, 8, 9];
+        let pool = Pool {
+            ids: vec![7, 8, 9],
+            titles: Vec::new(),
+        };
         let kinds: Vec<Request> = (0..10)
             .map(|index| Request::nth(Workload::Mixed, index, &pool))
             .collect();
@@ -282,7 +322,10 @@ mod tests {
 
     #[test]
     fn updates_go_to_distinct_games_while_the_pool_lasts() {
-        let pool: Vec<i64> = (100..110).collect();
+        let pool = Pool {
+            ids: (100..110).collect(),
+            titles: Vec::new(),
+        };
         let games: std::collections::HashSet<i64> = (0..10)
             .map(|index| match Request::nth(Workload::Update, index, &pool) {
                 Request::Update(id, _) => id,

@@ -40,6 +40,9 @@ pub enum Workload {
     Read,
     /// `GET /api/games?limit=50`: the first page of the catalog.
     List,
+    /// `GET /api/games?search=TITLE&limit=50`, TITLE that of an existing game: finding
+    /// one game by name.
+    Search,
     /// Of every 10 requests: 1 create, 1 update, 2 lists, 6 reads.
     Mixed,
 }
@@ -100,7 +103,7 @@ impl BenchArgs {
 pub async fn run(args: BenchArgs, rabbitmq_url: Option<&str>) -> anyhow::Result<()> {
     let client = load::client(&args)?;
     let broker = system_broker(&client, &args).await?;
-    let pool = load::setup(&client, &args).await?;
+    let pool = std::sync::Arc::new(load::setup(&client, &args).await?);
     let ceiling = match args.ceiling_messages {
         0 => None,
         messages => Some(ceiling::measure(&broker, rabbitmq_url, messages).await?),
