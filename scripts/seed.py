@@ -12,8 +12,9 @@ Usage: scripts/seed.py PATH GAMES [--events]
 
 Going through the API would take GAMES / (creates per second) to build the catalog;
 this writes the same rows directly, in one transaction per 50,000 games. Titles are
-"Seed game 0000N" (seven digits, so no title holds another),, developers "Seed studio (N mod 1000)", platforms, genres and years
-spread over the seeded reference data. Needs target/release/retrocat.
+"Seed game NNNNNNN" (seven digits, so no title holds another), developers
+"Seed studio (N mod 1000)", platforms, genres and years spread over the seeded
+reference data. Needs target/release/retrocat.
 """
 import json, os, random, sqlite3, subprocess, sys, time, uuid
 from datetime import datetime, timezone
