@@ -81,8 +81,9 @@ def main():
             "INSERT INTO outbox (exchange, routing_key, message_id, body, created_at)"
             " VALUES (?, ?, ?, ?, ?)", outbox)
         db.execute("COMMIT")
-        done = ids[-1] - first + 1
-        print(f"\r{done:,} / {games:,} games", end="", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            done = ids[-1] - first + 1
+            print(f"\r{done:,} / {games:,} games", end="", file=sys.stderr, flush=True)
     db.execute("PRAGMA optimize")
     print(f"\r{games:,} games added in {time.monotonic() - started:.0f} s"
           f"{', each with its game.created event queued' if events else ''}",

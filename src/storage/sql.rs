@@ -47,8 +47,7 @@ pub trait Dialect: Database {
     const LIKE: &'static str;
     /// A full-text table of the games' titles and developers, tokenized in trigrams and
     /// queried with `MATCH` (SQLite's FTS5), that `?search=` uses for terms of three
-    /// characters or more instead of scanning with `LIKE`. Backends without one index
-    /// `LIKE` itself (PostgreSQL's pg_trgm) or scan.
+    /// characters or more instead of scanning with `LIKE`. Backends without one scan.
     const TRIGRAMS: Option<&'static str> = None;
     /// This backend's schema and seed data (`migrations/<backend>`).
     const MIGRATOR: Migrator;
