@@ -440,6 +440,14 @@ async fn malformed_requests_get_a_problem_and_change_nothing(backend: Backend) {
             Some("genreId"),
         ),
         (
+            "PUT",
+            "/api/games/1",
+            "application/json",
+            json_bytes(with(valid.clone(), "genreId", json!(9999))),
+            422,
+            Some("genreId"),
+        ),
+        (
             "POST",
             "/api/games",
             "application/json",

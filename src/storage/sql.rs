@@ -337,7 +337,7 @@ where
     }
 
     /// Fails with the field at fault when the draft names a platform or genre that
-    /// does not exist.
+    /// does not exist ([`Self::refused_write`] asks, after a foreign key refused a write).
     async fn check_references(
         conn: &mut DB::Connection,
         draft: &GameDraft,
@@ -370,24 +370,34 @@ where
         }
     }
 
-    /// A concurrent delete may remove a platform or genre between [`check_references`] and
-    /// the write; the foreign key then refuses the write, and the client hears which field.
-    /// Every schema names the constraint `games_genre_id_fkey` (PostgreSQL's default).
-    fn missing_reference(error: sqlx::Error, draft: &GameDraft) -> StoreError {
+    /// What to tell the client when a game's write failed with `error`. The foreign keys
+    /// are the check that the draft's platform and genre exist: a write that names a
+    /// missing one is refused by them, and only then are the references looked up, to
+    /// name the field at fault (SQLite's error does not name the constraint). This
+    /// spares every write two queries while it holds the write lock. Should the lookup
+    /// find both (one came back meanwhile), the constraint's name decides; every schema
+    /// names it `games_genre_id_fkey` (PostgreSQL's default).
+    async fn refused_write(&self, error: sqlx::Error, draft: &GameDraft) -> StoreError {
         match &error {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                if DB::constraint(db.as_ref()) == Some("games_genre_id_fkey") {
-                    StoreError::UnknownReference {
-                        field: "genreId",
-                        entity: "genre",
-                        id: draft.genre_id,
+                let looked_up = match self.pool.acquire().await {
+                    Ok(mut conn) => Self::check_references(&mut conn, draft).await,
+                    Err(e) => Err(DB::classify(e)),
+                };
+                match looked_up {
+                    Err(missing @ StoreError::UnknownReference { .. }) => missing,
+                    _ if DB::constraint(db.as_ref()) == Some("games_genre_id_fkey") => {
+                        StoreError::UnknownReference {
+                            field: "genreId",
+                            entity: "genre",
+                            id: draft.genre_id,
+                        }
                     }
-                } else {
-                    StoreError::UnknownReference {
+                    _ => StoreError::UnknownReference {
                         field: "platformId",
                         entity: "platform",
                         id: draft.platform_id,
-                    }
+                    },
                 }
             }
             _ => DB::classify(error),
@@ -793,7 +803,6 @@ where
 
     async fn create_game(&self, draft: &GameDraft, event: &EventId) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
-        Self::check_references(&mut tx, draft).await?;
         let now = now_ms();
         let insert = sqlx::query(DB::sql(
             "INSERT INTO games (title, platform_id, genre_id, developer, release_year, \
@@ -810,9 +819,13 @@ where
         .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
         .bind(now)
         .bind(now);
-        let id = DB::insert_id(&mut tx, insert)
-            .await
-            .map_err(|e| Self::missing_reference(e, draft))?;
+        let id = match DB::insert_id(&mut tx, insert).await {
+            Ok(id) => id,
+            Err(error) => {
+                drop(tx);
+                return Err(self.refused_write(error, draft).await);
+            }
+        };
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
@@ -831,7 +844,6 @@ where
         event: &EventId,
     ) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
-        Self::check_references(&mut tx, draft).await?;
         let updated = sqlx::query(DB::sql(
             "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
              release_year = $5, year_category = $6, description = $7, image_url = $8, \
@@ -848,8 +860,14 @@ where
         .bind(now_ms())
         .bind(id)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| Self::missing_reference(e, draft))?;
+        .await;
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(error) => {
+                drop(tx);
+                return Err(self.refused_write(error, draft).await);
+            }
+        };
         if DB::rows_affected(&updated) == 0 {
             return Err(StoreError::NotFound { entity: "game", id });
         }
