@@ -173,7 +173,7 @@ impl Report {
             _ => None,
         };
         Self {
-            url: args.url.to_string(),
+            url: args.endpoint(""),
             workload: args.workload,
             rate: args.rate,
             concurrency: args.concurrency,
