@@ -143,7 +143,7 @@ async fn filters_search_and_pagination_walk_the_catalog_once(backend: Backend) {
     app.stop().await;
 }
 
-/// Search ignores case and takes `%`, `_` and `!` literally; titles sort in byte order
+/// Search ignores case and takes `%`, `_`, `!` and `"` literally; titles sort in byte order
 /// (capitals first), the same on every database.
 async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend: Backend) {
     let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
@@ -154,6 +154,7 @@ async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend
         "snakeXcase",
         "zz top",
         "ZZ Bottom",
+        "Say \"Hi\" Now",
     ] {
         app.create_game(&game_body(title)).await;
     }
@@ -167,6 +168,7 @@ async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend
         ("100%25", vec!["100% Pure"]),
         ("E_C", vec!["snake_case"]),
         ("PITFALL!", vec!["Pitfall!"]),
+        ("%22hi%22", vec!["Say \"Hi\" Now"]),
         ("zz", vec!["ZZ Bottom", "zz top"]),
     ] {
         let found = titles(app.get_json(&format!("/api/games?search={search}")).await);
