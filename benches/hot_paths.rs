@@ -20,7 +20,7 @@ use retrocat::domain::{
 use retrocat::outbox::{Relay, RelayConfig};
 use retrocat::shutdown::Shutdown;
 use retrocat::startup::connect_store;
-use retrocat::storage::{OutboxMessage, PoolConfig, Store};
+use retrocat::storage::{NewGame, OutboxMessage, PoolConfig, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -65,13 +65,22 @@ fn draft(n: usize) -> GameDraft {
     }
 }
 
+/// The `n`th game to create, with its event's id.
+fn new_game(n: usize) -> NewGame {
+    NewGame {
+        draft: draft(n),
+        event: EventId::generate(),
+    }
+}
+
 fn event_codec(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (store, _broker) = rt.block_on(system(dir.path()));
-    let game = rt
-        .block_on(store.create_game(&draft(0), &EventId::generate()))
-        .unwrap();
+    let game = rt.block_on(store.create_games(&[new_game(0)])).unwrap()[0]
+        .as_ref()
+        .unwrap()
+        .clone();
     let body = OutboxMessage::game_event(&game, GameAction::Create, &EventId::generate()).body;
     let event = GameEvent::decode(&body, None).unwrap();
     let mut group = c.benchmark_group("event");
@@ -135,12 +144,8 @@ fn outbox_relay(c: &mut Criterion) {
             async move {
                 let mut timed = Duration::ZERO;
                 for _ in 0..iterations {
-                    for n in 0..BATCH {
-                        store
-                            .create_game(&draft(n), &EventId::generate())
-                            .await
-                            .unwrap();
-                    }
+                    let games: Vec<NewGame> = (0..BATCH).map(new_game).collect();
+                    store.create_games(&games).await.unwrap();
                     let start = Instant::now();
                     let sent = relay.relay_batch().await.unwrap();
                     timed += start.elapsed();
@@ -157,12 +162,8 @@ fn api_handlers(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (store, broker) = rt.block_on(system(dir.path()));
-    let ctx = ApiContext {
-        store,
-        broker,
-        live: LiveFeed::default(),
-        shutdown: Shutdown::new(),
-    };
+    let ctx =
+        rt.block_on(async { ApiContext::new(store, broker, LiveFeed::default(), Shutdown::new()) });
     let app = api::router(ctx, &ServeArgs::parse_from(["serve"]).http);
     let call = |request: Request<Body>, expected: StatusCode| {
         let app = app.clone();

@@ -235,12 +235,12 @@ pub async fn run_api(
         live.clone()
             .run(parts.broker.clone(), instance, shutdown.clone()),
     );
-    let ctx = ApiContext {
-        store: parts.store.clone(),
-        broker: parts.broker.clone(),
+    let ctx = ApiContext::new(
+        parts.store.clone(),
+        parts.broker.clone(),
         live,
-        shutdown: shutdown.clone(),
-    };
+        shutdown.clone(),
+    );
     let app = api::router(ctx, http);
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");

@@ -211,6 +211,50 @@ async fn search_follows_renames_and_deletes(backend: Backend) {
     app.stop().await;
 }
 
+/// Concurrent creates share transactions; one naming a missing genre is refused with
+/// its field, and only it: the others are created, each once.
+async fn a_refused_create_among_concurrent_ones_refuses_only_itself(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let answers = futures::future::join_all((0..24).map(|n| {
+        let mut body = game_body(&format!("Crowd {n:02}"));
+        if n % 8 == 3 {
+            body["genreId"] = json!(9999);
+        }
+        let app = &app;
+        async move {
+            let response = app.post_json("/api/games", &body).await;
+            (
+                n,
+                response.status(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    }))
+    .await;
+    for (n, status, body) in &answers {
+        if n % 8 == 3 {
+            assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{n}: {body}");
+            assert_eq!(body["errors"][0]["field"], "genreId", "{n}: {body}");
+        } else {
+            assert_eq!(*status, StatusCode::CREATED, "{n}: {body}");
+        }
+    }
+    let crowd: Vec<String> = app
+        .get_json("/api/games?search=Crowd")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|game| game["title"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..24)
+        .filter(|n| n % 8 != 3)
+        .map(|n| format!("Crowd {n:02}"))
+        .collect();
+    assert_eq!(crowd, expected);
+    app.stop().await;
+}
+
 /// Writing the values a row already has still finds the row (MySQL counts only changed
 /// rows unless told otherwise).
 async fn rewriting_unchanged_values_is_not_a_404(backend: Backend) {
@@ -793,6 +837,7 @@ on_every_backend!(
     markup_in_a_title_is_stored_and_returned_as_text,
     search_is_literal_and_case_insensitive_and_titles_sort_by_bytes,
     search_follows_renames_and_deletes,
+    a_refused_create_among_concurrent_ones_refuses_only_itself,
     rewriting_unchanged_values_is_not_a_404;
     servers:
     a_genre_deleted_during_the_write_is_named_in_the_422,

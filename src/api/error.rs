@@ -11,6 +11,7 @@ use crate::storage::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -124,6 +125,19 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable(format!("database unavailable: {message}"))
             }
             StoreError::Database(error) => Self::Internal(error.into()),
+        }
+    }
+}
+
+/// The error of a group commit, shared by every request of its batch.
+impl From<Arc<StoreError>> for ApiError {
+    fn from(error: Arc<StoreError>) -> Self {
+        match Arc::try_unwrap(error) {
+            Ok(error) => error.into(),
+            Err(shared) => match &*shared {
+                StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()).into(),
+                other => Self::Internal(anyhow::anyhow!("{other}")),
+            },
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::domain::{
     Developer, EventId, Game, GameAction, GameDraft, GameTitle, ImageUrl, ProcessingStatus,
     ReleaseYear, ValidationError,
 };
-use crate::storage::{Cover, GameQuery, GameSort, OutboxMessage, PageRequest};
+use crate::storage::{Cover, GameQuery, GameSort, NewGame, OutboxMessage, PageRequest};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -251,7 +251,11 @@ async fn create(
     let wait = parse_wait(raw.as_deref())?;
     let draft = body.parse()?;
     let event = EventId::generate();
-    let game = ctx.store.create_game(&draft, &event).await?;
+    let new = NewGame {
+        draft,
+        event: event.clone(),
+    };
+    let game = ctx.creates.call(new).await??;
     let location = HeaderValue::from_str(&format!("/api/games/{}", game.id))
         .expect("a path of digits is a valid header");
     let (status, game) = wait_for_processing(

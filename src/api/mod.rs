@@ -17,8 +17,10 @@ pub mod stream;
 
 use crate::broker::Broker;
 use crate::config::HttpArgs;
+use crate::domain::Game;
+use crate::processing::group_commit::GroupCommit;
 use crate::shutdown::Shutdown;
-use crate::storage::Store;
+use crate::storage::{NewGame, Store, StoreError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -37,6 +39,38 @@ pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
     pub live: LiveFeed,
     pub shutdown: Shutdown,
+    /// Creates, group-committed: those in flight together share one transaction.
+    creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
+}
+
+/// The most creates one transaction takes. On SQLite every write queues for the one
+/// write connection, and a create alone held it for five round trips.
+const CREATE_BATCH: usize = 128;
+
+impl ApiContext {
+    /// The handlers' context; starts the task that commits creates, so it must be
+    /// called inside a tokio runtime.
+    pub fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        live: LiveFeed,
+        shutdown: Shutdown,
+    ) -> Self {
+        let creates = GroupCommit::spawn(CREATE_BATCH, {
+            let store = store.clone();
+            move |batch: Vec<NewGame>| {
+                let store = store.clone();
+                async move { store.create_games(&batch).await }
+            }
+        });
+        Self {
+            store,
+            broker,
+            live,
+            shutdown,
+            creates: Arc::new(creates),
+        }
+    }
 }
 
 /// The API and the web UI, ready to serve.

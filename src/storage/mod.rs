@@ -49,6 +49,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+/// A game to create, with the id its `game.created` event will carry.
+pub struct NewGame {
+    pub draft: GameDraft,
+    pub event: EventId,
+}
+
 /// `url` with its password masked, for messages and logs: a MySQL or PostgreSQL
 /// `DATABASE_URL` often carries one. A URL that does not parse is not shown at all.
 pub fn redacted(url: &str) -> String {
@@ -347,7 +353,13 @@ pub trait Store: Send + Sync + 'static {
     // Catalog writes: each commits its event to the outbox in the same transaction and
     // increments the game's `version`. Creates and updates take their event's id from the
     // caller, who can then follow the event (a request that waits for its processing).
-    async fn create_game(&self, draft: &GameDraft, event: &EventId) -> Result<Game, StoreError>;
+    /// Creates the games of `batch` in one transaction: one answer per draft, in order,
+    /// the game or why its draft was refused (a platform or genre that does not exist).
+    /// An error is the transaction's: nothing was written.
+    async fn create_games(
+        &self,
+        batch: &[NewGame],
+    ) -> Result<Vec<Result<Game, StoreError>>, StoreError>;
     async fn update_game(
         &self,
         id: i64,

@@ -14,9 +14,9 @@
 
 use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
 use super::{
-    Attempt, Cover, FinishOutcome, GamePage, GameQuery, OutboxClaim, OutboxMessage, PendingGame,
-    PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome, StartRequest,
-    Store, StoreError, TaskView,
+    Attempt, Cover, FinishOutcome, GamePage, GameQuery, NewGame, OutboxClaim, OutboxMessage,
+    PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome,
+    StartRequest, Store, StoreError, TaskView,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -310,6 +310,71 @@ where
             .await
             .map_err(DB::classify)?;
         row.as_ref().map(shared::game_from_row).transpose()
+    }
+
+    /// Inserts the games of `batch` with their `game.created` events in one
+    /// transaction: a statement per game, then one read of them all and one outbox
+    /// insert. A foreign key refusing a draft's platform or genre rolls it all back, and
+    /// the error names that draft's field.
+    async fn insert_games(&self, batch: &[NewGame]) -> Result<Vec<Game>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(batch.len());
+        for NewGame { draft, .. } in batch {
+            let insert = sqlx::query(DB::sql(
+                "INSERT INTO games (title, platform_id, genre_id, developer, release_year, \
+                 year_category, description, image_url, processing_status, version, \
+                 created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 1, $9, $10)",
+            ))
+            .bind(draft.title.as_str().to_owned())
+            .bind(draft.platform_id)
+            .bind(draft.genre_id)
+            .bind(draft.developer.as_str().to_owned())
+            .bind(draft.release_year.get())
+            .bind(draft.release_year.category())
+            .bind(&draft.description)
+            .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
+            .bind(now)
+            .bind(now);
+            match DB::insert_id(&mut tx, insert).await {
+                Ok(id) => ids.push(id),
+                Err(error) => {
+                    drop(tx);
+                    return Err(self.refused_write(error, draft).await);
+                }
+            }
+        }
+        let mut sql = QueryBuilder::<DB>::new(GAME_COLUMNS);
+        sql.push(" WHERE g.id IN ");
+        push_list(&mut sql, ids.iter().copied());
+        let rows = sql
+            .build()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(DB::classify)?;
+        let mut written = rows
+            .iter()
+            .map(|row| shared::game_from_row(row).map(|game| (game.id, game)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let games = ids
+            .iter()
+            .map(|id| {
+                written.remove(id).ok_or(StoreError::NotFound {
+                    entity: "game",
+                    id: *id,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let events: Vec<OutboxMessage> = games
+            .iter()
+            .zip(batch)
+            .map(|(game, new)| OutboxMessage::game_event(game, GameAction::Create, &new.event))
+            .collect();
+        Self::insert_outbox(&mut tx, &events).await?;
+        tx.commit().await.map_err(DB::classify)?;
+        self.outbox_written.notify_one();
+        Ok(games)
     }
 
     /// Inserts `messages` into the outbox, in order, with one statement.
@@ -801,40 +866,26 @@ where
         row.as_ref().map(shared::thumbnail_from_row).transpose()
     }
 
-    async fn create_game(&self, draft: &GameDraft, event: &EventId) -> Result<Game, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let now = now_ms();
-        let insert = sqlx::query(DB::sql(
-            "INSERT INTO games (title, platform_id, genre_id, developer, release_year, \
-             year_category, description, image_url, processing_status, version, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 1, $9, $10)",
-        ))
-        .bind(draft.title.as_str().to_owned())
-        .bind(draft.platform_id)
-        .bind(draft.genre_id)
-        .bind(draft.developer.as_str().to_owned())
-        .bind(draft.release_year.get())
-        .bind(draft.release_year.category())
-        .bind(&draft.description)
-        .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
-        .bind(now)
-        .bind(now);
-        let id = match DB::insert_id(&mut tx, insert).await {
-            Ok(id) => id,
-            Err(error) => {
-                drop(tx);
-                return Err(self.refused_write(error, draft).await);
+    async fn create_games(
+        &self,
+        batch: &[NewGame],
+    ) -> Result<Vec<Result<Game, StoreError>>, StoreError> {
+        match self.insert_games(batch).await {
+            Ok(games) => Ok(games.into_iter().map(Ok).collect()),
+            // A draft named a platform or genre that does not exist, and the batch
+            // rolled back: each draft again in a transaction of its own, so that only
+            // the ones at fault are refused.
+            Err(StoreError::UnknownReference { .. }) if batch.len() > 1 => {
+                let mut answers = Vec::with_capacity(batch.len());
+                for game in batch {
+                    let created = self.insert_games(std::slice::from_ref(game)).await;
+                    answers.push(created.map(|mut games| games.remove(0)));
+                }
+                Ok(answers)
             }
-        };
-        let game = Self::fetch_game(&mut tx, id)
-            .await?
-            .ok_or(StoreError::NotFound { entity: "game", id })?;
-        self.commit_with_event(
-            tx,
-            &OutboxMessage::game_event(&game, GameAction::Create, event),
-        )
-        .await?;
-        Ok(game)
+            Err(refused @ StoreError::UnknownReference { .. }) => Ok(vec![Err(refused)]),
+            Err(error) => Err(error),
+        }
     }
 
     async fn update_game(
