@@ -1,7 +1,8 @@
 //! Group commit: many concurrent callers, one store call per batch.
 //!
 //! A worker handles many deliveries at once, and each would otherwise pay a database
-//! transaction of its own for each status write. A [`GroupCommit`] takes the callers'
+//! transaction of its own for each status write; the API takes many creates at once,
+//! likewise. A [`GroupCommit`] takes the callers'
 //! requests on a channel; its task waits for the first, takes whatever else is waiting
 //! (up to `max_batch`) and makes one call for all of them: one transaction of a few
 //! multi-row statements. Idle, a lone request goes at once (no timer, no added
