@@ -312,6 +312,23 @@ where
         row.as_ref().map(shared::game_from_row).transpose()
     }
 
+    /// Binds a draft's fields as `$1`–`$8` of a game's INSERT or UPDATE: title,
+    /// platform, genre, developer, year, decade, description, image URL.
+    fn bind_draft<'q>(
+        query: Query<'q, DB, DB::Arguments>,
+        draft: &GameDraft,
+    ) -> Query<'q, DB, DB::Arguments> {
+        query
+            .bind(draft.title.as_str().to_owned())
+            .bind(draft.platform_id)
+            .bind(draft.genre_id)
+            .bind(draft.developer.as_str().to_owned())
+            .bind(draft.release_year.get())
+            .bind(draft.release_year.category())
+            .bind(draft.description.clone())
+            .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
+    }
+
     /// Inserts the games of `batch` with their `game.created` events in one
     /// transaction: a statement per game, then one read of them all and one outbox
     /// insert. A foreign key refusing a draft's platform or genre rolls it all back, and
@@ -326,17 +343,8 @@ where
                  year_category, description, image_url, processing_status, version, \
                  created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 1, $9, $10)",
-            ))
-            .bind(draft.title.as_str().to_owned())
-            .bind(draft.platform_id)
-            .bind(draft.genre_id)
-            .bind(draft.developer.as_str().to_owned())
-            .bind(draft.release_year.get())
-            .bind(draft.release_year.category())
-            .bind(&draft.description)
-            .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
-            .bind(now)
-            .bind(now);
+            ));
+            let insert = Self::bind_draft(insert, draft).bind(now).bind(now);
             match DB::insert_id(&mut tx, insert).await {
                 Ok(id) => ids.push(id),
                 Err(error) => {
@@ -895,23 +903,16 @@ where
         event: &EventId,
     ) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(DB::sql(
+        let update = sqlx::query(DB::sql(
             "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
              release_year = $5, year_category = $6, description = $7, image_url = $8, \
              processing_status = 'pending', version = version + 1, updated_at = $9 WHERE id = $10",
-        ))
-        .bind(draft.title.as_str().to_owned())
-        .bind(draft.platform_id)
-        .bind(draft.genre_id)
-        .bind(draft.developer.as_str().to_owned())
-        .bind(draft.release_year.get())
-        .bind(draft.release_year.category())
-        .bind(&draft.description)
-        .bind(draft.image_url.as_ref().map(|url| url.as_str().to_owned()))
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await;
+        ));
+        let updated = Self::bind_draft(update, draft)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await;
         let updated = match updated {
             Ok(updated) => updated,
             Err(error) => {
