@@ -255,6 +255,31 @@ async fn a_refused_create_among_concurrent_ones_refuses_only_itself(backend: Bac
     app.stop().await;
 }
 
+/// Concurrent creates share one INSERT: each is answered with its own game, under the
+/// id that reads it back.
+async fn concurrent_creates_each_get_their_own_game(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let answers = futures::future::join_all((0..32).map(|n| {
+        let mut body = game_body(&format!("Throng {n:02}"));
+        body["developer"] = json!(format!("Studio {n}"));
+        body["releaseYear"] = json!(1970 + n);
+        let app = &app;
+        async move { (n, app.create_game(&body).await) }
+    }))
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for (n, created) in &answers {
+        assert_eq!(created["title"], format!("Throng {n:02}"), "{created}");
+        assert_eq!(created["developer"], format!("Studio {n}"), "{created}");
+        assert_eq!(created["releaseYear"], 1970 + n, "{created}");
+        assert!(ids.insert(created["id"].as_i64().unwrap()), "{created}");
+        let read = app.get_json(&format!("/api/games/{}", created["id"])).await;
+        assert_eq!(read["title"], created["title"], "{read}");
+        assert_eq!(read["developer"], created["developer"], "{read}");
+    }
+    app.stop().await;
+}
+
 /// Writing the values a row already has still finds the row (MySQL counts only changed
 /// rows unless told otherwise).
 async fn rewriting_unchanged_values_is_not_a_404(backend: Backend) {
@@ -838,6 +863,7 @@ on_every_backend!(
     search_is_literal_and_case_insensitive_and_titles_sort_by_bytes,
     search_follows_renames_and_deletes,
     a_refused_create_among_concurrent_ones_refuses_only_itself,
+    concurrent_creates_each_get_their_own_game,
     rewriting_unchanged_values_is_not_a_404;
     servers:
     a_genre_deleted_during_the_write_is_named_in_the_422,

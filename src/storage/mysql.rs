@@ -96,13 +96,19 @@ impl Dialect for MySql {
         }
     }
 
+    /// MySQL has no `RETURNING`, and a multi-row INSERT reports only its first id.
+    const RETURNS_IDS: bool = false;
+
     /// The server reports the `AUTO_INCREMENT` value it assigned with the insert.
-    async fn insert_id(
+    async fn insert_ids(
         conn: &mut MySqlConnection,
         insert: Query<'static, MySql, MySqlArguments>,
-    ) -> sqlx::Result<i64> {
+        _rows: usize,
+    ) -> sqlx::Result<Vec<i64>> {
         let id = insert.execute(conn).await?.last_insert_id();
-        i64::try_from(id).map_err(|e| sqlx::Error::Decode(e.into()))
+        Ok(vec![
+            i64::try_from(id).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        ])
     }
 
     /// sqlx connects with `CLIENT_FOUND_ROWS`, so an UPDATE that sets the values a row

@@ -6,14 +6,14 @@
 //! the row, or a `SELECT … FOR UPDATE` before the status changes; the inbox key refuses
 //! a second claim), and foreign keys catch what a concurrent delete removed.
 
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, SqlStore, returning_ids};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
+use sqlx::Postgres;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgArguments, PgConnection, PgQueryResult};
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Execute, Postgres};
 
 pub type PgStore = SqlStore<Postgres>;
 
@@ -33,16 +33,15 @@ impl Dialect for Postgres {
     const HOLD_TURN: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
-    /// `RETURNING id`: the id comes back in the insert's own round trip.
-    async fn insert_id(
+    const RETURNS_IDS: bool = true;
+
+    /// `RETURNING id`: the ids come back in the insert's own round trip.
+    async fn insert_ids(
         conn: &mut PgConnection,
-        mut insert: Query<'static, Postgres, PgArguments>,
-    ) -> sqlx::Result<i64> {
-        let arguments = insert.take_arguments().map_err(sqlx::Error::Encode)?;
-        let returning = AssertSqlSafe(format!("{} RETURNING id", insert.sql().as_str()));
-        sqlx::query_scalar_with(returning, arguments.unwrap_or_default())
-            .fetch_one(conn)
-            .await
+        insert: Query<'static, Postgres, PgArguments>,
+        _rows: usize,
+    ) -> sqlx::Result<Vec<i64>> {
+        returning_ids(conn, insert).await
     }
 
     /// Class 08: connection exceptions; 57P01-57P03: the server is shutting down or

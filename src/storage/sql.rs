@@ -30,7 +30,7 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolOptions;
 use sqlx::query::Query;
 use sqlx::{
-    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
+    AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Execute, Executor, IntoArguments, Pool,
     QueryBuilder, SqlSafeStr, SqlStr, Transaction, Type,
 };
 use std::collections::{HashMap, HashSet};
@@ -93,12 +93,30 @@ pub trait Dialect: Database {
         Ok(None)
     }
 
+    /// Whether one INSERT of several rows reports the id of each (`RETURNING`). Where
+    /// it does, a batch of new games is one statement; elsewhere, one per game.
+    const RETURNS_IDS: bool;
+
+    /// Runs `insert`, an INSERT of `rows` rows into a table whose `id` the database
+    /// assigns, and returns their ids in the order of the rows. `rows` is 1 unless
+    /// [`Self::RETURNS_IDS`].
+    async fn insert_ids(
+        conn: &mut Self::Connection,
+        insert: Query<'static, Self, Self::Arguments>,
+        rows: usize,
+    ) -> sqlx::Result<Vec<i64>>;
+
     /// Runs `insert`, an INSERT of one row into a table whose `id` the database
     /// assigns, and returns that id.
     async fn insert_id(
         conn: &mut Self::Connection,
         insert: Query<'static, Self, Self::Arguments>,
-    ) -> sqlx::Result<i64>;
+    ) -> sqlx::Result<i64> {
+        let ids = Self::insert_ids(conn, insert, 1).await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| sqlx::Error::Protocol("an INSERT reported no id".into()))
+    }
 
     /// Rows written by a statement (each driver has its own result type): rows the
     /// statement matched, also when it set the values they already had.
@@ -122,6 +140,52 @@ pub trait Dialect: Database {
             other => StoreError::Database(other),
         }
     }
+}
+
+/// An INSERT of `rows` new games, each bound by [`SqlStore::bind_draft`] then its
+/// creation and update times: `$1`–`$10` for the first, `$11`–`$20` for the next…
+fn games_insert(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|row| {
+            let n = |field: usize| format!("${}", row * 10 + field);
+            let draft = (1..=8).map(n).collect::<Vec<_>>().join(", ");
+            format!("({draft}, 'pending', 1, {}, {})", n(9), n(10))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO games (title, platform_id, genre_id, developer, release_year, \
+         year_category, description, image_url, processing_status, version, created_at, \
+         updated_at) VALUES {values}"
+    )
+}
+
+/// Runs `insert` with `RETURNING id` and returns the ids in the order of its rows. The
+/// database does not promise to return them in that order, but a statement's rows take
+/// ids in the order of its `VALUES` (SQLite: one past the largest rowid, under the
+/// write lock; PostgreSQL: the sequence, row by row), so ascending is that order.
+pub(super) async fn returning_ids<DB>(
+    conn: &mut DB::Connection,
+    mut insert: Query<'static, DB, DB::Arguments>,
+) -> sqlx::Result<Vec<i64>>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let arguments = insert.take_arguments().map_err(sqlx::Error::Encode)?;
+    let returning = AssertSqlSafe(format!("{} RETURNING id", insert.sql().as_str()));
+    let rows = sqlx::query_with(returning, arguments.unwrap_or_default())
+        .fetch_all(conn)
+        .await?;
+    let mut ids = rows
+        .iter()
+        .map(|row| sqlx::Row::try_get::<i64, _>(row, 0))
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// `INSERT INTO {into}` that replaces `columns` of the row whose unique `key` exists.
@@ -330,26 +394,27 @@ where
     }
 
     /// Inserts the games of `batch` with their `game.created` events in one
-    /// transaction: a statement per game, then one read of them all and one outbox
-    /// insert. A foreign key refusing a draft's platform or genre rolls it all back, and
-    /// the error names that draft's field.
+    /// transaction: one statement for all the games (one per game where the backend
+    /// does not return each row's id), then one read of them all and one outbox insert.
+    /// A foreign key refusing a platform or genre rolls it all back; the error names
+    /// the field of the statement's first draft, which is the one at fault when the
+    /// statement has one row ([`Store::create_games`] retries a refused batch a game
+    /// at a time).
     async fn insert_games(&self, batch: &[NewGame]) -> Result<Vec<Game>, StoreError> {
         let mut tx = self.begin_write().await?;
         let now = now_ms();
+        let rows_per_insert = if DB::RETURNS_IDS { batch.len() } else { 1 };
         let mut ids = Vec::with_capacity(batch.len());
-        for NewGame { draft, .. } in batch {
-            let insert = sqlx::query(DB::sql(
-                "INSERT INTO games (title, platform_id, genre_id, developer, release_year, \
-                 year_category, description, image_url, processing_status, version, \
-                 created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 1, $9, $10)",
-            ));
-            let insert = Self::bind_draft(insert, draft).bind(now).bind(now);
-            match DB::insert_id(&mut tx, insert).await {
-                Ok(id) => ids.push(id),
+        for chunk in batch.chunks(rows_per_insert.max(1)) {
+            let mut insert = sqlx::query(DB::sql(AssertSqlSafe(games_insert(chunk.len()))));
+            for NewGame { draft, .. } in chunk {
+                insert = Self::bind_draft(insert, draft).bind(now).bind(now);
+            }
+            match DB::insert_ids(&mut tx, insert, chunk.len()).await {
+                Ok(inserted) => ids.extend(inserted),
                 Err(error) => {
                     drop(tx);
-                    return Err(self.refused_write(error, draft).await);
+                    return Err(self.refused_write(error, &chunk[0].draft).await);
                 }
             }
         }

@@ -5,7 +5,7 @@
 //! `SQLITE_BUSY` when a reader tries to upgrade) and stay short. The queries are the
 //! shared ones of [`super::sql`].
 
-use super::sql::{Dialect, SqlStore};
+use super::sql::{Dialect, SqlStore, returning_ids};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
 use sqlx::Sqlite;
@@ -62,12 +62,15 @@ impl Dialect for Sqlite {
     /// to 100 ms between tries and made the latency of a create under load jump.
     const WRITE_CONNECTIONS: Option<u32> = Some(1);
 
-    /// The rowid of the inserted row, which the `id` column aliases.
-    async fn insert_id(
+    const RETURNS_IDS: bool = true;
+
+    /// `RETURNING id` (the rowid, which `id` aliases).
+    async fn insert_ids(
         conn: &mut SqliteConnection,
         insert: Query<'static, Sqlite, SqliteArguments>,
-    ) -> sqlx::Result<i64> {
-        Ok(insert.execute(conn).await?.last_insert_rowid())
+        _rows: usize,
+    ) -> sqlx::Result<Vec<i64>> {
+        returning_ids(conn, insert).await
     }
 
     /// `SQLITE_BUSY`: another connection held the write lock past the busy timeout.
