@@ -280,6 +280,66 @@ async fn concurrent_creates_each_get_their_own_game(backend: Backend) {
     app.stop().await;
 }
 
+/// Concurrent updates share a transaction: one naming a missing genre, and one of a
+/// game that does not exist, are refused alone; two of the same game are both
+/// applied, one version after the other.
+async fn concurrent_updates_are_refused_or_applied_each_alone(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        ids.push(app.create_game(&game_body(&format!("Mob {n:02}"))).await["id"].clone());
+    }
+    let twice = ids[0].clone();
+    let answers = futures::future::join_all((0..16).map(|n| {
+        let id = match n {
+            5 => json!(999_999),
+            12.. => twice.clone(),
+            _ => ids[n].clone(),
+        };
+        let mut body = game_body(&format!("Mob {n:02} renamed"));
+        if n == 7 {
+            body["genreId"] = json!(9999);
+        }
+        let app = &app;
+        async move {
+            let response = app.put_json(&format!("/api/games/{id}"), &body).await;
+            (
+                n,
+                response.status(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    }))
+    .await;
+    let mut versions = Vec::new();
+    for (n, status, body) in &answers {
+        match n {
+            5 => assert_eq!(*status, StatusCode::NOT_FOUND, "{n}: {body}"),
+            7 => {
+                assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{n}: {body}");
+                assert_eq!(body["errors"][0]["field"], "genreId", "{n}: {body}");
+            }
+            _ => {
+                assert_eq!(*status, StatusCode::OK, "{n}: {body}");
+                assert_eq!(body["title"], format!("Mob {n:02} renamed"), "{body}");
+                if *n == 0 || *n >= 12 {
+                    versions.push(body["version"].as_i64().unwrap());
+                }
+            }
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        vec![2, 3, 4, 5, 6],
+        "each update of one game is a version"
+    );
+    let refused = app.get_json(&format!("/api/games/{}", ids[7])).await;
+    assert_eq!(refused["title"], "Mob 07", "{refused}");
+    assert_eq!(refused["version"], 1, "{refused}");
+    app.stop().await;
+}
+
 /// Writing the values a row already has still finds the row (MySQL counts only changed
 /// rows unless told otherwise).
 async fn rewriting_unchanged_values_is_not_a_404(backend: Backend) {
@@ -864,6 +924,7 @@ on_every_backend!(
     search_follows_renames_and_deletes,
     a_refused_create_among_concurrent_ones_refuses_only_itself,
     concurrent_creates_each_get_their_own_game,
+    concurrent_updates_are_refused_or_applied_each_alone,
     rewriting_unchanged_values_is_not_a_404;
     servers:
     a_genre_deleted_during_the_write_is_named_in_the_422,

@@ -8,7 +8,7 @@ use crate::domain::{
     Developer, EventId, Game, GameAction, GameDraft, GameTitle, ImageUrl, ProcessingStatus,
     ReleaseYear, ValidationError,
 };
-use crate::storage::{Cover, GameQuery, GameSort, NewGame, OutboxMessage, PageRequest};
+use crate::storage::{Cover, GameQuery, GameSort, GameUpdate, NewGame, OutboxMessage, PageRequest};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -280,7 +280,12 @@ async fn update(
     let wait = parse_wait(raw.as_deref())?;
     let draft = body.parse()?;
     let event = EventId::generate();
-    let game = ctx.store.update_game(id, &draft, &event).await?;
+    let update = GameUpdate {
+        id,
+        draft,
+        event: event.clone(),
+    };
+    let game = ctx.updates.call(update).await??;
     let (status, game) =
         wait_for_processing(&ctx, game, GameAction::Update, &event, wait, StatusCode::OK).await?;
     Ok((status, axum::Json(game)).into_response())

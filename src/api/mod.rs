@@ -20,7 +20,7 @@ use crate::config::HttpArgs;
 use crate::domain::Game;
 use crate::processing::group_commit::GroupCommit;
 use crate::shutdown::Shutdown;
-use crate::storage::{NewGame, Store, StoreError};
+use crate::storage::{GameUpdate, NewGame, Store, StoreError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -39,28 +39,37 @@ pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
     pub live: LiveFeed,
     pub shutdown: Shutdown,
-    /// Creates, group-committed: those in flight together share one transaction.
+    /// Creates and updates, group-committed: those in flight together share one
+    /// transaction.
     creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
+    updates: Arc<GroupCommit<GameUpdate, Result<Game, StoreError>, StoreError>>,
 }
 
-/// The most creates one transaction takes. On SQLite every write queues for the one
-/// write connection, and a create alone held it for five round trips.
-const CREATE_BATCH: usize = 128;
+/// The most creates or updates one transaction takes. On SQLite every write queues for
+/// the one write connection, and a write alone held it for five round trips.
+const WRITE_BATCH: usize = 128;
 
 impl ApiContext {
-    /// The handlers' context; starts the task that commits creates, so it must be
-    /// called inside a tokio runtime.
+    /// The handlers' context; starts the tasks that commit creates and updates, so it
+    /// must be called inside a tokio runtime.
     pub fn new(
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
         live: LiveFeed,
         shutdown: Shutdown,
     ) -> Self {
-        let creates = GroupCommit::spawn(CREATE_BATCH, {
+        let creates = GroupCommit::spawn(WRITE_BATCH, {
             let store = store.clone();
             move |batch: Vec<NewGame>| {
                 let store = store.clone();
                 async move { store.create_games(&batch).await }
+            }
+        });
+        let updates = GroupCommit::spawn(WRITE_BATCH, {
+            let store = store.clone();
+            move |batch: Vec<GameUpdate>| {
+                let store = store.clone();
+                async move { store.update_games(&batch).await }
             }
         });
         Self {
@@ -69,6 +78,7 @@ impl ApiContext {
             live,
             shutdown,
             creates: Arc::new(creates),
+            updates: Arc::new(updates),
         }
     }
 }

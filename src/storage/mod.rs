@@ -55,6 +55,13 @@ pub struct NewGame {
     pub event: EventId,
 }
 
+/// A game's new fields, with the id its `game.updated` event will carry.
+pub struct GameUpdate {
+    pub id: i64,
+    pub draft: GameDraft,
+    pub event: EventId,
+}
+
 /// `url` with its password masked, for messages and logs: a MySQL or PostgreSQL
 /// `DATABASE_URL` often carries one. A URL that does not parse is not shown at all.
 pub fn redacted(url: &str) -> String {
@@ -360,12 +367,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: &[NewGame],
     ) -> Result<Vec<Result<Game, StoreError>>, StoreError>;
-    async fn update_game(
+    /// Updates the games of `batch` in one transaction, each with its `game.updated`
+    /// event: one answer per update, in order, the game or why it was refused (no such
+    /// game; a platform or genre that does not exist). An error is the transaction's.
+    async fn update_games(
         &self,
-        id: i64,
-        draft: &GameDraft,
-        event: &EventId,
-    ) -> Result<Game, StoreError>;
+        batch: &[GameUpdate],
+    ) -> Result<Vec<Result<Game, StoreError>>, StoreError>;
     async fn delete_game(&self, id: i64) -> Result<(), StoreError>;
     /// Replaces the uploaded cover; the game goes back to `pending` for a new thumbnail.
     async fn set_cover(&self, id: i64, cover: &Cover) -> Result<Game, StoreError>;

@@ -14,9 +14,9 @@
 
 use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
 use super::{
-    Attempt, Cover, FinishOutcome, GamePage, GameQuery, NewGame, OutboxClaim, OutboxMessage,
-    PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage, StartOutcome,
-    StartRequest, Store, StoreError, TaskView,
+    Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
+    OutboxMessage, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
+    StartOutcome, StartRequest, Store, StoreError, TaskView,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -139,6 +139,34 @@ pub trait Dialect: Database {
             }
             other => StoreError::Database(other),
         }
+    }
+}
+
+/// Runs `write` for the whole batch. When a platform or genre that does not exist
+/// refused it (rolling back the whole batch), runs it again for each item alone, so
+/// that only the items at fault are refused.
+async fn refusing_only_the_faulty<'a, T, Written>(
+    batch: &'a [T],
+    write: impl Fn(&'a [T]) -> Written,
+) -> Result<Vec<Result<Game, StoreError>>, StoreError>
+where
+    Written: Future<Output = Result<Vec<Result<Game, StoreError>>, StoreError>>,
+{
+    match write(batch).await {
+        Err(StoreError::UnknownReference { .. }) if batch.len() > 1 => {
+            let mut answers = Vec::with_capacity(batch.len());
+            for item in batch {
+                let answer = match write(std::slice::from_ref(item)).await {
+                    Ok(mut alone) => alone.remove(0),
+                    Err(refused @ StoreError::UnknownReference { .. }) => Err(refused),
+                    Err(error) => return Err(error),
+                };
+                answers.push(answer);
+            }
+            Ok(answers)
+        }
+        Err(refused @ StoreError::UnknownReference { .. }) => Ok(vec![Err(refused)]),
+        written => written,
     }
 }
 
@@ -448,6 +476,55 @@ where
         tx.commit().await.map_err(DB::classify)?;
         self.outbox_written.notify_one();
         Ok(games)
+    }
+
+    /// Updates the games of `batch`, each read back right after its UPDATE (a game
+    /// may come twice), with their `game.updated` events, in one transaction. A game
+    /// that does not exist is answered `NotFound` and the others go on; a foreign key
+    /// refusing a platform or genre rolls it all back, as for [`Self::insert_games`].
+    async fn write_updates(
+        &self,
+        batch: &[GameUpdate],
+    ) -> Result<Vec<Result<Game, StoreError>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for GameUpdate { id, draft, event } in batch {
+            let update = sqlx::query(DB::sql(
+                "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
+                 release_year = $5, year_category = $6, description = $7, image_url = $8, \
+                 processing_status = 'pending', version = version + 1, updated_at = $9 \
+                 WHERE id = $10",
+            ));
+            let updated = Self::bind_draft(update, draft)
+                .bind(now)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await;
+            let updated = match updated {
+                Ok(updated) => updated,
+                Err(error) => {
+                    drop(tx);
+                    return Err(self.refused_write(error, draft).await);
+                }
+            };
+            let game = match DB::rows_affected(&updated) {
+                0 => None,
+                _ => Self::fetch_game(&mut tx, *id).await?,
+            };
+            answers.push(game.ok_or(StoreError::NotFound {
+                entity: "game",
+                id: *id,
+            }));
+            if let Some(Ok(game)) = answers.last() {
+                events.push(OutboxMessage::game_event(game, GameAction::Update, event));
+            }
+        }
+        Self::insert_outbox(&mut tx, &events).await?;
+        tx.commit().await.map_err(DB::classify)?;
+        self.outbox_written.notify_one();
+        Ok(answers)
     }
 
     /// Inserts `messages` into the outbox, in order, with one statement.
@@ -943,60 +1020,18 @@ where
         &self,
         batch: &[NewGame],
     ) -> Result<Vec<Result<Game, StoreError>>, StoreError> {
-        match self.insert_games(batch).await {
-            Ok(games) => Ok(games.into_iter().map(Ok).collect()),
-            // A draft named a platform or genre that does not exist, and the batch
-            // rolled back: each draft again in a transaction of its own, so that only
-            // the ones at fault are refused.
-            Err(StoreError::UnknownReference { .. }) if batch.len() > 1 => {
-                let mut answers = Vec::with_capacity(batch.len());
-                for game in batch {
-                    let created = self.insert_games(std::slice::from_ref(game)).await;
-                    answers.push(created.map(|mut games| games.remove(0)));
-                }
-                Ok(answers)
-            }
-            Err(refused @ StoreError::UnknownReference { .. }) => Ok(vec![Err(refused)]),
-            Err(error) => Err(error),
-        }
+        refusing_only_the_faulty(batch, |batch| async move {
+            let games = self.insert_games(batch).await?;
+            Ok(games.into_iter().map(Ok).collect())
+        })
+        .await
     }
 
-    async fn update_game(
+    async fn update_games(
         &self,
-        id: i64,
-        draft: &GameDraft,
-        event: &EventId,
-    ) -> Result<Game, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let update = sqlx::query(DB::sql(
-            "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
-             release_year = $5, year_category = $6, description = $7, image_url = $8, \
-             processing_status = 'pending', version = version + 1, updated_at = $9 WHERE id = $10",
-        ));
-        let updated = Self::bind_draft(update, draft)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *tx)
-            .await;
-        let updated = match updated {
-            Ok(updated) => updated,
-            Err(error) => {
-                drop(tx);
-                return Err(self.refused_write(error, draft).await);
-            }
-        };
-        if DB::rows_affected(&updated) == 0 {
-            return Err(StoreError::NotFound { entity: "game", id });
-        }
-        let game = Self::fetch_game(&mut tx, id)
-            .await?
-            .ok_or(StoreError::NotFound { entity: "game", id })?;
-        self.commit_with_event(
-            tx,
-            &OutboxMessage::game_event(&game, GameAction::Update, event),
-        )
-        .await?;
-        Ok(game)
+        batch: &[GameUpdate],
+    ) -> Result<Vec<Result<Game, StoreError>>, StoreError> {
+        refusing_only_the_faulty(batch, |batch| self.write_updates(batch)).await
     }
 
     async fn delete_game(&self, id: i64) -> Result<(), StoreError> {
