@@ -7,12 +7,19 @@
 //! (up to `max_batch`) and makes one call for all of them: one transaction of a few
 //! multi-row statements. Idle, a lone request goes at once (no timer, no added
 //! latency); busy, batches grow with the load, while the previous batch commits.
+//! A commit that panics fails its own batch's callers with [`Panicked`], and the task
+//! goes on with the next batch.
 
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 type Answer<Out, E> = oneshot::Sender<Result<Out, Arc<E>>>;
+
+/// A batch's commit panicked (a bug): its callers get this instead of an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the batch's commit panicked: {0}")]
+pub struct Panicked(String);
 
 /// A handle to a group-commit task; the task ends when the last handle is dropped.
 pub struct GroupCommit<In, Out, E> {
@@ -23,14 +30,14 @@ impl<In, Out, E> GroupCommit<In, Out, E>
 where
     In: Send + 'static,
     Out: Send + 'static,
-    E: Send + Sync + 'static,
+    E: From<Panicked> + Send + Sync + 'static,
 {
     /// Starts the task. `commit` takes a batch and answers one output per input, in
     /// order; its error goes to every caller of the batch.
     pub fn spawn<F, Fut>(max_batch: usize, commit: F) -> Self
     where
         F: Fn(Vec<In>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<Out>, E>> + Send,
+        Fut: Future<Output = Result<Vec<Out>, E>> + Send + 'static,
     {
         let max_batch = max_batch.max(1);
         let (requests, mut waiting) = mpsc::channel(max_batch);
@@ -39,7 +46,14 @@ where
             while waiting.recv_many(&mut batch, max_batch).await > 0 {
                 let (inputs, answers): (Vec<In>, Vec<Answer<Out, E>>) = batch.drain(..).unzip();
                 let (size, started) = (inputs.len(), std::time::Instant::now());
-                let committed = commit(inputs).await;
+                // A task of its own, so that a panic fails this batch, not the task.
+                let committed = match tokio::spawn(commit(inputs)).await {
+                    Ok(committed) => committed,
+                    Err(crashed) => {
+                        tracing::error!(%crashed, size, "a group commit panicked; its callers get an error");
+                        Err(Panicked(crashed.to_string()).into())
+                    }
+                };
                 tracing::debug!(size, elapsed = ?started.elapsed(), "group commit");
                 match committed {
                     Ok(outputs) => {
@@ -77,6 +91,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StoreError;
     use std::sync::Mutex;
 
     #[tokio::test]
@@ -88,7 +103,7 @@ mod tests {
             async move {
                 // Slow enough that the other callers queue up meanwhile.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                Ok::<_, String>(batch.into_iter().map(|n| n * 2).collect::<Vec<_>>())
+                Ok::<_, StoreError>(batch.into_iter().map(|n| n * 2).collect::<Vec<_>>())
             }
         }));
         let calls: Vec<_> = (0..20)
@@ -110,9 +125,20 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_fails_every_call_in_it() {
         let failing = GroupCommit::spawn(4, |_batch: Vec<u32>| async {
-            Err::<Vec<u32>, _>("database down".to_owned())
+            Err::<Vec<u32>, _>(StoreError::Unavailable("database down".into()))
         });
         let error = failing.call(1).await.unwrap_err();
-        assert_eq!(*error, "database down");
+        assert!(matches!(*error, StoreError::Unavailable(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_calls_and_the_next_batch_goes_on() {
+        let picky = GroupCommit::spawn(4, |batch: Vec<u32>| async move {
+            assert!(!batch.contains(&13), "unlucky");
+            Ok::<_, StoreError>(batch)
+        });
+        let error = picky.call(13).await.unwrap_err();
+        assert!(matches!(*error, StoreError::Panicked(_)), "{error}");
+        assert_eq!(picky.call(7).await.unwrap(), 7);
     }
 }

@@ -47,6 +47,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A group-committed write's batch panicked (a bug); nothing of it was written.
+    #[error(transparent)]
+    Panicked(#[from] crate::processing::group_commit::Panicked),
 }
 
 /// A game to create, with the id its `game.created` event will carry.
