@@ -50,6 +50,8 @@ impl Dialect for MySql {
     /// `FOR UPDATE SKIP LOCKED`: MySQL 8.0.1+, MariaDB 10.6+.
     const HOLD_TURN: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+    /// MySQL has no `RETURNING`, and a multi-row INSERT reports only its first id.
+    const RETURNS_IDS: bool = false;
     /// MySQL refuses a `LIMIT` in an `IN` subquery, and a subquery on the table a
     /// DELETE deletes from; its own `DELETE … LIMIT` walks the `sent_at` index instead.
     const PRUNE_SENT_OUTBOX: &'static str =
@@ -96,14 +98,10 @@ impl Dialect for MySql {
         }
     }
 
-    /// MySQL has no `RETURNING`, and a multi-row INSERT reports only its first id.
-    const RETURNS_IDS: bool = false;
-
     /// The server reports the `AUTO_INCREMENT` value it assigned with the insert.
     async fn insert_ids(
         conn: &mut MySqlConnection,
         insert: Query<'static, MySql, MySqlArguments>,
-        _rows: usize,
     ) -> sqlx::Result<Vec<i64>> {
         let id = insert.execute(conn).await?.last_insert_id();
         Ok(vec![

@@ -39,7 +39,6 @@ impl Dialect for Postgres {
     async fn insert_ids(
         conn: &mut PgConnection,
         insert: Query<'static, Postgres, PgArguments>,
-        _rows: usize,
     ) -> sqlx::Result<Vec<i64>> {
         returning_ids(conn, insert).await
     }

@@ -97,13 +97,12 @@ pub trait Dialect: Database {
     /// it does, a batch of new games is one statement; elsewhere, one per game.
     const RETURNS_IDS: bool;
 
-    /// Runs `insert`, an INSERT of `rows` rows into a table whose `id` the database
-    /// assigns, and returns their ids in the order of the rows. `rows` is 1 unless
+    /// Runs `insert`, an INSERT into a table whose `id` the database assigns, and
+    /// returns the ids of its rows in their order. It has one row unless
     /// [`Self::RETURNS_IDS`].
     async fn insert_ids(
         conn: &mut Self::Connection,
         insert: Query<'static, Self, Self::Arguments>,
-        rows: usize,
     ) -> sqlx::Result<Vec<i64>>;
 
     /// Runs `insert`, an INSERT of one row into a table whose `id` the database
@@ -112,7 +111,7 @@ pub trait Dialect: Database {
         conn: &mut Self::Connection,
         insert: Query<'static, Self, Self::Arguments>,
     ) -> sqlx::Result<i64> {
-        let ids = Self::insert_ids(conn, insert, 1).await?;
+        let ids = Self::insert_ids(conn, insert).await?;
         ids.first()
             .copied()
             .ok_or_else(|| sqlx::Error::Protocol("an INSERT reported no id".into()))
@@ -438,7 +437,7 @@ where
             for NewGame { draft, .. } in chunk {
                 insert = Self::bind_draft(insert, draft).bind(now).bind(now);
             }
-            match DB::insert_ids(&mut tx, insert, chunk.len()).await {
+            match DB::insert_ids(&mut tx, insert).await {
                 Ok(inserted) => ids.extend(inserted),
                 Err(error) => {
                     drop(tx);
@@ -479,18 +478,24 @@ where
     }
 
     /// Updates the games of `batch`, each read back right after its UPDATE (a game
-    /// may come twice), with their `game.updated` events, in one transaction. A game
-    /// that does not exist is answered `NotFound` and the others go on; a foreign key
-    /// refusing a platform or genre rolls it all back, as for [`Self::insert_games`].
+    /// may come twice), with their `game.updated` events, in one transaction. The rows
+    /// are updated in the order of their ids, as the workers lock them, so that two
+    /// transactions never wait for each other's rows. A game that does not exist is
+    /// answered `NotFound` and the others go on; a foreign key refusing a platform or
+    /// genre rolls it all back, as for [`Self::insert_games`].
     async fn write_updates(
         &self,
         batch: &[GameUpdate],
     ) -> Result<Vec<Result<Game, StoreError>>, StoreError> {
         let mut tx = self.begin_write().await?;
         let now = now_ms();
-        let mut answers = Vec::with_capacity(batch.len());
+        let mut by_id: Vec<usize> = (0..batch.len()).collect();
+        by_id.sort_by_key(|&index| batch[index].id);
+        let mut answers: Vec<Option<Result<Game, StoreError>>> =
+            batch.iter().map(|_| None).collect();
         let mut events = Vec::with_capacity(batch.len());
-        for GameUpdate { id, draft, event } in batch {
+        for index in by_id {
+            let GameUpdate { id, draft, event } = &batch[index];
             let update = sqlx::query(DB::sql(
                 "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
                  release_year = $5, year_category = $6, description = $7, image_url = $8, \
@@ -513,18 +518,24 @@ where
                 0 => None,
                 _ => Self::fetch_game(&mut tx, *id).await?,
             };
-            answers.push(game.ok_or(StoreError::NotFound {
-                entity: "game",
-                id: *id,
-            }));
-            if let Some(Ok(game)) = answers.last() {
-                events.push(OutboxMessage::game_event(game, GameAction::Update, event));
-            }
+            answers[index] = Some(match game {
+                Some(game) => {
+                    events.push(OutboxMessage::game_event(&game, GameAction::Update, event));
+                    Ok(game)
+                }
+                None => Err(StoreError::NotFound {
+                    entity: "game",
+                    id: *id,
+                }),
+            });
         }
         Self::insert_outbox(&mut tx, &events).await?;
         tx.commit().await.map_err(DB::classify)?;
         self.outbox_written.notify_one();
-        Ok(answers)
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.expect("every update of the batch ran"))
+            .collect())
     }
 
     /// Inserts `messages` into the outbox, in order, with one statement.

@@ -68,7 +68,6 @@ impl Dialect for Sqlite {
     async fn insert_ids(
         conn: &mut SqliteConnection,
         insert: Query<'static, Sqlite, SqliteArguments>,
-        _rows: usize,
     ) -> sqlx::Result<Vec<i64>> {
         returning_ids(conn, insert).await
     }
