@@ -58,20 +58,16 @@ impl ApiContext {
         live: LiveFeed,
         shutdown: Shutdown,
     ) -> Self {
-        let creates = GroupCommit::spawn(WRITE_BATCH, {
-            let store = store.clone();
-            move |batch: Vec<NewGame>| {
-                let store = store.clone();
-                async move { store.create_games(&batch).await }
-            }
-        });
-        let updates = GroupCommit::spawn(WRITE_BATCH, {
-            let store = store.clone();
-            move |batch: Vec<GameUpdate>| {
-                let store = store.clone();
-                async move { store.update_games(&batch).await }
-            }
-        });
+        let creates = GroupCommit::spawn(
+            WRITE_BATCH,
+            store.clone(),
+            |store, batch: Vec<_>| async move { store.create_games(&batch).await },
+        );
+        let updates = GroupCommit::spawn(
+            WRITE_BATCH,
+            store.clone(),
+            |store, batch: Vec<_>| async move { store.update_games(&batch).await },
+        );
         Self {
             store,
             broker,

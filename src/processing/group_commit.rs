@@ -32,11 +32,13 @@ where
     Out: Send + 'static,
     E: From<Panicked> + Send + Sync + 'static,
 {
-    /// Starts the task. `commit` takes a batch and answers one output per input, in
-    /// order; its error goes to every caller of the batch.
-    pub fn spawn<F, Fut>(max_batch: usize, commit: F) -> Self
+    /// Starts the task. `commit` takes a clone of `shared` (the store, say) and a
+    /// batch, and answers one output per input, in order; its error goes to every
+    /// caller of the batch.
+    pub fn spawn<S, F, Fut>(max_batch: usize, shared: S, commit: F) -> Self
     where
-        F: Fn(Vec<In>) -> Fut + Send + 'static,
+        S: Clone + Send + 'static,
+        F: Fn(S, Vec<In>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<Out>, E>> + Send + 'static,
     {
         let max_batch = max_batch.max(1);
@@ -47,7 +49,7 @@ where
                 let (inputs, answers): (Vec<In>, Vec<Answer<Out, E>>) = batch.drain(..).unzip();
                 let (size, started) = (inputs.len(), std::time::Instant::now());
                 // A task of its own, so that a panic fails this batch, not the task.
-                let committed = match tokio::spawn(commit(inputs)).await {
+                let committed = match tokio::spawn(commit(shared.clone(), inputs)).await {
                     Ok(committed) => committed,
                     Err(crashed) => {
                         tracing::error!(%crashed, size, "a group commit panicked; its callers get an error");
@@ -98,7 +100,7 @@ mod tests {
     async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let doubler = Arc::new(GroupCommit::spawn(8, move |batch: Vec<u32>| {
+        let doubler = Arc::new(GroupCommit::spawn(8, seen, |seen, batch: Vec<u32>| {
             seen.lock().unwrap().push(batch.len());
             async move {
                 // Slow enough that the other callers queue up meanwhile.
@@ -124,7 +126,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_every_call_in_it() {
-        let failing = GroupCommit::spawn(4, |_batch: Vec<u32>| async {
+        let failing = GroupCommit::spawn(4, (), |(), _batch: Vec<u32>| async {
             Err::<Vec<u32>, _>(StoreError::Unavailable("database down".into()))
         });
         let error = failing.call(1).await.unwrap_err();
@@ -133,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_batch_fails_its_calls_and_the_next_batch_goes_on() {
-        let picky = GroupCommit::spawn(4, |batch: Vec<u32>| async move {
+        let picky = GroupCommit::spawn(4, (), |(), batch: Vec<u32>| async move {
             assert!(!batch.contains(&13), "unlucky");
             Ok::<_, StoreError>(batch)
         });

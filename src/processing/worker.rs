@@ -129,20 +129,14 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let batch = config.concurrency;
-        let starts = GroupCommit::spawn(batch, {
-            let store = store.clone();
-            move |requests: Vec<StartRequest>| {
-                let store = store.clone();
-                async move { store.start_processing(&requests).await }
-            }
-        });
-        let finishes = GroupCommit::spawn(batch, {
-            let store = store.clone();
-            move |records: Vec<ProcessingRecord>| {
-                let store = store.clone();
-                async move { store.finish_processing(&records).await }
-            }
-        });
+        let starts =
+            GroupCommit::spawn(batch, store.clone(), |store, requests: Vec<_>| async move {
+                store.start_processing(&requests).await
+            });
+        let finishes =
+            GroupCommit::spawn(batch, store.clone(), |store, records: Vec<_>| async move {
+                store.finish_processing(&records).await
+            });
         Self {
             store,
             broker,
