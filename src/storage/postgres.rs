@@ -44,14 +44,54 @@ impl Dialect for Postgres {
     }
 
     /// Class 08: connection exceptions; 57P01-57P03: the server is shutting down or
-    /// starting up; 53300: too many connections.
+    /// starting up; 53300: too many connections; 40001 and 40P01: the transaction was
+    /// rolled back, as a serialization failure or to break a deadlock, and can simply
+    /// run again.
     fn is_unavailable(error: &dyn DatabaseError) -> bool {
         error.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+            code.starts_with("08")
+                || code.starts_with("57P0")
+                || ["53300", "40001", "40P01"].contains(&code.as_ref())
         })
     }
 
     fn rows_affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, PgConnection};
+
+    /// Two transactions that each wait for the other's lock: PostgreSQL rolls one back
+    /// (after its `deadlock_timeout`, 1 s by default), and that is a retry-later, not
+    /// a bug.
+    #[tokio::test]
+    async fn a_deadlock_victim_may_retry() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("skipped: set TEST_POSTGRES_URL to run this test against PostgreSQL");
+            return;
+        };
+        let mut first = PgConnection::connect(&url).await.expect("connect");
+        let mut second = PgConnection::connect(&url).await.expect("connect");
+        // Keys of this process's own, apart from other tests' on the same server.
+        let (one, two) = (
+            i64::from(std::process::id()) << 1,
+            i64::from(std::process::id()) << 1 | 1,
+        );
+        let lock = |key: i64| sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key);
+        let mut a = first.begin().await.unwrap();
+        let mut b = second.begin().await.unwrap();
+        lock(one).execute(&mut *a).await.unwrap();
+        lock(two).execute(&mut *b).await.unwrap();
+        let (a_waits, b_waits) =
+            tokio::join!(lock(two).execute(&mut *a), lock(one).execute(&mut *b));
+        let victim = a_waits.err().or(b_waits.err()).expect("one is rolled back");
+        assert!(
+            matches!(Postgres::classify(victim), StoreError::Unavailable(_)),
+            "a deadlock is classified as retry-later"
+        );
     }
 }
