@@ -25,6 +25,7 @@ use crate::domain::{
 use crate::processing::thumbnail::Thumbnail;
 use async_trait::async_trait;
 use sqlx::Connection;
+use sqlx::database::HasStatementCache;
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::pool::PoolOptions;
@@ -40,7 +41,7 @@ use tokio::sync::Notify;
 
 /// What a backend adds to the shared SQL.
 #[async_trait]
-pub trait Dialect: Database {
+pub trait Dialect: Database + HasStatementCache {
     /// Starts a write transaction.
     const BEGIN_WRITE: &'static str;
     /// The case-insensitive `LIKE` of `?search=`.
@@ -973,6 +974,10 @@ where
         let mut sql = shared::games_query::<DB>(query, DB::LIKE, DB::TRIGRAMS)?;
         let rows = sql
             .build()
+            // A search is planned for its own term: a plan for any term (PostgreSQL's
+            // generic plan of a cached statement) cannot tell that a term is selective,
+            // and walks the title index past every game instead of using the trigrams.
+            .persistent(query.search.is_none())
             .fetch_all(&self.pool)
             .await
             .map_err(DB::classify)?;
