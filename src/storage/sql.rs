@@ -48,8 +48,14 @@ pub trait Dialect: Database + HasStatementCache {
     const LIKE: &'static str;
     /// A full-text table of the games' titles and developers, tokenized in trigrams and
     /// queried with `MATCH` (SQLite's FTS5), that `?search=` uses for terms of three
-    /// characters or more instead of scanning with `LIKE`. Backends without one scan.
+    /// characters or more instead of scanning with `LIKE`. Backends without one use
+    /// `LIKE`: PostgreSQL serves it from its pg_trgm indexes, MySQL scans.
     const TRIGRAMS: Option<&'static str> = None;
+    /// Plan each search for its own term instead of caching its statement. PostgreSQL
+    /// gives a cached statement a generic plan after five runs, made for any term: it
+    /// cannot tell that a term is selective, and walks the title index past every
+    /// game instead of using the trigram indexes. Elsewhere, re-preparing only costs.
+    const PLAN_EACH_SEARCH: bool = false;
     /// This backend's schema and seed data (`migrations/<backend>`).
     const MIGRATOR: Migrator;
     /// Whether a relay's turn at the outbox lasts until its rows are marked sent: on a
@@ -974,10 +980,7 @@ where
         let mut sql = shared::games_query::<DB>(query, DB::LIKE, DB::TRIGRAMS)?;
         let rows = sql
             .build()
-            // A search is planned for its own term: a plan for any term (PostgreSQL's
-            // generic plan of a cached statement) cannot tell that a term is selective,
-            // and walks the title index past every game instead of using the trigrams.
-            .persistent(query.search.is_none())
+            .persistent(query.search.is_none() || !DB::PLAN_EACH_SEARCH)
             .fetch_all(&self.pool)
             .await
             .map_err(DB::classify)?;
