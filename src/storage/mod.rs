@@ -10,6 +10,7 @@
 //! cursors in `shared`); each backend file holds only its dialect: how transactions
 //! start, its error codes, its migrations, and what its SQL spells differently.
 
+mod direct;
 pub mod mysql;
 pub mod postgres;
 mod shared;

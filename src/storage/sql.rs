@@ -12,6 +12,7 @@
 //! with multi-row statements built by sqlx's `QueryBuilder`, which spells each
 //! backend's placeholders itself.
 
+use super::direct::DirectReads;
 use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
@@ -257,6 +258,9 @@ pub struct SqlStore<DB: Database> {
     writer: Pool<DB>,
     outbox_written: Notify,
     claims: AtomicU64,
+    /// Where [`Store::game`] reads, if not through `pool`: on SQLite, the calling
+    /// thread (see [`DirectReads`]).
+    direct: Option<DirectReads>,
 }
 
 impl<DB> SqlStore<DB>
@@ -309,7 +313,12 @@ where
             writer,
             outbox_written: Notify::new(),
             claims: AtomicU64::new(0),
+            direct: None,
         })
+    }
+
+    pub(super) fn with_direct_reads(self, direct: Option<DirectReads>) -> Self {
+        Self { direct, ..self }
     }
 }
 
@@ -992,6 +1001,9 @@ where
     }
 
     async fn game(&self, id: i64) -> Result<Option<Game>, StoreError> {
+        if let Some(direct) = &self.direct {
+            return direct.game(id);
+        }
         let mut conn = self.pool.acquire().await.map_err(DB::classify)?;
         Self::fetch_game(&mut conn, id).await
     }

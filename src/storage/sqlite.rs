@@ -5,6 +5,7 @@
 //! `SQLITE_BUSY` when a reader tries to upgrade) and stay short. The queries are the
 //! shared ones of [`super::sql`].
 
+use super::direct::DirectReads;
 use super::sql::{Dialect, SqlStore, returning_ids};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
@@ -38,7 +39,9 @@ impl SqliteStore {
                 StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        Self::open(options, pool).await
+        let path = options.get_filename().to_owned();
+        let store = Self::open(options, pool).await?;
+        Ok(store.with_direct_reads(DirectReads::open(&path)))
     }
 }
 
