@@ -99,30 +99,7 @@ impl DirectRow<'_, '_> {
 }
 
 impl Columns for DirectRow<'_, '_> {
-    fn int(&self, column: &str) -> sqlx::Result<i64> {
-        self.get(column)
-    }
-    fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>> {
-        self.get(column)
-    }
-    fn year(&self, column: &str) -> sqlx::Result<i32> {
-        self.get(column)
-    }
-    fn opt_year(&self, column: &str) -> sqlx::Result<Option<i32>> {
-        self.get(column)
-    }
-    fn text(&self, column: &str) -> sqlx::Result<String> {
-        self.get(column)
-    }
-    fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>> {
-        self.get(column)
-    }
-    fn flag(&self, column: &str) -> sqlx::Result<bool> {
-        self.get(column)
-    }
-    fn bytes(&self, column: &str) -> sqlx::Result<Vec<u8>> {
-        self.get(column)
-    }
+    shared::typed_columns!(get);
 }
 
 #[cfg(test)]

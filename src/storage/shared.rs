@@ -62,6 +62,38 @@ pub trait Columns {
     }
 }
 
+/// The methods of [`Columns`], each a call of the row's own generic getter `$get`,
+/// which decodes the column as the method's type.
+macro_rules! typed_columns {
+    ($get:ident) => {
+        fn int(&self, column: &str) -> sqlx::Result<i64> {
+            self.$get(column)
+        }
+        fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>> {
+            self.$get(column)
+        }
+        fn year(&self, column: &str) -> sqlx::Result<i32> {
+            self.$get(column)
+        }
+        fn opt_year(&self, column: &str) -> sqlx::Result<Option<i32>> {
+            self.$get(column)
+        }
+        fn text(&self, column: &str) -> sqlx::Result<String> {
+            self.$get(column)
+        }
+        fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>> {
+            self.$get(column)
+        }
+        fn flag(&self, column: &str) -> sqlx::Result<bool> {
+            self.$get(column)
+        }
+        fn bytes(&self, column: &str) -> sqlx::Result<Vec<u8>> {
+            self.$get(column)
+        }
+    };
+}
+pub(super) use typed_columns;
+
 impl<R> Columns for R
 where
     R: Row,
@@ -72,30 +104,7 @@ where
     for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    fn int(&self, column: &str) -> sqlx::Result<i64> {
-        self.try_get(column)
-    }
-    fn opt_int(&self, column: &str) -> sqlx::Result<Option<i64>> {
-        self.try_get(column)
-    }
-    fn year(&self, column: &str) -> sqlx::Result<i32> {
-        self.try_get(column)
-    }
-    fn opt_year(&self, column: &str) -> sqlx::Result<Option<i32>> {
-        self.try_get(column)
-    }
-    fn text(&self, column: &str) -> sqlx::Result<String> {
-        self.try_get(column)
-    }
-    fn opt_text(&self, column: &str) -> sqlx::Result<Option<String>> {
-        self.try_get(column)
-    }
-    fn flag(&self, column: &str) -> sqlx::Result<bool> {
-        self.try_get(column)
-    }
-    fn bytes(&self, column: &str) -> sqlx::Result<Vec<u8>> {
-        self.try_get(column)
-    }
+    typed_columns!(try_get);
 }
 
 fn status(row: &impl Columns) -> sqlx::Result<ProcessingStatus> {
