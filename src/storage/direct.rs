@@ -1,72 +1,147 @@
-//! Reads of one game by id on SQLite, run on the calling thread.
+//! Reads of the catalog on SQLite without sqlx's connection threads.
 //!
 //! sqlx runs every SQLite connection on a thread of its own and hands each statement
 //! and each row across a channel. For `GET /api/games/{id}` that hand-off was most of
 //! the cost: a lookup by primary key is a few microseconds of SQLite's work, and under
 //! load the server spent two thirds of its time in the kernel switching between its
 //! tokio workers and the connections' threads (docs/benchmarks.md). These reads open
-//! the same file read-only with rusqlite and run the lookup where the request is:
-//! no more blocking than serializing the answer. Everything else (writes, lists, the
-//! worker's transactions) stays on sqlx.
+//! the same file read-only with rusqlite. A game by id is read where the request is:
+//! no more blocking than serializing the answer. A list may scan (a search that
+//! matches most of the catalog, or the original's unpaged list), so it runs on tokio's
+//! blocking pool: one hand-off there and one back, where sqlx made one a row. Writes
+//! and the worker's transactions stay on sqlx.
 
-use super::StoreError;
-use super::shared::{self, Columns, GAME_COLUMNS};
+use super::shared::{self, Columns, GAME_COLUMNS, QuerySink};
+use super::sql::Dialect;
+use super::{GamePage, GameQuery, StoreError};
 use crate::domain::Game;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+use sqlx::Sqlite;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
-/// Connections kept open between reads; more are opened while more read at once.
-const IDLE_CONNECTIONS: usize = 8;
+/// Connections kept open between reads, and lists read at once (as many as the sqlx
+/// pool's default size); more games by id may be read at once, on connections opened
+/// for the moment.
+const CONNECTIONS: usize = 8;
 
 /// Read-only connections to the catalog's file, reused from read to read.
-pub struct DirectReads {
+#[derive(Clone)]
+pub struct DirectReads(Arc<Shared>);
+
+struct Shared {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    lists: Semaphore,
 }
 
 impl DirectReads {
     /// Reads from the database file at `path`, which sqlx has created and migrated.
     /// `None` for an in-memory database, which another connection cannot see.
     pub fn open(path: &Path) -> Option<Self> {
-        path.is_file().then(|| Self {
-            path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
+        path.is_file().then(|| {
+            Self(Arc::new(Shared {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+                lists: Semaphore::new(CONNECTIONS),
+            }))
         })
     }
 
     /// The game with `id`, as [`super::Store::game`] reads it.
     pub fn game(&self, id: i64) -> Result<Option<Game>, StoreError> {
-        let conn = match self.idle.lock().expect("idle connections").pop() {
+        let sql = format!("{GAME_COLUMNS} WHERE g.id = ?1");
+        self.with_connection(|conn| {
+            conn.prepare_cached(&sql)?
+                .query_row([id], |row| Ok(shared::game_from_row(&DirectRow(row))))
+                .optional()
+        })?
+        .transpose()
+    }
+
+    /// A list of games, as [`super::Store::list_games`] reads it.
+    pub async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
+        let mut sql = DirectQuery::default();
+        shared::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::TRIGRAMS)?;
+        let _permit = self
+            .0
+            .lists
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let this = self.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            this.with_connection(|conn| {
+                conn.prepare_cached(&sql.sql)?
+                    .query_map(params_from_iter(sql.params), |row| {
+                        Ok(shared::game_from_row(&DirectRow(row)))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+        })
+        .await;
+        let items = match rows {
+            Ok(rows) => rows?.into_iter().collect::<Result<Vec<_>, _>>()?,
+            // A bug in the read: the request fails as if it had read inline.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => return Err(StoreError::Unavailable("shutting down".into())),
+        };
+        Ok(shared::games_page(query, items))
+    }
+
+    /// Runs `read` on an idle connection, or a new one, and keeps the connection for
+    /// the next read unless [`CONNECTIONS`] are idle already.
+    fn with_connection<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let idle = self.0.idle.lock().expect("idle connections").pop();
+        let conn = match idle {
             Some(conn) => conn,
             None => self.connect().map_err(classify)?,
         };
-        let sql = format!("{GAME_COLUMNS} WHERE g.id = ?1");
-        let game = conn
-            .prepare_cached(&sql)
-            .and_then(|mut statement| {
-                statement
-                    .query_row([id], |row| Ok(shared::game_from_row(&DirectRow(row))))
-                    .optional()
-            })
-            .map_err(classify)?
-            .transpose()?;
-        let mut idle = self.idle.lock().expect("idle connections");
-        if idle.len() < IDLE_CONNECTIONS {
+        let result = read(&conn).map_err(classify);
+        let mut idle = self.0.idle.lock().expect("idle connections");
+        if idle.len() < CONNECTIONS {
             idle.push(conn);
         }
-        Ok(game)
+        result
     }
 
     fn connect(&self) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
-            &self.path,
+            &self.0.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // As the sqlx pool's: a checkpoint may hold the file a moment.
         conn.busy_timeout(Duration::from_secs(5))?;
         Ok(conn)
+    }
+}
+
+/// The statement of a list: its SQL with `?` for each parameter, in order.
+#[derive(Default)]
+struct DirectQuery {
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl QuerySink for DirectQuery {
+    fn push(&mut self, sql: impl std::fmt::Display) -> &mut Self {
+        use std::fmt::Write;
+        write!(self.sql, "{sql}").expect("writing to a String cannot fail");
+        self
+    }
+    fn push_int(&mut self, value: i64) -> &mut Self {
+        self.params.push(Value::Integer(value));
+        self.push("?")
+    }
+    fn push_text(&mut self, value: String) -> &mut Self {
+        self.params.push(Value::Text(value));
+        self.push("?")
     }
 }
 
@@ -105,14 +180,17 @@ impl Columns for DirectRow<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ProcessingStatus;
     use crate::storage::sqlite::SqliteStore;
-    use crate::storage::{PoolConfig, Store};
+    use crate::storage::{GameSort, PageRequest, PoolConfig, Store};
     use sqlx::Connection;
 
-    /// What the direct read answers is what sqlx's read through the pool answers: the
-    /// seeded games, one with a thumbnail (its URL), and a game that does not exist.
+    /// What the direct reads answer is what sqlx's reads through the pool answer: each
+    /// seeded game, one with a thumbnail (its URL), a game that does not exist, and
+    /// lists with every kind of filter, a search by the trigram index and by `LIKE`,
+    /// a sort, a next page by cursor, the unpaged list, and a cursor we never issued.
     #[tokio::test]
-    async fn reads_each_game_as_the_pool_does() {
+    async fn read_as_the_pool_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
         let url = format!("sqlite://{}", path.display());
@@ -127,6 +205,7 @@ mod tests {
             .unwrap();
         let direct = DirectReads::open(&path).expect("a database file");
         let pooled = store.with_direct_reads(None);
+
         let with_thumbnail = direct.game(2).unwrap().expect("seeded game 2");
         assert_eq!(
             with_thumbnail.thumbnail_url.as_deref(),
@@ -139,6 +218,55 @@ mod tests {
                 "game {id}"
             );
         }
+
+        let page = |limit, cursor: Option<String>| Some(PageRequest { limit, cursor });
+        let first = GameQuery {
+            sort: GameSort::ReleaseYearDesc,
+            page: page(3, None),
+            ..GameQuery::default()
+        };
+        let cursor = direct.list_games(&first).await.unwrap().next_cursor;
+        assert!(cursor.is_some(), "the seeds fill more than one page of 3");
+        let queries = [
+            first.clone(),
+            GameQuery {
+                page: page(3, cursor),
+                ..first.clone()
+            },
+            GameQuery::default(),
+            GameQuery {
+                search: Some("mario".into()),
+                ..GameQuery::default()
+            },
+            GameQuery {
+                search: Some("ma".into()),
+                page: page(50, None),
+                ..GameQuery::default()
+            },
+            GameQuery {
+                platform_id: Some(1),
+                genre_id: Some(1),
+                year_category: Some("1980s".into()),
+                status: Some(ProcessingStatus::Completed),
+                ..GameQuery::default()
+            },
+        ];
+        for query in &queries {
+            let listed = direct.list_games(query).await.unwrap();
+            assert_eq!(listed, pooled.list_games(query).await.unwrap(), "{query:?}");
+        }
+        for matching in [&queries[3], &queries[5]] {
+            assert!(!direct.list_games(matching).await.unwrap().items.is_empty());
+        }
+
+        let forged = GameQuery {
+            page: page(3, Some("not-a-cursor".into())),
+            ..GameQuery::default()
+        };
+        assert!(matches!(
+            direct.list_games(&forged).await,
+            Err(StoreError::InvalidCursor)
+        ));
     }
 
     #[test]

@@ -260,24 +260,19 @@ pub(super) fn headers_json(message: &OutboxMessage) -> String {
     serde_json::to_string(&message.headers).expect("headers serialize")
 }
 
-/// `GET /api/games` as one query: filters, keyset position, order and limit. `like` is
-/// the backend's case-insensitive `LIKE` (SQLite's `LIKE` already ignores ASCII case);
-/// `trigrams` names its full-text trigram table, if it has one ([`Dialect::TRIGRAMS`]).
+/// `GET /api/games` as one query, written to `sql`: filters, keyset position, order and
+/// limit. `like` is the backend's case-insensitive `LIKE` (SQLite's `LIKE` already
+/// ignores ASCII case); `trigrams` names its full-text trigram table, if it has one
+/// ([`Dialect::TRIGRAMS`]).
 ///
 /// [`Dialect::TRIGRAMS`]: super::sql::Dialect::TRIGRAMS
-pub(super) fn games_query<DB>(
+pub(super) fn games_query<Q: QuerySink>(
+    sql: &mut Q,
     query: &GameQuery,
     like: &str,
     trigrams: Option<&str>,
-) -> Result<QueryBuilder<DB>, StoreError>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-{
-    let mut sql = QueryBuilder::<DB>::new(GAME_COLUMNS);
-    sql.push(" WHERE 1 = 1");
+) -> Result<(), StoreError> {
+    sql.push(GAME_COLUMNS).push(" WHERE 1 = 1");
     match (&query.search, trigrams) {
         // A trigram index matches a phrase of three characters or more as a substring,
         // ignoring case; inside the phrase's quotes only a quote is special.
@@ -285,7 +280,7 @@ where
             sql.push(format_args!(
                 " AND g.id IN (SELECT rowid FROM {table} WHERE {table} MATCH "
             ))
-            .push_bind(format!("\"{}\"", search.replace('"', "\"\"")))
+            .push_text(format!("\"{}\"", search.replace('"', "\"\"")))
             .push(")");
         }
         (Some(search), _) => {
@@ -298,26 +293,26 @@ where
                 .replace('_', "!_");
             let pattern = format!("%{escaped}%");
             sql.push(format_args!(" AND (g.title {like} "))
-                .push_bind(pattern.clone())
+                .push_text(pattern.clone())
                 .push(format_args!(" ESCAPE '!' OR g.developer {like} "))
-                .push_bind(pattern)
+                .push_text(pattern)
                 .push(" ESCAPE '!')");
         }
         (None, _) => {}
     }
     if let Some(id) = query.platform_id {
-        sql.push(" AND g.platform_id = ").push_bind(id);
+        sql.push(" AND g.platform_id = ").push_int(id);
     }
     if let Some(id) = query.genre_id {
-        sql.push(" AND g.genre_id = ").push_bind(id);
+        sql.push(" AND g.genre_id = ").push_int(id);
     }
     if let Some(decade) = &query.year_category {
         sql.push(" AND g.year_category = ")
-            .push_bind(decade.clone());
+            .push_text(decade.clone());
     }
     if let Some(status) = query.status {
         sql.push(" AND g.processing_status = ")
-            .push_bind(status.as_str().to_owned());
+            .push_text(status.as_str().to_owned());
     }
     let sort = query.sort;
     let column = sort.column();
@@ -330,10 +325,10 @@ where
         let cursor = decode_cursor(sort, cursor)?;
         sql.push(format_args!(" AND ({column}, g.id) {comparison} ("));
         match cursor.v {
-            serde_json::Value::String(text) => sql.push_bind(text),
-            value => sql.push_bind(value.as_i64().unwrap_or_default()),
+            serde_json::Value::String(text) => sql.push_text(text),
+            value => sql.push_int(value.as_i64().unwrap_or_default()),
         };
-        sql.push(", ").push_bind(cursor.id).push(")");
+        sql.push(", ").push_int(cursor.id).push(")");
     }
     sql.push(format_args!(
         " ORDER BY {column} {direction}, g.id {direction}"
@@ -346,7 +341,32 @@ where
         // in the connection's cache.
         sql.push(format_args!(" LIMIT {}", i64::from(page.limit) + 1));
     }
-    Ok(sql)
+    Ok(())
+}
+
+/// Where [`games_query`] writes its statement: sqlx's `QueryBuilder`, or the SQL and
+/// parameters of a direct read ([`super::direct`]).
+pub(super) trait QuerySink {
+    fn push(&mut self, sql: impl std::fmt::Display) -> &mut Self;
+    fn push_int(&mut self, value: i64) -> &mut Self;
+    fn push_text(&mut self, value: String) -> &mut Self;
+}
+
+impl<DB> QuerySink for QueryBuilder<DB>
+where
+    DB: Database,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    fn push(&mut self, sql: impl std::fmt::Display) -> &mut Self {
+        QueryBuilder::push(self, sql)
+    }
+    fn push_int(&mut self, value: i64) -> &mut Self {
+        self.push_bind(value)
+    }
+    fn push_text(&mut self, value: String) -> &mut Self {
+        self.push_bind(value)
+    }
 }
 
 /// The page of [`games_query`]'s rows, with the cursor of its last row when more follow.

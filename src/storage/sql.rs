@@ -258,8 +258,8 @@ pub struct SqlStore<DB: Database> {
     writer: Pool<DB>,
     outbox_written: Notify,
     claims: AtomicU64,
-    /// Where [`Store::game`] reads, if not through `pool`: on SQLite, the calling
-    /// thread (see [`DirectReads`]).
+    /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on
+    /// SQLite, rusqlite without sqlx's connection threads (see [`DirectReads`]).
     direct: Option<DirectReads>,
 }
 
@@ -986,7 +986,11 @@ where
     }
 
     async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
-        let mut sql = shared::games_query::<DB>(query, DB::LIKE, DB::TRIGRAMS)?;
+        if let Some(direct) = &self.direct {
+            return direct.list_games(query).await;
+        }
+        let mut sql = QueryBuilder::<DB>::new("");
+        shared::games_query(&mut sql, query, DB::LIKE, DB::TRIGRAMS)?;
         let rows = sql
             .build()
             .persistent(query.search.is_none() || !DB::PLAN_EACH_SEARCH)
