@@ -23,30 +23,35 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Connections kept open between reads, and lists read at once (as many as the sqlx
-/// pool's default size); more games by id may be read at once, on connections opened
-/// for the moment.
-const CONNECTIONS: usize = 8;
-
 /// Read-only connections to the catalog's file, reused from read to read.
 #[derive(Clone)]
 pub struct DirectReads(Arc<Shared>);
 
 struct Shared {
     path: PathBuf,
+    /// Connections kept open between reads, and lists read at once; more games by id
+    /// may be read at once (one a tokio worker), on connections opened for the moment.
+    connections: usize,
     idle: Mutex<Vec<Connection>>,
     lists: Semaphore,
+    /// How long a list waits for its turn before it fails with 503, as for a pooled
+    /// connection.
+    acquire_timeout: Duration,
 }
 
 impl DirectReads {
-    /// Reads from the database file at `path`, which sqlx has created and migrated.
-    /// `None` for an in-memory database, which another connection cannot see.
-    pub fn open(path: &Path) -> Option<Self> {
+    /// Reads from the database file at `path`, which sqlx has created and migrated,
+    /// within the limits of its pool: `connections` open, `acquire_timeout`. `None` for
+    /// an in-memory database, which another connection cannot see.
+    pub fn open(path: &Path, connections: usize, acquire_timeout: Duration) -> Option<Self> {
+        let connections = connections.max(1);
         path.is_file().then(|| {
             Self(Arc::new(Shared {
                 path: path.to_owned(),
-                idle: Mutex::new(Vec::new()),
-                lists: Semaphore::new(CONNECTIONS),
+                connections,
+                idle: Mutex::new(Vec::with_capacity(connections)),
+                lists: Semaphore::new(connections),
+                acquire_timeout,
             }))
         })
     }
@@ -62,12 +67,13 @@ impl DirectReads {
     pub async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
         let mut sql = DirectQuery::default();
         shared::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::TRIGRAMS)?;
-        let _permit = self
-            .0
-            .lists
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let Ok(permit) = tokio::time::timeout(self.0.acquire_timeout, self.0.lists.acquire()).await
+        else {
+            return Err(StoreError::Unavailable(
+                "every catalog connection is busy; try again".into(),
+            ));
+        };
+        let _permit = permit.expect("the semaphore is never closed");
         let this = self.clone();
         let rows = tokio::task::spawn_blocking(move || {
             this.with_connection(|conn| games(conn, &sql.sql, params_from_iter(sql.params)))
@@ -83,7 +89,7 @@ impl DirectReads {
     }
 
     /// Runs `read` on an idle connection, or a new one, and keeps the connection for
-    /// the next read unless [`CONNECTIONS`] are idle already.
+    /// the next read unless enough are idle already.
     fn with_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -95,7 +101,7 @@ impl DirectReads {
         };
         let result = read(&conn).map_err(classify);
         let mut idle = self.0.idle.lock().expect("idle connections");
-        if idle.len() < CONNECTIONS {
+        if idle.len() < self.0.connections {
             idle.push(conn);
         }
         result
@@ -204,25 +210,32 @@ mod tests {
     use crate::storage::{GameSort, PageRequest, PoolConfig, Store};
     use sqlx::Connection;
 
+    /// A migrated catalog, its seeds in it, in `catalog.db` of a directory of its own.
+    async fn seeded_catalog() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let store = SqliteStore::connect(&url, PoolConfig::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
     /// What the direct reads answer is what sqlx's reads through the pool answer: each
     /// seeded game, one with a thumbnail (its URL), a game that does not exist, and
     /// lists with every kind of filter, a search by the trigram index and by `LIKE`,
     /// a sort, a next page by cursor, the unpaged list, and a cursor we never issued.
     #[tokio::test]
     async fn read_as_the_pool_reads() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, store) = seeded_catalog().await;
         let path = dir.path().join("catalog.db");
         let url = format!("sqlite://{}", path.display());
-        let store = SqliteStore::connect(&url, PoolConfig::default())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
         sqlx::query("INSERT INTO thumbnails VALUES (2, 1, x'00', 1, 1)")
             .execute(&mut conn)
             .await
             .unwrap();
-        let direct = DirectReads::open(&path).expect("a database file");
+        let direct = DirectReads::open(&path, 2, Duration::from_secs(5)).expect("a database file");
         let pooled = store.with_direct_reads(None);
 
         let with_thumbnail = direct.game(2).unwrap().expect("seeded game 2");
@@ -288,8 +301,31 @@ mod tests {
         ));
     }
 
+    /// With every connection busy with a list for longer than the acquire timeout, a
+    /// list fails with 503 (retry later), as a request waiting for the pool does.
+    #[tokio::test]
+    async fn a_list_waits_for_a_connection_no_longer_than_the_acquire_timeout() {
+        let (dir, _store) = seeded_catalog().await;
+        let path = dir.path().join("catalog.db");
+        let direct = DirectReads::open(&path, 1, Duration::from_millis(20)).unwrap();
+        let busy = direct.0.lists.acquire().await.unwrap();
+        assert!(matches!(
+            direct.list_games(&GameQuery::default()).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        drop(busy);
+        assert!(
+            !direct
+                .list_games(&GameQuery::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+
     #[test]
     fn an_in_memory_database_is_read_through_the_pool() {
-        assert!(DirectReads::open(Path::new(":memory:")).is_none());
+        assert!(DirectReads::open(Path::new(":memory:"), 2, Duration::from_secs(5)).is_none());
     }
 }

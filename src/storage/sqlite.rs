@@ -40,8 +40,12 @@ impl SqliteStore {
             })?;
         }
         let path = options.get_filename().to_owned();
+        let connections = pool
+            .max_connections
+            .unwrap_or(Sqlite::DEFAULT_MAX_CONNECTIONS) as usize;
         let store = Self::open(options, pool).await?;
-        Ok(store.with_direct_reads(DirectReads::open(&path)))
+        let direct = DirectReads::open(&path, connections, pool.acquire_timeout);
+        Ok(store.with_direct_reads(direct))
     }
 }
 
