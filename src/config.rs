@@ -31,7 +31,8 @@ pub struct StorageArgs {
 
     /// Connections in the catalog database's pool, at most [default: 8 for SQLite, 16
     /// for PostgreSQL and MySQL]. Mind the server's own connection limit, shared by
-    /// every process.
+    /// every process. On SQLite also the read connections kept open, and the lists
+    /// read at once.
     #[arg(long, env = "RETROCAT_DB_MAX_CONNECTIONS", global = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: Option<u32>,
