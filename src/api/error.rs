@@ -125,6 +125,7 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable(format!("database unavailable: {message}"))
             }
             StoreError::Database(error) => Self::Internal(error.into()),
+            StoreError::DirectRead(error) => Self::Internal(error.into()),
             StoreError::Panicked(error) => Self::Internal(error.into()),
         }
     }

@@ -11,7 +11,7 @@
 //! blocking pool: one hand-off there and one back, where sqlx made one a row. Writes
 //! and the worker's transactions stay on sqlx.
 
-use super::shared::{self, Columns, GAME_COLUMNS, QuerySink};
+use super::shared::{self, Columns, GAME_BY_ID, QuerySink};
 use super::sql::Dialect;
 use super::{GamePage, GameQuery, StoreError};
 use crate::domain::Game;
@@ -19,7 +19,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Params, params_from_iter};
 use sqlx::Sqlite;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -37,6 +37,8 @@ struct Shared {
     /// How long a list waits for its turn before it fails with 503, as for a pooled
     /// connection.
     acquire_timeout: Duration,
+    /// The names of [`GAME_COLUMNS`](shared::GAME_COLUMNS), in order.
+    columns: OnceLock<Vec<String>>,
 }
 
 impl DirectReads {
@@ -52,14 +54,14 @@ impl DirectReads {
                 idle: Mutex::new(Vec::with_capacity(connections)),
                 lists: Semaphore::new(connections),
                 acquire_timeout,
+                columns: OnceLock::new(),
             }))
         })
     }
 
     /// The game with `id`, as [`super::Store::game`] reads it.
     pub fn game(&self, id: i64) -> Result<Option<Game>, StoreError> {
-        let sql = format!("{GAME_COLUMNS} WHERE g.id = ?1");
-        let games = self.with_connection(|conn| games(conn, &sql, [id]))?;
+        let games = self.with_connection(|conn| self.games(conn, &GAME_BY_ID, [id]))?;
         games.into_iter().next().transpose()
     }
 
@@ -76,7 +78,7 @@ impl DirectReads {
         let _permit = permit.expect("the semaphore is never closed");
         let this = self.clone();
         let rows = tokio::task::spawn_blocking(move || {
-            this.with_connection(|conn| games(conn, &sql.sql, params_from_iter(sql.params)))
+            this.with_connection(|conn| this.games(conn, &sql.sql, params_from_iter(sql.params)))
         })
         .await;
         let items = match rows {
@@ -105,6 +107,30 @@ impl DirectReads {
             idle.push(conn);
         }
         result
+    }
+
+    /// The games `sql` reads, each mapped as sqlx's rows are. Every statement here
+    /// selects [`GAME_COLUMNS`](shared::GAME_COLUMNS), so their names are read from
+    /// the first one only.
+    fn games(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl Params,
+    ) -> rusqlite::Result<Vec<Result<Game, StoreError>>> {
+        let mut statement = conn.prepare_cached(sql)?;
+        let names = self.0.columns.get_or_init(|| {
+            statement
+                .column_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        });
+        statement
+            .query_map(params, |row| {
+                Ok(shared::game_from_row(&DirectRow { row, names }))
+            })?
+            .collect()
     }
 
     fn connect(&self) -> rusqlite::Result<Connection> {
@@ -149,34 +175,14 @@ fn classify(error: rusqlite::Error) -> StoreError {
         Some(DatabaseBusy | DatabaseLocked | CannotOpen) => {
             StoreError::Unavailable(format!("reading the catalog: {error}"))
         }
-        _ => StoreError::Database(sqlx::Error::Protocol(format!(
-            "reading the catalog: {error}"
-        ))),
+        _ => StoreError::DirectRead(error),
     }
 }
 
-/// The games `sql` reads (the columns of [`GAME_COLUMNS`]), each mapped as sqlx's rows are.
-fn games(
-    conn: &Connection,
-    sql: &str,
-    params: impl Params,
-) -> rusqlite::Result<Vec<Result<Game, StoreError>>> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let names: Vec<String> = statement
-        .column_names()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    statement
-        .query_map(params, |row| {
-            Ok(shared::game_from_row(&DirectRow { row, names: &names }))
-        })?
-        .collect()
-}
-
 /// A rusqlite row, read through the same mapping as sqlx's rows. A column is found
-/// among the statement's names, read once: rusqlite's own lookup by name asks SQLite
-/// for each column's name at every call (a quarter of a list's time, by perf).
+/// among the names of [`GAME_COLUMNS`](shared::GAME_COLUMNS), read once: rusqlite's
+/// own lookup by name asks SQLite for each column's name at every call (a quarter of
+/// a list's time, by perf).
 struct DirectRow<'a, 'r> {
     row: &'a rusqlite::Row<'r>,
     names: &'a [String],

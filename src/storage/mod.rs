@@ -48,6 +48,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A read of SQLite's on the calling thread failed (see `direct`).
+    #[error("reading the catalog: {0}")]
+    DirectRead(#[from] rusqlite::Error),
     /// A group-committed write's batch panicked (a bug); nothing of it was written.
     #[error(transparent)]
     Panicked(#[from] crate::processing::group_commit::Panicked),

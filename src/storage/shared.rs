@@ -17,6 +17,7 @@ use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
+use std::sync::LazyLock;
 
 /// Sent outbox rows are kept this long for inspection, then pruned.
 pub(super) const KEEP_SENT_OUTBOX_MS: i64 = 60 * 60 * 1000;
@@ -46,6 +47,10 @@ pub(super) const GAME_COLUMNS: &str = "SELECT g.id, g.title, g.platform_id, \
      g.version, g.created_at, g.updated_at, \
      EXISTS (SELECT 1 FROM thumbnails t WHERE t.game_id = g.id) AS has_thumbnail \
      FROM games g JOIN platforms p ON p.id = g.platform_id JOIN genres gr ON gr.id = g.genre_id";
+
+/// One game by id (`$1`; SQLite reads `$1` as the first parameter too).
+pub(super) static GAME_BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("{GAME_COLUMNS} WHERE g.id = $1"));
 
 /// Typed column access for the shared mapping, implemented for every backend's row.
 pub trait Columns {

@@ -13,7 +13,9 @@
 //! backend's placeholders itself.
 
 use super::direct::DirectReads;
-use super::shared::{self, Columns, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms};
+use super::shared::{
+    self, Columns, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms,
+};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
     OutboxMessage, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
@@ -410,7 +412,7 @@ where
     }
 
     async fn fetch_game(conn: &mut DB::Connection, id: i64) -> Result<Option<Game>, StoreError> {
-        let sql = DB::sql(AssertSqlSafe(format!("{GAME_COLUMNS} WHERE g.id = $1")));
+        let sql = DB::sql(GAME_BY_ID.as_str());
         let row = sqlx::query(sql)
             .bind(id)
             .fetch_optional(conn)
