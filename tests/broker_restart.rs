@@ -9,17 +9,17 @@
 mod common;
 
 use common::Backend;
-use common::processes::{Deployment, Effects, create_games, http_client, stop_all};
+use common::processes::{Deployment, Effects, create_games_until, http_client, stop_all};
 use common::rabbitmq::{StoppedBroker, Vhost};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 
-const GAMES: usize = 5000;
 const IN_FLIGHT: usize = 32;
-/// Creates answered before RabbitMQ is stopped.
+/// Creates answered before RabbitMQ is stopped. The creates go on until it is back,
+/// however long stopping and starting it take.
 const BEFORE_STOP: usize = 1000;
 const DOWN_FOR: Duration = Duration::from_secs(3);
 
@@ -36,9 +36,14 @@ async fn a_broker_restart_under_load_loses_and_duplicates_nothing() {
     let client = http_client();
 
     let created = Arc::new(AtomicUsize::new(0));
+    let restarted = Arc::new(AtomicBool::new(false));
     let creating = tokio::spawn({
         let (base, created) = (api.base().to_owned(), created.clone());
-        async move { create_games(&base, "Restart", GAMES, IN_FLIGHT, &created).await }
+        let restarted = restarted.clone();
+        async move {
+            let done = |_| restarted.load(Ordering::Relaxed);
+            create_games_until(&base, "Restart", IN_FLIGHT, &created, done).await
+        }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while created.load(Ordering::Relaxed) < BEFORE_STOP {
@@ -70,6 +75,7 @@ async fn a_broker_restart_under_load_loses_and_duplicates_nothing() {
     let created_while_down = created.load(Ordering::Relaxed) - created_at_stop;
     let waiting = effects.outbox_depth().await;
     block_in_place(|| stopped.start());
+    restarted.store(true, Ordering::Relaxed);
     eprintln!(
         "RabbitMQ started again after {:.1?}; {created_while_down} creates answered while it \
          was down, {waiting} events waiting in the outbox",

@@ -321,8 +321,21 @@ pub async fn create_games(
     in_flight: usize,
     created: &AtomicUsize,
 ) -> Vec<i64> {
+    create_games_until(base, title, in_flight, created, |n| n >= count).await
+}
+
+/// As [`create_games`], starting creates until `done` says so of the number started:
+/// for a test whose creates must go on until it has acted, however fast they are.
+pub async fn create_games_until(
+    base: &str,
+    title: &str,
+    in_flight: usize,
+    created: &AtomicUsize,
+    done: impl Fn(usize) -> bool,
+) -> Vec<i64> {
     let client = http_client();
-    futures::stream::iter(0..count)
+    futures::stream::iter(0..)
+        .take_while(|&n| std::future::ready(!done(n)))
         .map(|n| {
             let client = client.clone();
             let url = format!("{base}/api/games");
@@ -332,9 +345,9 @@ pub async fn create_games(
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
                 assert_eq!(status, 201, "create {n} answered {status}: {text}");
-                let done = created.fetch_add(1, Ordering::Relaxed) + 1;
-                if done.is_multiple_of(1000) || done == count {
-                    eprintln!("created {done}/{count}");
+                let answered = created.fetch_add(1, Ordering::Relaxed) + 1;
+                if answered.is_multiple_of(1000) {
+                    eprintln!("created {answered}");
                 }
                 let game: Value = serde_json::from_str(&text).expect("game JSON");
                 game["id"].as_i64().expect("game id")
