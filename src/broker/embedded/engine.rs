@@ -287,9 +287,9 @@ impl Engine {
     }
 
     fn committed(&mut self, pending: Pending, promoted: Vec<Promoted>) {
-        for (queue, key, entry) in pending.added {
+        for (queue, entry) in pending.added {
             if let Some(state) = self.queues.get_mut(&queue) {
-                state.added(key, entry);
+                state.added(entry, self.options.fetch_batch);
             }
         }
         for (queue, due) in pending.delayed {

@@ -1,8 +1,9 @@
 //! One queue's in-memory state: its counts, leases, consumers, and a small window of
-//! ready messages read ahead from SQLite in delivery order.
+//! ready messages in delivery order: read ahead from SQLite, or kept as they were
+//! committed while the queue keeps up.
 //!
-//! Memory stays bounded whatever the backlog: the engine reads at most one fetch batch
-//! ahead per queue, and leases exist only for messages consumers hold (at most their
+//! Memory stays bounded whatever the backlog: the window holds at most about one fetch
+//! batch per queue, and leases exist only for messages consumers hold (at most their
 //! prefetch). Nothing here is persisted: after a crash every lease is simply gone, so
 //! every message still in the file is ready again.
 
@@ -121,19 +122,24 @@ impl QueueState {
 
     /// Whether a new message at `key` sorts before messages already read ahead, so it
     /// must join `ready` rather than wait in SQLite (a high priority on a busy queue).
-    pub fn is_before_cursor(&self, key: Key) -> bool {
+    fn is_before_cursor(&self, key: Key) -> bool {
         self.cursor.is_some_and(|cursor| key < cursor)
     }
 
-    /// A committed ready message. `entry` is given when [`Self::is_before_cursor`] said
-    /// so at staging; without it, reading again from the start is always correct.
-    pub fn added(&mut self, key: Key, entry: Option<Arc<Entry>>) {
+    /// A committed ready message. It joins the read-ahead window when it sorts before
+    /// the cursor, and also when it comes right after the window: SQLite holds no
+    /// ready message after the cursor, someone consumes the queue, and the window has
+    /// fewer than `window` messages. Then the consumers get it without a read of it
+    /// back from SQLite, which on a queue that keeps up is every message. Otherwise
+    /// it waits in SQLite for the next read.
+    pub fn added(&mut self, entry: Arc<Entry>, window: usize) {
         self.stored += 1;
+        let key = entry.key();
         if self.is_before_cursor(key) {
-            match entry {
-                Some(entry) => self.insert_ready(entry),
-                None => self.read_again_from_start(),
-            }
+            self.insert_ready(entry);
+        } else if !self.more_in_store && !self.consumers.is_empty() && self.ready.len() < window {
+            self.cursor = Some(key);
+            self.ready.push_back(entry);
         } else {
             self.more_in_store = true;
         }
@@ -143,10 +149,16 @@ impl QueueState {
         self.delayed += 1;
     }
 
-    /// A delayed message that became ready (it has a new `seq`).
+    /// A delayed message that became ready (it has a new `seq`). It is not at hand, so
+    /// one that sorts before the cursor makes the queue read again from the start.
     pub fn promoted(&mut self, key: Key) {
         self.delayed = self.delayed.saturating_sub(1);
-        self.added(key, None);
+        self.stored += 1;
+        if self.is_before_cursor(key) {
+            self.read_again_from_start();
+        } else {
+            self.more_in_store = true;
+        }
     }
 
     /// A delivered message whose removal (ack, drop, dead-letter) is committed.
@@ -345,10 +357,50 @@ mod tests {
         queue.ready.push_back(entry(1, 2));
         let urgent = entry(9, 3);
         assert!(queue.is_before_cursor(urgent.key()));
-        queue.added(urgent.key(), Some(urgent));
+        queue.added(urgent, WINDOW);
         let order: Vec<i64> = queue.ready.iter().map(|e| e.seq).collect();
         assert_eq!(order, [3, 1, 2]);
         assert!(!queue.is_before_cursor(Key::new(1, 4)));
+    }
+
+    const WINDOW: usize = 2;
+
+    fn order(queue: &QueueState) -> Vec<i64> {
+        queue.ready.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_consumed_queue_that_keeps_up_gets_committed_messages_without_a_read() {
+        let mut queue = QueueState::new(QueueSpec::durable("q"), 0, 0);
+        let _consumer = queue.add_consumer(1, 10);
+        queue.added(entry(0, 1), WINDOW);
+        queue.added(entry(0, 2), WINDOW);
+        assert_eq!(order(&queue), [1, 2]);
+        assert_eq!(queue.needs_read(), None, "nothing waits in SQLite");
+
+        // The window is full: the next one waits in SQLite, and so does every one
+        // after it (the window must not skip it), until a read catches up.
+        queue.added(entry(0, 3), WINDOW);
+        let (sender, _receiver) = mpsc::unbounded_channel();
+        assert!(queue.deliver_next(&sender, 0));
+        queue.added(entry(0, 4), WINDOW);
+        assert_eq!(order(&queue), [2]);
+        queue.ready.clear();
+        assert_eq!(
+            queue.needs_read(),
+            Some(Some((0, 2))),
+            "read after the window"
+        );
+        assert_eq!(queue.depth(), 3);
+    }
+
+    #[test]
+    fn a_queue_nobody_consumes_keeps_its_messages_in_sqlite_only() {
+        let mut queue = QueueState::new(QueueSpec::durable("q"), 0, 0);
+        queue.added(entry(0, 1), WINDOW);
+        assert!(queue.ready.is_empty());
+        let _consumer = queue.add_consumer(1, 10);
+        assert_eq!(queue.needs_read(), Some(None), "read from the start");
     }
 
     fn read_ahead(queue: &mut QueueState, entries: &[Arc<Entry>]) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Engine, Reply, now_ms};
-use crate::broker::embedded::queue::{Entry, Key, QueueState};
+use crate::broker::embedded::queue::{Entry, QueueState};
 use crate::broker::embedded::routing::Exchange;
 use crate::broker::embedded::store::NewRow;
 use crate::broker::{BrokerError, Publish};
@@ -15,9 +15,8 @@ use crate::broker::{BrokerError, Publish};
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) rows: Vec<NewRow>,
-    /// Ready rows: their queue and key, and the entry when it must join the queue's
-    /// read-ahead window rather than wait in SQLite.
-    pub(super) added: Vec<(Arc<str>, Key, Option<Arc<Entry>>)>,
+    /// Ready rows: their queue and entry, for the queue's read-ahead window.
+    pub(super) added: Vec<(Arc<str>, Arc<Entry>)>,
     /// Delayed rows: their queue and due time.
     pub(super) delayed: Vec<(Arc<str>, i64)>,
     /// Acked or dropped deliveries.
@@ -86,17 +85,14 @@ impl Engine {
                 if let Some(due) = visible_at {
                     pending.delayed.push((queue.clone(), due));
                 } else {
-                    let key = Key::new(priority, seq);
-                    let entry = state.is_before_cursor(key).then(|| {
-                        Arc::new(Entry {
-                            seq,
-                            priority,
-                            exchange: publish.exchange.clone(),
-                            routing_key: publish.routing_key.clone(),
-                            message: publish.message.clone(),
-                        })
+                    let entry = Arc::new(Entry {
+                        seq,
+                        priority,
+                        exchange: publish.exchange.clone(),
+                        routing_key: publish.routing_key.clone(),
+                        message: publish.message.clone(),
                     });
-                    pending.added.push((queue.clone(), key, entry));
+                    pending.added.push((queue.clone(), entry));
                 }
                 pending.rows.push(NewRow {
                     seq,
@@ -148,7 +144,6 @@ impl Engine {
         let priority = dlq.effective_priority(message.properties.priority);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let key = Key::new(priority, seq);
         // Republished through the default exchange, as a RabbitMQ client would.
         let dead = Entry {
             seq,
@@ -167,8 +162,7 @@ impl Engine {
             body: dead.message.body.clone(),
             visible_at: None,
         });
-        let entry = dlq.is_before_cursor(key).then(|| Arc::new(dead));
-        pending.added.push((dlq_name.clone(), key, entry));
+        pending.added.push((dlq_name.clone(), Arc::new(dead)));
         Ok(())
     }
 }
