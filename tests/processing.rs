@@ -129,10 +129,17 @@ async fn a_cover_url_is_fetched_and_thumbnailed(backend: Backend) {
         json!(format!("{images}/cover.png")),
     );
     let game = app.create_game(&body).await;
-    let done = app
-        .wait_for_status(game["id"].as_i64().unwrap(), "completed", 1)
-        .await;
+    let id = game["id"].as_i64().unwrap();
+    let done = app.wait_for_status(id, "completed", 1).await;
     assert!(done["thumbnailUrl"].is_string(), "{done}");
+
+    // A version without a cover drops the thumbnail of the one before.
+    app.put_json(&format!("/api/games/{id}"), &game_body("Golden Axe"))
+        .await;
+    let done = app.wait_for_status(id, "completed", 2).await;
+    assert!(done["thumbnailUrl"].is_null(), "{done}");
+    let thumbnail = app.get(&format!("/api/games/{id}/thumbnail")).await;
+    assert_eq!(thumbnail.status(), 404, "the old thumbnail is gone");
     app.stop().await;
 }
 
