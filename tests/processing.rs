@@ -134,8 +134,10 @@ async fn a_cover_url_is_fetched_and_thumbnailed(backend: Backend) {
     assert!(done["thumbnailUrl"].is_string(), "{done}");
 
     // A version without a cover drops the thumbnail of the one before.
-    app.put_json(&format!("/api/games/{id}"), &game_body("Golden Axe"))
+    let updated = app
+        .put_json(&format!("/api/games/{id}"), &game_body("Golden Axe"))
         .await;
+    assert_eq!(updated.status(), 200);
     let done = app.wait_for_status(id, "completed", 2).await;
     assert!(done["thumbnailUrl"].is_null(), "{done}");
     let thumbnail = app.get(&format!("/api/games/{id}/thumbnail")).await;

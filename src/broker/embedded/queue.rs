@@ -320,6 +320,12 @@ mod tests {
         })
     }
 
+    const WINDOW: usize = 2;
+
+    fn order(queue: &QueueState) -> Vec<i64> {
+        queue.ready.iter().map(|e| e.seq).collect()
+    }
+
     #[test]
     fn keys_order_higher_priority_first_then_fifo() {
         let mut keys = vec![
@@ -358,15 +364,8 @@ mod tests {
         let urgent = entry(9, 3);
         assert!(queue.is_before_cursor(urgent.key()));
         queue.added(urgent, WINDOW);
-        let order: Vec<i64> = queue.ready.iter().map(|e| e.seq).collect();
-        assert_eq!(order, [3, 1, 2]);
+        assert_eq!(order(&queue), [3, 1, 2]);
         assert!(!queue.is_before_cursor(Key::new(1, 4)));
-    }
-
-    const WINDOW: usize = 2;
-
-    fn order(queue: &QueueState) -> Vec<i64> {
-        queue.ready.iter().map(|e| e.seq).collect()
     }
 
     #[test]
@@ -425,8 +424,7 @@ mod tests {
         queue.requeue(first);
         assert!(!queue.is_leased(1));
         assert_eq!(queue.depth(), 3);
-        let order: Vec<i64> = queue.ready.iter().map(|e| e.seq).collect();
-        assert_eq!(order, [1, 2, 3]);
+        assert_eq!(order(&queue), [1, 2, 3]);
         assert!(queue.requeued.contains(&1), "delivered next as redelivered");
     }
 
