@@ -296,10 +296,7 @@ where
             }
             pool
         };
-        let size = config
-            .max_connections
-            .unwrap_or(DB::DEFAULT_MAX_CONNECTIONS);
-        let pool = pool_of(size)
+        let pool = pool_of(config.size::<DB>())
             .connect_with(options.clone())
             .await
             .map_err(DB::classify)?;
@@ -321,6 +318,13 @@ where
 
     pub(super) fn with_direct_reads(self, direct: Option<DirectReads>) -> Self {
         Self { direct, ..self }
+    }
+}
+
+impl PoolConfig {
+    /// Connections in the pool: as set, or the backend's default.
+    pub(super) fn size<DB: Dialect>(&self) -> u32 {
+        self.max_connections.unwrap_or(DB::DEFAULT_MAX_CONNECTIONS)
     }
 }
 

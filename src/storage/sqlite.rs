@@ -40,10 +40,8 @@ impl SqliteStore {
             })?;
         }
         let path = options.get_filename().to_owned();
-        let connections = pool
-            .max_connections
-            .unwrap_or(Sqlite::DEFAULT_MAX_CONNECTIONS) as usize;
         let store = Self::open(options, pool).await?;
+        let connections = pool.size::<Sqlite>() as usize;
         let direct = DirectReads::open(&path, connections, pool.acquire_timeout);
         Ok(store.with_direct_reads(direct))
     }
