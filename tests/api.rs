@@ -143,6 +143,14 @@ async fn filters_search_and_pagination_walk_the_catalog_once(backend: Backend) {
     app.stop().await;
 }
 
+/// The titles of a list's games, in its order.
+fn titles(games: Value) -> Vec<String> {
+    let games = games.as_array().unwrap().iter();
+    games
+        .map(|g| g["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Search ignores case and takes `%`, `_`, `!` and `"` literally; titles sort in byte order
 /// (capitals first), the same on every database.
 async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend: Backend) {
@@ -158,12 +166,6 @@ async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend
     ] {
         app.create_game(&game_body(title)).await;
     }
-    let titles = |games: Value| -> Vec<String> {
-        let games = games.as_array().unwrap().iter();
-        games
-            .map(|g| g["title"].as_str().unwrap().to_owned())
-            .collect()
-    };
     for (search, expected) in [
         ("100%25", vec!["100% Pure"]),
         ("E_C", vec!["snake_case"]),
@@ -180,12 +182,57 @@ async fn search_is_literal_and_case_insensitive_and_titles_sort_by_bytes(backend
     app.stop().await;
 }
 
+/// A term of several words is found anywhere, its first and last words inside longer
+/// ones too, and only where the whole term is (SQLite first looks its inner words up
+/// in an index of words, then checks the term).
+async fn search_of_several_words_finds_the_whole_term_anywhere(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
+    for title in [
+        "Crimson Dragon Saga II",
+        "XCrimson Dragon Sagas",
+        "crimson DRAGON saga",
+        "Dragon Saga Crimson",
+        "Crimson Dragon Tales",
+    ] {
+        app.create_game(&game_body(title)).await;
+    }
+    app.create_game(&with(
+        game_body("Unrelated"),
+        "developer",
+        json!("Big Crimson Dragon Saga Studio"),
+    ))
+    .await;
+    let everywhere = vec![
+        "Crimson Dragon Saga II",
+        "Unrelated",
+        "XCrimson Dragon Sagas",
+        "crimson DRAGON saga",
+    ];
+    for (search, expected) in [
+        // One inner word and a long last one: the words' index, then the term.
+        ("Crimson Dragon Saga", everywhere.clone()),
+        // Two inner words.
+        ("n Dragon Saga I", vec!["Crimson Dragon Saga II"]),
+        ("big crimson dragon saga studio", vec!["Unrelated"]),
+        // Too few whole words for the words' index: the trigrams.
+        ("mson Dragon Sa", everywhere),
+        ("Saga Crimson", vec!["Dragon Saga Crimson"]),
+    ] {
+        let query = search.replace(' ', "%20");
+        let found = titles(app.get_json(&format!("/api/games?search={query}")).await);
+        assert_eq!(found, expected, "?search={search}");
+    }
+    app.stop().await;
+}
+
 /// Search finds a game by its current title and developer only: after a rename the
 /// old title finds nothing, after a delete nothing at all (SQLite answers terms of
 /// three characters or more from a trigram index, which must follow every write).
 async fn search_follows_renames_and_deletes(backend: Backend) {
     let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
-    let game = app.create_game(&game_body("Quuxbert Returns")).await;
+    let game = app
+        .create_game(&game_body("The Quuxbert Returns Home"))
+        .await;
     let path = format!("/api/games/{}", game["id"]);
     let found = |search: &'static str| {
         let app = &app;
@@ -195,19 +242,35 @@ async fn search_follows_renames_and_deletes(backend: Backend) {
         }
     };
     assert_eq!(found("quuxbert").await, 1);
+    assert_eq!(
+        found("he%20Quuxbert%20Returns%20Ho").await,
+        1,
+        "by its words"
+    );
     assert_eq!(found("TEST STUDIO").await, 1, "by developer");
 
-    let mut renamed = game_body("Xyzzy Forever");
+    let mut renamed = game_body("Xyzzy Forever And Ever");
     renamed["developer"] = json!("Plugh Works");
     let response = app.put_json(&path, &renamed).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(found("quuxbert").await, 0, "the old title");
+    assert_eq!(
+        found("he%20Quuxbert%20Returns%20Ho").await,
+        0,
+        "the old words"
+    );
     assert_eq!(found("xyzzy").await, 1, "the new title");
+    assert_eq!(found("y%20Forever%20And%20E").await, 1, "the new words");
     assert_eq!(found("plugh").await, 1, "the new developer");
 
     let response = app.client.delete(app.url(&path)).send().await.unwrap();
     assert!(response.status().is_success(), "{}", response.status());
     assert_eq!(found("xyzzy").await, 0, "deleted");
+    assert_eq!(
+        found("y%20Forever%20And%20E").await,
+        0,
+        "deleted, by its words"
+    );
     app.stop().await;
 }
 
@@ -239,14 +302,7 @@ async fn a_refused_create_among_concurrent_ones_refuses_only_itself(backend: Bac
             assert_eq!(*status, StatusCode::CREATED, "{n}: {body}");
         }
     }
-    let crowd: Vec<String> = app
-        .get_json("/api/games?search=Crowd")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|game| game["title"].as_str().unwrap().to_owned())
-        .collect();
+    let crowd = titles(app.get_json("/api/games?search=Crowd").await);
     let expected: Vec<String> = (0..24)
         .filter(|n| n % 8 != 3)
         .map(|n| format!("Crowd {n:02}"))
@@ -921,6 +977,7 @@ on_every_backend!(
     every_invalid_field_is_reported_at_once,
     markup_in_a_title_is_stored_and_returned_as_text,
     search_is_literal_and_case_insensitive_and_titles_sort_by_bytes,
+    search_of_several_words_finds_the_whole_term_anywhere,
     search_follows_renames_and_deletes,
     a_refused_create_among_concurrent_ones_refuses_only_itself,
     concurrent_creates_each_get_their_own_game,

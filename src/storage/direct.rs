@@ -68,7 +68,7 @@ impl DirectReads {
     /// A list of games, as [`super::Store::list_games`] reads it.
     pub async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
         let mut sql = DirectQuery::default();
-        shared::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::TRIGRAMS)?;
+        shared::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::FULL_TEXT)?;
         let Ok(permit) = tokio::time::timeout(self.0.acquire_timeout, self.0.lists.acquire()).await
         else {
             return Err(StoreError::Unavailable(

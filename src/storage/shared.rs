@@ -265,44 +265,57 @@ pub(super) fn headers_json(message: &OutboxMessage) -> String {
     serde_json::to_string(&message.headers).expect("headers serialize")
 }
 
+/// SQLite's full-text tables of the games' titles and developers (FTS5), which
+/// `?search=` reads instead of scanning every game with `LIKE`
+/// ([`Dialect::FULL_TEXT`]).
+///
+/// [`Dialect::FULL_TEXT`]: super::sql::Dialect::FULL_TEXT
+#[derive(Debug, Clone, Copy)]
+pub struct FullText {
+    /// Tokenized in trigrams: matches a term of three characters or more as a
+    /// substring, ignoring case.
+    pub trigrams: &'static str,
+    /// Tokenized in words (`unicode61`): finds the games that hold a term's inner
+    /// words, far fewer than those that share its trigrams in a large catalog.
+    pub words: &'static str,
+}
+
 /// `GET /api/games` as one query, written to `sql`: filters, keyset position, order and
 /// limit. `like` is the backend's case-insensitive `LIKE` (SQLite's `LIKE` already
-/// ignores ASCII case); `trigrams` names its full-text trigram table, if it has one
-/// ([`Dialect::TRIGRAMS`]).
-///
-/// [`Dialect::TRIGRAMS`]: super::sql::Dialect::TRIGRAMS
+/// ignores ASCII case); `full_text` names its full-text tables, if it has them.
 pub(super) fn games_query<Q: QuerySink>(
     sql: &mut Q,
     query: &GameQuery,
     like: &str,
-    trigrams: Option<&str>,
+    full_text: Option<FullText>,
 ) -> Result<(), StoreError> {
     sql.push(GAME_COLUMNS).push(" WHERE 1 = 1");
-    match (&query.search, trigrams) {
-        // A trigram index matches a phrase of three characters or more as a substring,
-        // ignoring case; inside the phrase's quotes only a quote is special.
-        (Some(search), Some(table)) if search.chars().count() >= 3 => {
-            sql.push(format_args!(
-                " AND g.id IN (SELECT rowid FROM {table} WHERE {table} MATCH "
-            ))
-            .push_text(format!("\"{}\"", search.replace('"', "\"\"")))
-            .push(")");
+    match (&query.search, full_text) {
+        (Some(search), Some(FullText { trigrams, words })) if search.chars().count() >= 3 => {
+            match words_query(search) {
+                // The word index narrows a large catalog to far fewer games than
+                // share the term's trigrams; `LIKE` keeps those that hold the term.
+                Some(words_query) => {
+                    sql.push(format_args!(
+                        " AND g.id IN (SELECT rowid FROM {words} WHERE {words} MATCH "
+                    ))
+                    .push_text(words_query)
+                    .push(")");
+                    push_like(sql, like, search);
+                }
+                // A trigram index matches a phrase of three characters or more as a
+                // substring, ignoring case; inside the phrase's quotes only a quote
+                // is special.
+                None => {
+                    sql.push(format_args!(
+                        " AND g.id IN (SELECT rowid FROM {trigrams} WHERE {trigrams} MATCH "
+                    ))
+                    .push_text(format!("\"{}\"", search.replace('"', "\"\"")))
+                    .push(")");
+                }
+            }
         }
-        (Some(search), _) => {
-            // `!` escapes the wildcards: a backslash, the usual choice, starts an
-            // escape sequence in MySQL's string literals, so `ESCAPE '\'` would not
-            // parse there.
-            let escaped = search
-                .replace('!', "!!")
-                .replace('%', "!%")
-                .replace('_', "!_");
-            let pattern = format!("%{escaped}%");
-            sql.push(format_args!(" AND (g.title {like} "))
-                .push_text(pattern.clone())
-                .push(format_args!(" ESCAPE '!' OR g.developer {like} "))
-                .push_text(pattern)
-                .push(" ESCAPE '!')");
-        }
+        (Some(search), _) => push_like(sql, like, search),
         (None, _) => {}
     }
     if let Some(id) = query.platform_id {
@@ -347,6 +360,51 @@ pub(super) fn games_query<Q: QuerySink>(
         sql.push(format_args!(" LIMIT {}", i64::from(page.limit) + 1));
     }
     Ok(())
+}
+
+/// `AND (title LIKE '%search%' OR developer LIKE '%search%')`, with `search` literal.
+fn push_like<Q: QuerySink>(sql: &mut Q, like: &str, search: &str) {
+    // `!` escapes the wildcards: a backslash, the usual choice, starts an escape
+    // sequence in MySQL's string literals, so `ESCAPE '\'` would not parse there.
+    let escaped = search
+        .replace('!', "!!")
+        .replace('%', "!%")
+        .replace('_', "!_");
+    let pattern = format!("%{escaped}%");
+    sql.push(format_args!(" AND (g.title {like} "))
+        .push_text(pattern.clone())
+        .push(format_args!(" ESCAPE '!' OR g.developer {like} "))
+        .push_text(pattern)
+        .push(" ESCAPE '!')");
+}
+
+/// An FTS5 query of the words that every title or developer holding `search` holds,
+/// for the word index (`unicode61`, which splits text at every ASCII character that
+/// is not a letter or a digit). The words between two separators of `search` are
+/// whole words of such a text, one after the other: "Crimson Dragon Saga II" gives
+/// the phrase `"Dragon Saga"`. The first and the last piece may be parts of longer
+/// words ("XCrimson", "IIx"); with a single inner word, the last piece, if it is long
+/// enough to begin few words, joins the phrase as a prefix: "Radiant Labyrinth Saga"
+/// gives `"Labyrinth Saga" *`. `None` (the trigram index answers) when that leaves
+/// one word alone, which may be in a large share of the catalog, or when `search` is
+/// not ASCII: SQLite's `LIKE`, which then decides, ignores the case of ASCII
+/// letters only, where the trigram index folds every letter's.
+fn words_query(search: &str) -> Option<String> {
+    if !search.is_ascii() {
+        return None;
+    }
+    let pieces: Vec<&str> = search.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    let [_, inner @ .., last] = pieces.as_slice() else {
+        return None;
+    };
+    // An empty piece: two separators in a row.
+    let inner: Vec<&str> = inner.iter().copied().filter(|p| !p.is_empty()).collect();
+    match inner.as_slice() {
+        [] => None,
+        [word] if last.len() >= 4 => Some(format!("\"{word} {last}\" *")),
+        [_] => None,
+        words => Some(format!("\"{}\"", words.join(" "))),
+    }
 }
 
 /// Where [`games_query`] writes its statement: sqlx's `QueryBuilder`, or the SQL and
@@ -497,4 +555,36 @@ pub(super) fn still_used(entity: &str, id: i64, used: i64) -> StoreError {
 /// A unique constraint refused the write: the name is taken.
 pub(super) fn is_duplicate(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::words_query;
+
+    #[test]
+    fn a_words_query_holds_the_words_that_stand_whole_in_the_term() {
+        for (search, query) in [
+            ("Crimson Dragon Saga II", Some("\"Dragon Saga\"")),
+            (
+                "Lunar Phoenix Frontier Advance",
+                Some("\"Phoenix Frontier\""),
+            ),
+            ("Mega Man: X-2 Turbo", Some("\"Man X 2\"")),
+            // A separator at either end makes the word beside it whole.
+            (" Dragon Saga ", Some("\"Dragon Saga\"")),
+            // One inner word: the last word joins it as a prefix, if long enough.
+            ("Radiant Labyrinth Saga", Some("\"Labyrinth Saga\" *")),
+            ("Dragon Saga ", None),
+            ("Crimson Dragon II", None),
+            // No inner word: the trigram index answers.
+            ("Super Mario", None),
+            ("\"hi\"", None),
+            ("a", None),
+            ("", None),
+            // `LIKE` would tell "É" from "é", where the trigram index does not.
+            ("Café Dragon Saga II", None),
+        ] {
+            assert_eq!(words_query(search).as_deref(), query, "{search:?}");
+        }
+    }
 }

@@ -14,7 +14,7 @@
 
 use super::direct::DirectReads;
 use super::shared::{
-    self, Columns, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms,
+    self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms,
 };
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
@@ -49,11 +49,11 @@ pub trait Dialect: Database + HasStatementCache {
     const BEGIN_WRITE: &'static str;
     /// The case-insensitive `LIKE` of `?search=`.
     const LIKE: &'static str;
-    /// A full-text table of the games' titles and developers, tokenized in trigrams and
-    /// queried with `MATCH` (SQLite's FTS5), that `?search=` uses for terms of three
-    /// characters or more instead of scanning with `LIKE`. Backends without one use
-    /// `LIKE`: PostgreSQL serves it from its pg_trgm indexes, MySQL scans.
-    const TRIGRAMS: Option<&'static str> = None;
+    /// Full-text tables of the games' titles and developers (SQLite's FTS5), that
+    /// `?search=` uses for terms of three characters or more instead of scanning with
+    /// `LIKE`. Backends without them use `LIKE`: PostgreSQL serves it from its pg_trgm
+    /// indexes, MySQL scans.
+    const FULL_TEXT: Option<FullText> = None;
     /// Plan each search for its own term instead of caching its statement. PostgreSQL
     /// gives a cached statement a generic plan after five runs, made for any term: it
     /// cannot tell that a term is selective, and walks the title index past every
@@ -996,7 +996,7 @@ where
             return direct.list_games(query).await;
         }
         let mut sql = QueryBuilder::<DB>::new("");
-        shared::games_query(&mut sql, query, DB::LIKE, DB::TRIGRAMS)?;
+        shared::games_query(&mut sql, query, DB::LIKE, DB::FULL_TEXT)?;
         let rows = sql
             .build()
             .persistent(query.search.is_none() || !DB::PLAN_EACH_SEARCH)

@@ -6,6 +6,7 @@
 //! shared ones of [`super::sql`].
 
 use super::direct::DirectReads;
+use super::shared::FullText;
 use super::sql::{Dialect, SqlStore, returning_ids};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
@@ -52,8 +53,11 @@ impl Dialect for Sqlite {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     /// SQLite's `LIKE` ignores ASCII case already.
     const LIKE: &'static str = "LIKE";
-    /// `games_search` (migration 0005): FTS5 with the trigram tokenizer.
-    const TRIGRAMS: Option<&'static str> = Some("games_search");
+    /// `games_search` (migration 0005) and `games_words` (0006).
+    const FULL_TEXT: Option<FullText> = Some(FullText {
+        trigrams: "games_search",
+        words: "games_words",
+    });
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
     /// One relay per SQLite file (the process that serves the API): reading the rows
     /// is the claim, and no transaction stays open while the broker confirms.
