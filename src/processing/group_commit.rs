@@ -56,7 +56,12 @@ where
                         Err(Panicked(crashed.to_string()).into())
                     }
                 };
-                tracing::debug!(size, elapsed = ?started.elapsed(), "group commit");
+                tracing::debug!(
+                    size,
+                    elapsed = ?started.elapsed(),
+                    input = std::any::type_name::<In>(),
+                    "group commit"
+                );
                 match committed {
                     Ok(outputs) => {
                         assert_eq!(outputs.len(), answers.len(), "one output per input");
