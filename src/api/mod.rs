@@ -20,7 +20,7 @@ use crate::config::HttpArgs;
 use crate::domain::Game;
 use crate::processing::group_commit::GroupCommit;
 use crate::shutdown::Shutdown;
-use crate::storage::{GameUpdate, NewGame, Store, StoreError};
+use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -58,14 +58,16 @@ impl ApiContext {
         live: LiveFeed,
         shutdown: Shutdown,
     ) -> Self {
-        let creates = GroupCommit::spawn(
+        let creates = GroupCommit::spawn_with_turn(
             WRITE_BATCH,
             store.clone(),
+            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Creates).await },
             |store, batch: Vec<_>| async move { store.create_games(&batch).await },
         );
-        let updates = GroupCommit::spawn(
+        let updates = GroupCommit::spawn_with_turn(
             WRITE_BATCH,
             store.clone(),
+            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Updates).await },
             |store, batch: Vec<_>| async move { store.update_games(&batch).await },
         );
         Self {

@@ -7,6 +7,10 @@
 //! (up to `max_batch`) and makes one call for all of them: one transaction of a few
 //! multi-row statements. Idle, a lone request goes at once (no timer, no added
 //! latency); busy, batches grow with the load, while the previous batch commits.
+//! Where the batches queue for one database connection (SQLite's writer), the task
+//! first waits for its turn at it ([`GroupCommit::spawn_with_turn`]) and only then
+//! takes the batch, so that what arrived during the wait goes in this turn, not the
+//! next one.
 //! A commit that panics fails its own batch's callers with [`Panicked`], and the task
 //! goes on with the next batch.
 
@@ -41,11 +45,38 @@ where
         F: Fn(S, Vec<In>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<Out>, E>> + Send + 'static,
     {
+        Self::spawn_with_turn(max_batch, shared, |_| async {}, commit)
+    }
+
+    /// As [`Self::spawn`], but once a request has come the task awaits `turn` (the
+    /// store's turn at its writer, say) before it takes the batch: the requests that
+    /// arrive meanwhile join it. What `turn` answers is held until the batch's commit
+    /// has returned, then dropped.
+    pub fn spawn_with_turn<S, T, TurnFut, F, Fut>(
+        max_batch: usize,
+        shared: S,
+        turn: T,
+        commit: F,
+    ) -> Self
+    where
+        S: Clone + Send + 'static,
+        T: Fn(S) -> TurnFut + Send + 'static,
+        TurnFut: Future + Send + 'static,
+        TurnFut::Output: Send,
+        F: Fn(S, Vec<In>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<Out>, E>> + Send + 'static,
+    {
         let max_batch = max_batch.max(1);
         let (requests, mut waiting) = mpsc::channel(max_batch);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while waiting.recv_many(&mut batch, max_batch).await > 0 {
+                let turn = turn(shared.clone()).await;
+                while batch.len() < max_batch
+                    && let Ok(request) = waiting.try_recv()
+                {
+                    batch.push(request);
+                }
                 let (inputs, answers): (Vec<In>, Vec<Answer<Out, E>>) = batch.drain(..).unzip();
                 let (size, started) = (inputs.len(), std::time::Instant::now());
                 // A task of its own, so that a panic fails this batch, not the task.
@@ -56,6 +87,7 @@ where
                         Err(Panicked(crashed.to_string()).into())
                     }
                 };
+                drop(turn);
                 tracing::debug!(
                     size,
                     elapsed = ?started.elapsed(),
@@ -127,6 +159,35 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 20);
         assert!(sizes.iter().all(|&size| size <= 8), "{sizes:?}");
         assert!(sizes.len() < 20, "calls were batched: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn calls_that_come_while_the_turn_is_awaited_join_the_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let slow_turn = |_| tokio::time::sleep(std::time::Duration::from_millis(50));
+        let echo = Arc::new(GroupCommit::spawn_with_turn(
+            8,
+            seen,
+            slow_turn,
+            |seen, batch: Vec<u32>| {
+                seen.lock().unwrap().push(batch.len());
+                async move { Ok::<_, StoreError>(batch) }
+            },
+        ));
+        let first = tokio::spawn({
+            let echo = echo.clone();
+            async move { echo.call(0).await.unwrap() }
+        });
+        // The first call has been taken, and its batch awaits the turn.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let later = futures::future::join_all((1..4).map(|n| echo.call(n))).await;
+        assert_eq!(first.await.unwrap(), 0);
+        assert_eq!(
+            later.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(*sizes.lock().unwrap(), [4], "one batch");
     }
 
     #[tokio::test]

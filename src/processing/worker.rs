@@ -21,7 +21,7 @@ use crate::domain::{EventId, GameAction, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
-    StoreError, WorkItem,
+    StoreError, WorkItem, WriteKind,
 };
 use chrono::Utc;
 use std::sync::Arc;
@@ -129,14 +129,18 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let batch = config.concurrency;
-        let starts =
-            GroupCommit::spawn(batch, store.clone(), |store, requests: Vec<_>| async move {
-                store.start_processing(&requests).await
-            });
-        let finishes =
-            GroupCommit::spawn(batch, store.clone(), |store, records: Vec<_>| async move {
-                store.finish_processing(&records).await
-            });
+        let starts = GroupCommit::spawn_with_turn(
+            batch,
+            store.clone(),
+            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Starts).await },
+            |store, requests: Vec<_>| async move { store.start_processing(&requests).await },
+        );
+        let finishes = GroupCommit::spawn_with_turn(
+            batch,
+            store.clone(),
+            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Finishes).await },
+            |store, records: Vec<_>| async move { store.finish_processing(&records).await },
+        );
         Self {
             store,
             broker,

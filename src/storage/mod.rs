@@ -104,6 +104,36 @@ impl Default for PoolConfig {
     }
 }
 
+/// The group-committed writes, each batched by a group commit of its own
+/// (`processing::group_commit`): see [`Store::begin_turn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteKind {
+    Creates,
+    Updates,
+    Starts,
+    Finishes,
+}
+
+/// A batch's turn at the writer ([`Store::begin_turn`]): when dropped, it ends the
+/// turn's transaction if no write took it, so that the writer is never held by a batch
+/// that panicked before writing.
+#[derive(Default)]
+pub struct Turn(Option<Box<dyn FnOnce() + Send>>);
+
+impl Turn {
+    pub(crate) fn ending_with(end: impl FnOnce() + Send + 'static) -> Self {
+        Self(Some(Box::new(end)))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.take() {
+            end();
+        }
+    }
+}
+
 /// Sort orders of `GET /api/games`; `-` means descending. The original sorted by title.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GameSort {
@@ -355,6 +385,15 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Fails when the database cannot be reached (readiness checks).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Where writes queue for one connection (SQLite), begins the transaction of the
+    /// next `kind` batch: its group commit awaits this before it takes the batch, so
+    /// that the requests that come while it waits for the writer join the batch instead
+    /// of waiting for the next turn. The next write of that kind commits in it; the
+    /// [`Turn`], dropped once that write has returned, rolls it back if the write did
+    /// not use it. Elsewhere it does nothing. A failure to begin is left to the write,
+    /// which begins again and reports it.
+    async fn begin_turn(&self, kind: WriteKind) -> Turn;
 
     // Catalog reads.
     async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError>;

@@ -19,7 +19,7 @@ use super::shared::{
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
     OutboxMessage, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
-    StartOutcome, StartRequest, Store, StoreError, TaskView,
+    StartOutcome, StartRequest, Store, StoreError, TaskView, Turn, WriteKind,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -39,6 +39,7 @@ use sqlx::{
 };
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 
@@ -251,6 +252,10 @@ where
     list.push_unseparated(")");
 }
 
+/// The write transactions begun for group commits' turns ([`Store::begin_turn`]), by
+/// kind, each with its turn's number.
+type Turns<DB> = std::sync::Mutex<HashMap<WriteKind, (u64, Transaction<'static, DB>)>>;
+
 /// The catalog on one SQL backend: [`super::sqlite::SqliteStore`],
 /// [`super::postgres::PgStore`] or [`super::mysql::MySqlStore`].
 pub struct SqlStore<DB: Database> {
@@ -263,6 +268,9 @@ pub struct SqlStore<DB: Database> {
     /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on
     /// SQLite, rusqlite without sqlx's connection threads (see [`DirectReads`]).
     direct: Option<DirectReads>,
+    /// The transactions [`Store::begin_turn`] began, each for the next batch of its kind.
+    turns: Arc<Turns<DB>>,
+    next_turn: AtomicU64,
 }
 
 impl<DB> SqlStore<DB>
@@ -313,6 +321,8 @@ where
             outbox_written: Notify::new(),
             claims: AtomicU64::new(0),
             direct: None,
+            turns: Default::default(),
+            next_turn: AtomicU64::new(0),
         })
     }
 
@@ -356,6 +366,16 @@ where
             .begin_with(DB::BEGIN_WRITE)
             .await
             .map_err(DB::classify)
+    }
+
+    /// The write transaction of a batch of `kind`: the one its group commit began
+    /// while it waited for its turn ([`Store::begin_turn`]), or a new one.
+    async fn begin_batch(&self, kind: WriteKind) -> Result<Transaction<'static, DB>, StoreError> {
+        let begun = self.turns.lock().expect("never poisoned").remove(&kind);
+        match begun {
+            Some((_, tx)) => Ok(tx),
+            None => self.begin_write().await,
+        }
     }
 
     /// Starts a relay's turn at the outbox: a transaction that reads the rows to
@@ -450,7 +470,7 @@ where
     /// statement has one row ([`Store::create_games`] retries a refused batch a game
     /// at a time).
     async fn insert_games(&self, batch: &[NewGame]) -> Result<Vec<Game>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_batch(WriteKind::Creates).await?;
         let now = now_ms();
         let rows_per_insert = if DB::RETURNS_IDS { batch.len() } else { 1 };
         let mut ids = Vec::with_capacity(batch.len());
@@ -509,7 +529,7 @@ where
         &self,
         batch: &[GameUpdate],
     ) -> Result<Vec<Result<Game, StoreError>>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_batch(WriteKind::Updates).await?;
         let now = now_ms();
         let mut by_id: Vec<usize> = (0..batch.len()).collect();
         by_id.sort_by_key(|&index| batch[index].id);
@@ -693,7 +713,7 @@ where
         &self,
         records: &[ProcessingRecord],
     ) -> Result<Option<Vec<FinishOutcome>>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_batch(WriteKind::Finishes).await?;
         // The inbox row is the exactly-once guard: it commits with the effect. A final
         // result whose event the inbox holds, or an earlier record of this batch claims,
         // comes from a duplicate delivery: nothing of it is written.
@@ -1057,6 +1077,31 @@ where
         row.as_ref().map(shared::thumbnail_from_row).transpose()
     }
 
+    async fn begin_turn(&self, kind: WriteKind) -> Turn {
+        // On a server the batches do not queue for one connection, and a transaction
+        // begun early would only hold one of the pool's idle.
+        if DB::WRITE_CONNECTIONS.is_none() {
+            return Turn::default();
+        }
+        let Ok(tx) = self.begin_write().await else {
+            return Turn::default();
+        };
+        let number = self.next_turn.fetch_add(1, Ordering::Relaxed);
+        self.turns
+            .lock()
+            .expect("never poisoned")
+            .insert(kind, (number, tx));
+        let turns = Arc::clone(&self.turns);
+        Turn::ending_with(move || {
+            // Another group commit of the kind (a second worker's) may have begun the
+            // next turn meanwhile: only this one's transaction goes.
+            let mut turns = turns.lock().expect("never poisoned");
+            if turns.get(&kind).is_some_and(|(begun, _)| *begun == number) {
+                turns.remove(&kind);
+            }
+        })
+    }
+
     async fn create_games(
         &self,
         batch: &[NewGame],
@@ -1287,7 +1332,7 @@ where
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_batch(WriteKind::Starts).await?;
         let processed = Self::in_inbox(&mut tx, requests.iter().map(|r| &r.event_id)).await?;
         // Read and locked in id order, so two workers' batches never wait on each other
         // in a cycle; the status change below commits with what was read.

@@ -90,3 +90,60 @@ impl Dialect for Sqlite {
         result.rows_affected()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Developer, EventId, GameDraft, GameTitle, ProcessingStatus, ReleaseYear};
+    use crate::storage::{NewGame, Store, WriteKind};
+
+    /// A group commit's turn holds the one writer: other writes wait meanwhile, the
+    /// batch of its kind commits in it, and a turn that no write took ends when it is
+    /// dropped (a batch that panicked), so the writer is free again.
+    #[tokio::test]
+    async fn a_turn_holds_the_writer_until_its_batch_is_written_or_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let quick = PoolConfig {
+            acquire_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        };
+        let store = SqliteStore::connect(&url, quick).await.unwrap();
+        store.migrate().await.unwrap();
+        let completed = || store.set_status(1, ProcessingStatus::Completed);
+
+        let turn = store.begin_turn(WriteKind::Creates).await;
+        let waited = completed().await;
+        assert!(
+            matches!(waited, Err(StoreError::Unavailable(_))),
+            "{waited:?}"
+        );
+        let draft = GameDraft {
+            title: GameTitle::parse("Taken in turn").unwrap(),
+            platform_id: 1,
+            genre_id: 1,
+            developer: Developer::parse("Test Studio").unwrap(),
+            release_year: ReleaseYear::parse(1991).unwrap(),
+            description: String::new(),
+            image_url: None,
+        };
+        let new = NewGame {
+            draft,
+            event: EventId::generate(),
+        };
+        let created = store.create_games(&[new]).await.unwrap();
+        assert!(created[0].is_ok(), "{created:?}");
+        completed()
+            .await
+            .expect("the batch's commit ended the turn");
+        drop(turn);
+
+        let unused = store.begin_turn(WriteKind::Starts).await;
+        assert!(
+            completed().await.is_err(),
+            "the unused turn holds the writer"
+        );
+        drop(unused);
+        completed().await.expect("a dropped turn frees the writer");
+    }
+}
