@@ -58,16 +58,16 @@ impl ApiContext {
         live: LiveFeed,
         shutdown: Shutdown,
     ) -> Self {
-        let creates = GroupCommit::spawn_with_turn(
+        let creates = GroupCommit::of_store(
             WRITE_BATCH,
             store.clone(),
-            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Creates).await },
+            WriteKind::Creates,
             |store, batch: Vec<_>| async move { store.create_games(&batch).await },
         );
-        let updates = GroupCommit::spawn_with_turn(
+        let updates = GroupCommit::of_store(
             WRITE_BATCH,
             store.clone(),
-            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Updates).await },
+            WriteKind::Updates,
             |store, batch: Vec<_>| async move { store.update_games(&batch).await },
         );
         Self {

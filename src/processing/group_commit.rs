@@ -14,6 +14,7 @@
 //! A commit that panics fails its own batch's callers with [`Panicked`], and the task
 //! goes on with the next batch.
 
+use crate::storage::{Store, StoreError, WriteKind};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -127,10 +128,31 @@ where
     }
 }
 
+impl<In, Out> GroupCommit<In, Out, StoreError>
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    /// A group commit of the store's writes of `kind`, each batch taken in its turn at
+    /// the writer ([`Store::begin_turn`]).
+    pub fn of_store<F, Fut>(
+        max_batch: usize,
+        store: Arc<dyn Store>,
+        kind: WriteKind,
+        commit: F,
+    ) -> Self
+    where
+        F: Fn(Arc<dyn Store>, Vec<In>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<Out>, StoreError>> + Send + 'static,
+    {
+        let turn = move |store: Arc<dyn Store>| async move { store.begin_turn(kind).await };
+        Self::spawn_with_turn(max_batch, store, turn, commit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StoreError;
     use std::sync::Mutex;
 
     #[tokio::test]

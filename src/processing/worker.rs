@@ -129,16 +129,16 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let batch = config.concurrency;
-        let starts = GroupCommit::spawn_with_turn(
+        let starts = GroupCommit::of_store(
             batch,
             store.clone(),
-            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Starts).await },
+            WriteKind::Starts,
             |store, requests: Vec<_>| async move { store.start_processing(&requests).await },
         );
-        let finishes = GroupCommit::spawn_with_turn(
+        let finishes = GroupCommit::of_store(
             batch,
             store.clone(),
-            |store: Arc<dyn Store>| async move { store.begin_turn(WriteKind::Finishes).await },
+            WriteKind::Finishes,
             |store, records: Vec<_>| async move { store.finish_processing(&records).await },
         );
         Self {
