@@ -86,6 +86,13 @@ pub trait Dialect: Database + HasStatementCache {
         shared.into_sql_str()
     }
 
+    /// The placeholder of a generated statement's `n`th parameter, where the
+    /// parameters come in the order they are bound: `$n`, as the shared SQL numbers
+    /// them, unless the backend reads a bare `?` as the next one.
+    fn parameter(n: usize) -> String {
+        format!("${n}")
+    }
+
     /// What turns an INSERT into an upsert when a row with the unique `key` exists;
     /// a `SET` list follows.
     fn on_conflict_update(key: &str) -> String {
@@ -181,11 +188,11 @@ where
 }
 
 /// An INSERT of `rows` new games, each bound by [`SqlStore::bind_draft`] then its
-/// creation and update times: `$1`–`$10` for the first, `$11`–`$20` for the next…
-fn games_insert(rows: usize) -> String {
+/// creation and update times: parameters 1–10 for the first, 11–20 for the next…
+fn games_insert<DB: Dialect>(rows: usize) -> String {
     let values = (0..rows)
         .map(|row| {
-            let n = |field: usize| format!("${}", row * 10 + field);
+            let n = |field: usize| DB::parameter(row * 10 + field);
             let draft = (1..=8).map(n).collect::<Vec<_>>().join(", ");
             format!("({draft}, 'pending', 1, {}, {})", n(9), n(10))
         })
@@ -475,7 +482,7 @@ where
         let rows_per_insert = if DB::RETURNS_IDS { batch.len() } else { 1 };
         let mut ids = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(rows_per_insert.max(1)) {
-            let mut insert = sqlx::query(DB::sql(AssertSqlSafe(games_insert(chunk.len()))));
+            let mut insert = sqlx::query(DB::sql(AssertSqlSafe(games_insert::<DB>(chunk.len()))));
             for NewGame { draft, .. } in chunk {
                 insert = Self::bind_draft(insert, draft).bind(now).bind(now);
             }

@@ -73,6 +73,14 @@ impl Dialect for Sqlite {
 
     const RETURNS_IDS: bool = true;
 
+    /// A bare `?`. For each parameter it binds, sqlx asks SQLite for the parameter's
+    /// name, which SQLite finds in a list of the statement's named parameters: a
+    /// batch's insert of 640 numbered ones spent 10% of the write connection's time
+    /// there (perf).
+    fn parameter(_n: usize) -> String {
+        "?".into()
+    }
+
     /// `RETURNING id` (the rowid, which `id` aliases).
     async fn insert_ids(
         conn: &mut SqliteConnection,
