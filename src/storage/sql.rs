@@ -42,6 +42,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
 
 /// What a backend adds to the shared SQL.
 #[async_trait]
@@ -275,6 +276,9 @@ pub struct SqlStore<DB: Database> {
     /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on
     /// SQLite, rusqlite without sqlx's connection threads (see [`DirectReads`]).
     direct: Option<DirectReads>,
+    /// A task of the backend's that lives as long as the store: on SQLite, the
+    /// checkpoints beside the writer (see [`super::sqlite`]). Held to be dropped.
+    _background: Option<AbortOnDropHandle<()>>,
     /// The transactions [`Store::begin_turn`] began, each for the next batch of its kind.
     turns: Arc<Turns<DB>>,
     next_turn: AtomicU64,
@@ -328,6 +332,7 @@ where
             outbox_written: Notify::new(),
             claims: AtomicU64::new(0),
             direct: None,
+            _background: None,
             turns: Default::default(),
             next_turn: AtomicU64::new(0),
         })
@@ -335,6 +340,18 @@ where
 
     pub(super) fn with_direct_reads(self, direct: Option<DirectReads>) -> Self {
         Self { direct, ..self }
+    }
+
+    /// Runs `task`, given the pool, for as long as the store lives.
+    pub(super) fn with_background<Task>(self, task: impl FnOnce(Pool<DB>) -> Task) -> Self
+    where
+        Task: Future<Output = ()> + Send + 'static,
+    {
+        let task = tokio::spawn(task(self.pool.clone()));
+        Self {
+            _background: Some(AbortOnDropHandle::new(task)),
+            ..self
+        }
     }
 }
 
