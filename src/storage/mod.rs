@@ -16,6 +16,7 @@ pub mod postgres;
 mod shared;
 mod sql;
 pub mod sqlite;
+mod writer;
 
 use crate::broker::Headers;
 use crate::domain::{

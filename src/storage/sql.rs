@@ -16,6 +16,7 @@ use super::direct::DirectReads;
 use super::shared::{
     self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms,
 };
+use super::writer::{WriteTx, Writer};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
     OutboxMessage, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
@@ -75,8 +76,10 @@ pub trait Dialect: Database + HasStatementCache {
     /// never holds the relay's turn for long.
     const PRUNE_SENT_OUTBOX: &'static str = "DELETE FROM outbox WHERE id IN (SELECT id \
          FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT 10000)";
-    /// Connections for writes, apart from the others; `None`: writes share the pool.
-    const WRITE_CONNECTIONS: Option<u32> = None;
+    /// Whether the database takes one write transaction at a time: writes then take
+    /// turns at one connection of their own ([`Writer`]); otherwise each takes a
+    /// connection of the pool.
+    const ONE_WRITER: bool = false;
     /// A statement run on every new connection, for session settings the connection
     /// options cannot express.
     const SESSION_SETUP: Option<&'static str> = None;
@@ -262,15 +265,18 @@ where
 
 /// The write transactions begun for group commits' turns ([`Store::begin_turn`]), by
 /// kind, each with its turn's number.
-type Turns<DB> = std::sync::Mutex<HashMap<WriteKind, (u64, Transaction<'static, DB>)>>;
+type Turns<DB> = std::sync::Mutex<HashMap<WriteKind, (u64, WriteTx<DB>)>>;
 
 /// The catalog on one SQL backend: [`super::sqlite::SqliteStore`],
 /// [`super::postgres::PgStore`] or [`super::mysql::MySqlStore`].
-pub struct SqlStore<DB: Database> {
+pub struct SqlStore<DB: Database>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     pool: Pool<DB>,
-    /// Where writes get their connection: `pool` itself, or on SQLite a pool of one
-    /// ([`Dialect::WRITE_CONNECTIONS`]).
-    writer: Pool<DB>,
+    /// Where writes get their connection: `pool` itself, or on SQLite one connection
+    /// held for them ([`Dialect::ONE_WRITER`]).
+    writer: Writer<DB>,
     outbox_written: Notify,
     claims: AtomicU64,
     /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on
@@ -319,13 +325,16 @@ where
             .connect_with(options.clone())
             .await
             .map_err(DB::classify)?;
-        let writer = match DB::WRITE_CONNECTIONS {
-            Some(writers) => pool_of(writers)
-                .connect_with(options)
-                .await
-                .map_err(DB::classify)?,
-            None => pool.clone(),
+        let held = match DB::ONE_WRITER {
+            true => Some(
+                pool_of(1)
+                    .connect_with(options)
+                    .await
+                    .map_err(DB::classify)?,
+            ),
+            false => None,
         };
+        let writer = Writer::new(&pool, held, config.acquire_timeout);
         Ok(Self {
             pool,
             writer,
@@ -385,16 +394,13 @@ where
     for<'t> Option<i64>: Encode<'t, DB>,
     for<'r> i64: Decode<'r, DB>,
 {
-    async fn begin_write(&self) -> Result<Transaction<'static, DB>, StoreError> {
-        self.writer
-            .begin_with(DB::BEGIN_WRITE)
-            .await
-            .map_err(DB::classify)
+    async fn begin_write(&self) -> Result<WriteTx<DB>, StoreError> {
+        self.writer.begin().await.map_err(DB::classify)
     }
 
     /// The write transaction of a batch of `kind`: the one its group commit began
     /// while it waited for its turn ([`Store::begin_turn`]), or a new one.
-    async fn begin_batch(&self, kind: WriteKind) -> Result<Transaction<'static, DB>, StoreError> {
+    async fn begin_batch(&self, kind: WriteKind) -> Result<WriteTx<DB>, StoreError> {
         let begun = self.turns.lock().expect("never poisoned").remove(&kind);
         match begun {
             Some((_, tx)) => Ok(tx),
@@ -433,7 +439,7 @@ where
     /// when the update matched no row, the entity does not exist.
     async fn commit_update(
         &self,
-        tx: Transaction<'static, DB>,
+        tx: WriteTx<DB>,
         entity: &'static str,
         id: i64,
         name: &str,
@@ -450,7 +456,7 @@ where
     /// and wakes the relay of this process (relays of other processes poll).
     async fn commit_with_event(
         &self,
-        mut tx: Transaction<'static, DB>,
+        mut tx: WriteTx<DB>,
         message: &OutboxMessage,
     ) -> Result<(), StoreError> {
         Self::insert_outbox(&mut tx, std::slice::from_ref(message)).await?;
@@ -928,7 +934,7 @@ where
                 .push_bind(serde_json::to_vec(&message.body).expect("JSON serializes"))
                 .push_bind(message.received_at.timestamp_millis());
         });
-        sql.build().execute(&self.writer).await.map(drop)
+        self.writer.execute(sql.build()).await.map(drop)
     }
 
     /// Another delivery of this event settled it meanwhile. If this one's start came
@@ -936,7 +942,7 @@ where
     /// the settled attempt recorded, or it stays `processing`. Outside the refused
     /// transaction, which PostgreSQL aborted.
     async fn restore_settled_status(&self, record: &ProcessingRecord) -> Result<(), StoreError> {
-        sqlx::query(DB::sql(
+        let restore = sqlx::query(DB::sql(
             "UPDATE games SET processing_status = COALESCE((SELECT a.outcome \
              FROM processing_attempts a WHERE a.game_id = $1 AND a.event_id = $2 \
              AND a.outcome IN ('completed', 'failed') ORDER BY a.id DESC LIMIT 1), \
@@ -946,10 +952,8 @@ where
         .bind(record.game_id)
         .bind(record.event_id.as_str().to_owned())
         .bind(record.game_id)
-        .bind(record.version)
-        .execute(&self.writer)
-        .await
-        .map_err(DB::classify)?;
+        .bind(record.version);
+        self.writer.execute(restore).await.map_err(DB::classify)?;
         Ok(())
     }
 
@@ -1104,7 +1108,7 @@ where
     async fn begin_turn(&self, kind: WriteKind) -> Turn {
         // On a server the batches do not queue for one connection, and a transaction
         // begun early would only hold one of the pool's idle.
-        if DB::WRITE_CONNECTIONS.is_none() {
+        if !DB::ONE_WRITER {
             return Turn::default();
         }
         let Ok(tx) = self.begin_write().await else {
@@ -1502,7 +1506,7 @@ where
             None
         };
         Ok(Box::new(SqlClaim {
-            pool: self.writer.clone(),
+            writer: self.writer.clone(),
             turn,
             ids,
             messages,
@@ -1524,7 +1528,7 @@ where
 
 /// Rows claimed by one relay, and its turn at the outbox when the backend holds it.
 struct SqlClaim<DB: Database> {
-    pool: Pool<DB>,
+    writer: Writer<DB>,
     turn: Option<Transaction<'static, DB>>,
     ids: Vec<i64>,
     messages: Vec<OutboxMessage>,
@@ -1534,9 +1538,9 @@ struct SqlClaim<DB: Database> {
 
 impl<DB: Database> SqlClaim<DB> {
     /// Another relay has the turn: nothing to publish.
-    fn empty(pool: Pool<DB>) -> Self {
+    fn empty(writer: Writer<DB>) -> Self {
         Self {
-            pool,
+            writer,
             turn: None,
             ids: Vec::new(),
             messages: Vec::new(),
@@ -1559,7 +1563,7 @@ where
 
     async fn mark_sent(self: Box<Self>) -> Result<(), StoreError> {
         let Self {
-            pool,
+            writer,
             turn,
             ids,
             prune,
@@ -1569,11 +1573,8 @@ where
             return Ok(());
         }
         let mut tx = match turn {
-            Some(turn) => turn,
-            None => pool
-                .begin_with(DB::BEGIN_WRITE)
-                .await
-                .map_err(DB::classify)?,
+            Some(turn) => WriteTx::Pooled(Some(turn)),
+            None => writer.begin().await.map_err(DB::classify)?,
         };
         let now = now_ms();
         let mut sql = QueryBuilder::<DB>::new("UPDATE outbox SET sent_at = ");

@@ -118,7 +118,7 @@ impl Dialect for Sqlite {
     /// SQLite has one writer at a time: writers queue for the one write connection,
     /// first come first served, rather than in SQLite's busy handler, which sleeps up
     /// to 100 ms between tries and made the latency of a create under load jump.
-    const WRITE_CONNECTIONS: Option<u32> = Some(1);
+    const ONE_WRITER: bool = true;
 
     const RETURNS_IDS: bool = true;
 
