@@ -325,14 +325,11 @@ where
             .connect_with(options.clone())
             .await
             .map_err(DB::classify)?;
-        let held = match DB::ONE_WRITER {
-            true => Some(
-                pool_of(1)
-                    .connect_with(options)
-                    .await
-                    .map_err(DB::classify)?,
-            ),
-            false => None,
+        let held = if DB::ONE_WRITER {
+            let one = pool_of(1).connect_with(options).await;
+            Some(one.map_err(DB::classify)?)
+        } else {
+            None
         };
         let writer = Writer::new(&pool, held, config.acquire_timeout);
         Ok(Self {
