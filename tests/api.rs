@@ -43,6 +43,7 @@ async fn a_fresh_install_serves_the_seed_catalog(backend: Backend) {
 async fn creating_a_game_answers_201_pending_with_a_derived_decade(backend: Backend) {
     let app = TestApp::spawn_on_with(backend, Roles::ApiOnly, &[]).await;
     let body = with(game_body("Gunstar Heroes"), "yearCategory", json!("1970s"));
+    let body = with(body, "genreId", json!(2));
     let response = app.post_json("/api/games", &body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -57,7 +58,10 @@ async fn creating_a_game_answers_201_pending_with_a_derived_decade(backend: Back
     );
     assert_eq!(game["platformName"], "NES", "joined from platform 1");
     let fetched = app.get_json(&location).await;
-    assert_eq!(fetched["title"], "Gunstar Heroes");
+    assert_eq!(
+        fetched, game,
+        "the answer is the game as stored, every field"
+    );
     app.stop().await;
 }
 

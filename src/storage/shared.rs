@@ -48,6 +48,14 @@ pub(super) const GAME_COLUMNS: &str = "SELECT g.id, g.title, g.platform_id, \
      EXISTS (SELECT 1 FROM thumbnails t WHERE t.game_id = g.id) AS has_thumbnail \
      FROM games g JOIN platforms p ON p.id = g.platform_id JOIN genres gr ON gr.id = g.genre_id";
 
+/// [`GAME_COLUMNS`] of the games an INSERT into `games` writes: its `RETURNING` clause.
+pub(super) const RETURNING_GAME: &str = "RETURNING id, title, platform_id, \
+     (SELECT p.name FROM platforms p WHERE p.id = games.platform_id) AS platform_name, \
+     genre_id, (SELECT gr.name FROM genres gr WHERE gr.id = games.genre_id) AS genre_name, \
+     developer, release_year, year_category, description, image_url, processing_status, \
+     version, created_at, updated_at, \
+     EXISTS (SELECT 1 FROM thumbnails t WHERE t.game_id = games.id) AS has_thumbnail";
+
 /// One game by id (`$1`; SQLite reads `$1` as the first parameter too).
 pub(super) static GAME_BY_ID: LazyLock<String> =
     LazyLock::new(|| format!("{GAME_COLUMNS} WHERE g.id = $1"));

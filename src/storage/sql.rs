@@ -14,7 +14,8 @@
 
 use super::direct::DirectReads;
 use super::shared::{
-    self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY, now_ms,
+    self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY,
+    RETURNING_GAME, now_ms,
 };
 use super::writer::{WriteTx, Writer};
 use super::{
@@ -490,51 +491,53 @@ where
     }
 
     /// Inserts the games of `batch` with their `game.created` events in one
-    /// transaction: one statement for all the games (one per game where the backend
-    /// does not return each row's id), then one read of them all and one outbox insert.
-    /// A foreign key refusing a platform or genre rolls it all back; the error names
-    /// the field of the statement's first draft, which is the one at fault when the
-    /// statement has one row ([`Store::create_games`] retries a refused batch a game
-    /// at a time).
+    /// transaction: one statement for all the games, answering them as written
+    /// (`RETURNING`), then one outbox insert. Where the backend does not return rows,
+    /// one statement per game, then one read of them all. A foreign key refusing a
+    /// platform or genre rolls it all back; the error names the field of the
+    /// statement's first draft, which is the one at fault when the statement has one
+    /// row ([`Store::create_games`] retries a refused batch a game at a time).
     async fn insert_games(&self, batch: &[NewGame]) -> Result<Vec<Game>, StoreError> {
         let mut tx = self.begin_batch(WriteKind::Creates).await?;
         let now = now_ms();
-        let rows_per_insert = if DB::RETURNS_IDS { batch.len() } else { 1 };
-        let mut ids = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(rows_per_insert.max(1)) {
-            let mut insert = sqlx::query(DB::sql(AssertSqlSafe(games_insert::<DB>(chunk.len()))));
+        let insert = |chunk: &[NewGame], returning: &str| {
+            let sql = format!("{} {returning}", games_insert::<DB>(chunk.len()));
+            let mut insert = sqlx::query(DB::sql(AssertSqlSafe(sql)));
             for NewGame { draft, .. } in chunk {
                 insert = Self::bind_draft(insert, draft).bind(now).bind(now);
             }
-            match DB::insert_ids(&mut tx, insert).await {
-                Ok(inserted) => ids.extend(inserted),
+            insert
+        };
+        let games = if DB::RETURNS_IDS {
+            let written = insert(batch, RETURNING_GAME).fetch_all(&mut *tx).await;
+            let rows = match written {
+                Ok(rows) => rows,
                 Err(error) => {
                     drop(tx);
-                    return Err(self.refused_write(error, &chunk[0].draft).await);
+                    return Err(self.refused_write(error, &batch[0].draft).await);
+                }
+            };
+            let mut games = rows
+                .iter()
+                .map(shared::game_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            // The rows took their ids in the order of the `VALUES` (see
+            // [`returning_ids`]), which `RETURNING` need not keep.
+            games.sort_unstable_by_key(|game| game.id);
+            games
+        } else {
+            let mut ids = Vec::with_capacity(batch.len());
+            for new in batch.chunks(1) {
+                match DB::insert_ids(&mut tx, insert(new, "")).await {
+                    Ok(inserted) => ids.extend(inserted),
+                    Err(error) => {
+                        drop(tx);
+                        return Err(self.refused_write(error, &new[0].draft).await);
+                    }
                 }
             }
-        }
-        let mut sql = QueryBuilder::<DB>::new(GAME_COLUMNS);
-        sql.push(" WHERE g.id IN ");
-        push_list(&mut sql, ids.iter().copied());
-        let rows = sql
-            .build()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(DB::classify)?;
-        let mut written = rows
-            .iter()
-            .map(|row| shared::game_from_row(row).map(|game| (game.id, game)))
-            .collect::<Result<HashMap<_, _>, _>>()?;
-        let games = ids
-            .iter()
-            .map(|id| {
-                written.remove(id).ok_or(StoreError::NotFound {
-                    entity: "game",
-                    id: *id,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            Self::read_back(&mut tx, &ids).await?
+        };
         let events: Vec<OutboxMessage> = games
             .iter()
             .zip(batch)
@@ -544,6 +547,26 @@ where
         tx.commit().await.map_err(DB::classify)?;
         self.outbox_written.notify_one();
         Ok(games)
+    }
+
+    /// The games `ids` names, in that order, as [`GAME_COLUMNS`] reads them.
+    async fn read_back(conn: &mut DB::Connection, ids: &[i64]) -> Result<Vec<Game>, StoreError> {
+        let mut sql = QueryBuilder::<DB>::new(GAME_COLUMNS);
+        sql.push(" WHERE g.id IN ");
+        push_list(&mut sql, ids.iter().copied());
+        let rows = sql.build().fetch_all(conn).await.map_err(DB::classify)?;
+        let mut written = rows
+            .iter()
+            .map(|row| shared::game_from_row(row).map(|game| (game.id, game)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        ids.iter()
+            .map(|id| {
+                written.remove(id).ok_or(StoreError::NotFound {
+                    entity: "game",
+                    id: *id,
+                })
+            })
+            .collect()
     }
 
     /// Updates the games of `batch`, each read back right after its UPDATE (a game
