@@ -51,7 +51,7 @@ impl Dialect for MySql {
     const HOLD_TURN: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
     /// MySQL has no `RETURNING`, and a multi-row INSERT reports only its first id.
-    const RETURNS_IDS: bool = false;
+    const RETURNS_ROWS: bool = false;
     /// MySQL refuses a `LIMIT` in an `IN` subquery, and a subquery on the table a
     /// DELETE deletes from; its own `DELETE … LIMIT` walks the `sent_at` index instead.
     const PRUNE_SENT_OUTBOX: &'static str =
@@ -99,14 +99,12 @@ impl Dialect for MySql {
     }
 
     /// The server reports the `AUTO_INCREMENT` value it assigned with the insert.
-    async fn insert_ids(
+    async fn insert_id(
         conn: &mut MySqlConnection,
         insert: Query<'static, MySql, MySqlArguments>,
-    ) -> sqlx::Result<Vec<i64>> {
+    ) -> sqlx::Result<i64> {
         let id = insert.execute(conn).await?.last_insert_id();
-        Ok(vec![
-            i64::try_from(id).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        ])
+        i64::try_from(id).map_err(|e| sqlx::Error::Decode(e.into()))
     }
 
     /// sqlx connects with `CLIENT_FOUND_ROWS`, so an UPDATE that sets the values a row

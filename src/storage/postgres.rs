@@ -6,7 +6,7 @@
 //! the row, or a `SELECT … FOR UPDATE` before the status changes; the inbox key refuses
 //! a second claim), and foreign keys catch what a concurrent delete removed.
 
-use super::sql::{Dialect, SqlStore, returning_ids};
+use super::sql::{Dialect, SqlStore, returning_id};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
 use sqlx::Postgres;
@@ -33,16 +33,16 @@ impl Dialect for Postgres {
     const HOLD_TURN: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
-    const RETURNS_IDS: bool = true;
+    const RETURNS_ROWS: bool = true;
     /// A generic plan walks `games_by_title` and filters: 2 s at a million games.
     const PLAN_EACH_SEARCH: bool = true;
 
     /// `RETURNING id`: the ids come back in the insert's own round trip.
-    async fn insert_ids(
+    async fn insert_id(
         conn: &mut PgConnection,
         insert: Query<'static, Postgres, PgArguments>,
-    ) -> sqlx::Result<Vec<i64>> {
-        returning_ids(conn, insert).await
+    ) -> sqlx::Result<i64> {
+        returning_id(conn, insert).await
     }
 
     /// Class 08: connection exceptions; 57P01-57P03: the server is shutting down or

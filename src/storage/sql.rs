@@ -116,29 +116,17 @@ pub trait Dialect: Database + HasStatementCache {
         Ok(None)
     }
 
-    /// Whether one INSERT of several rows reports the id of each (`RETURNING`). Where
-    /// it does, a batch of new games is one statement; elsewhere, one per game.
-    const RETURNS_IDS: bool;
-
-    /// Runs `insert`, an INSERT into a table whose `id` the database assigns, and
-    /// returns the ids of its rows in their order. It has one row unless
-    /// [`Self::RETURNS_IDS`].
-    async fn insert_ids(
-        conn: &mut Self::Connection,
-        insert: Query<'static, Self, Self::Arguments>,
-    ) -> sqlx::Result<Vec<i64>>;
+    /// Whether an INSERT answers the rows it wrote (`RETURNING`). Where it does, a
+    /// batch of new games is one statement; elsewhere, one per game and a read of
+    /// them all.
+    const RETURNS_ROWS: bool;
 
     /// Runs `insert`, an INSERT of one row into a table whose `id` the database
     /// assigns, and returns that id.
     async fn insert_id(
         conn: &mut Self::Connection,
         insert: Query<'static, Self, Self::Arguments>,
-    ) -> sqlx::Result<i64> {
-        let ids = Self::insert_ids(conn, insert).await?;
-        ids.first()
-            .copied()
-            .ok_or_else(|| sqlx::Error::Protocol("an INSERT reported no id".into()))
-    }
+    ) -> sqlx::Result<i64>;
 
     /// Rows written by a statement (each driver has its own result type): rows the
     /// statement matched, also when it set the values they already had.
@@ -210,14 +198,11 @@ fn games_insert<DB: Dialect>(rows: usize) -> String {
     )
 }
 
-/// Runs `insert` with `RETURNING id` and returns the ids in the order of its rows. The
-/// database does not promise to return them in that order, but a statement's rows take
-/// ids in the order of its `VALUES` (SQLite: one past the largest rowid, under the
-/// write lock; PostgreSQL: the sequence, row by row), so ascending is that order.
-pub(super) async fn returning_ids<DB>(
+/// Runs `insert`, an INSERT of one row, with `RETURNING id`, and returns that id.
+pub(super) async fn returning_id<DB>(
     conn: &mut DB::Connection,
     mut insert: Query<'static, DB, DB::Arguments>,
-) -> sqlx::Result<Vec<i64>>
+) -> sqlx::Result<i64>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -227,15 +212,10 @@ where
 {
     let arguments = insert.take_arguments().map_err(sqlx::Error::Encode)?;
     let returning = AssertSqlSafe(format!("{} RETURNING id", insert.sql().as_str()));
-    let rows = sqlx::query_with(returning, arguments.unwrap_or_default())
-        .fetch_all(conn)
+    let row = sqlx::query_with(returning, arguments.unwrap_or_default())
+        .fetch_one(conn)
         .await?;
-    let mut ids = rows
-        .iter()
-        .map(|row| sqlx::Row::try_get::<i64, _>(row, 0))
-        .collect::<sqlx::Result<Vec<_>>>()?;
-    ids.sort_unstable();
-    Ok(ids)
+    sqlx::Row::try_get::<i64, _>(&row, 0)
 }
 
 /// `INSERT INTO {into}` that replaces `columns` of the row whose unique `key` exists.
@@ -508,7 +488,7 @@ where
             }
             insert
         };
-        let games = if DB::RETURNS_IDS {
+        let games = if DB::RETURNS_ROWS {
             let written = insert(batch, RETURNING_GAME).fetch_all(&mut *tx).await;
             let rows = match written {
                 Ok(rows) => rows,
@@ -521,15 +501,16 @@ where
                 .iter()
                 .map(shared::game_from_row)
                 .collect::<Result<Vec<_>, _>>()?;
-            // The rows took their ids in the order of the `VALUES` (see
-            // [`returning_ids`]), which `RETURNING` need not keep.
+            // `RETURNING` need not keep the order of the `VALUES`, but the rows took
+            // their ids in that order (SQLite: one past the largest rowid, under the
+            // write lock; PostgreSQL: the sequence, row by row).
             games.sort_unstable_by_key(|game| game.id);
             games
         } else {
             let mut ids = Vec::with_capacity(batch.len());
             for new in batch.chunks(1) {
-                match DB::insert_ids(&mut tx, insert(new, "")).await {
-                    Ok(inserted) => ids.extend(inserted),
+                match DB::insert_id(&mut tx, insert(new, "")).await {
+                    Ok(id) => ids.push(id),
                     Err(error) => {
                         drop(tx);
                         return Err(self.refused_write(error, &new[0].draft).await);

@@ -7,7 +7,7 @@
 
 use super::direct::DirectReads;
 use super::shared::FullText;
-use super::sql::{Dialect, SqlStore, returning_ids};
+use super::sql::{Dialect, SqlStore, returning_id};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
 use sqlx::error::DatabaseError;
@@ -120,7 +120,7 @@ impl Dialect for Sqlite {
     /// to 100 ms between tries and made the latency of a create under load jump.
     const ONE_WRITER: bool = true;
 
-    const RETURNS_IDS: bool = true;
+    const RETURNS_ROWS: bool = true;
 
     /// A bare `?`. For each parameter it binds, sqlx asks SQLite for the parameter's
     /// name, which SQLite finds in a list of the statement's named parameters: a
@@ -131,11 +131,11 @@ impl Dialect for Sqlite {
     }
 
     /// `RETURNING id` (the rowid, which `id` aliases).
-    async fn insert_ids(
+    async fn insert_id(
         conn: &mut SqliteConnection,
         insert: Query<'static, Sqlite, SqliteArguments>,
-    ) -> sqlx::Result<Vec<i64>> {
-        returning_ids(conn, insert).await
+    ) -> sqlx::Result<i64> {
+        returning_id(conn, insert).await
     }
 
     /// `SQLITE_BUSY`: another connection held the write lock past the busy timeout.
