@@ -19,6 +19,7 @@ pub mod topology;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -320,6 +321,16 @@ pub trait Broker: Send + Sync + 'static {
     /// publishes again, and consumers' idempotency absorbs the duplicates.
     async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError>;
 
+    /// Sends a batch, in order after every batch sent before, and returns its
+    /// [`Confirms`]: what [`Self::publish`] awaits, split in two so that a caller can
+    /// send its next batch while the broker confirms this one (the outbox relay). A
+    /// broker whose acceptance is immediate (the embedded one's is its own commit)
+    /// publishes here, and its confirms are ready.
+    async fn send(&self, batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
+        self.publish(batch).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+
     /// Publishes `publish` as a request (its correlation id and `reply_to` are set here)
     /// and waits up to `timeout` for the reply (see [`reply`]). On
     /// [`BrokerError::NoReply`] the request may still be handled later; its reply is
@@ -345,6 +356,11 @@ pub trait Broker: Send + Sync + 'static {
     /// last acknowledgements may be lost and the messages delivered again.
     async fn close(&self) -> Result<(), BrokerError>;
 }
+
+/// Resolves once the broker has durably accepted every message of a batch sent with
+/// [`Broker::send`], or fails as [`Broker::publish`] would. Dropped unawaited, it
+/// leaves the batch unconfirmed: to be published again.
+pub type Confirms = BoxFuture<'static, Result<(), BrokerError>>;
 
 /// A stream of deliveries from one queue. Dropping it stops consumption; its
 /// unacknowledged deliveries are delivered again.

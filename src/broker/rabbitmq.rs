@@ -31,15 +31,15 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
 use self::link::{Declaration, Link};
 use super::reply::{DIRECT_REPLY_TO, Replies};
 
 use super::{
-    Acker, Broker, BrokerError, Consumer, Delivery, ExchangeSpec, HeaderValue, Headers, Message,
-    Properties, Publish, QueueSpec,
+    Acker, Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, HeaderValue, Headers,
+    Message, Properties, Publish, QueueSpec,
 };
 
 /// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
@@ -222,6 +222,10 @@ impl Broker for RabbitMqBroker {
     }
 
     async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
+        self.send(batch).await?.await
+    }
+
+    async fn send(&self, batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
         let mut routed = Vec::with_capacity(batch.len());
         let mut delay_queues: HashMap<(String, String, Duration), String> = HashMap::new();
         for publish in batch {
@@ -244,7 +248,7 @@ impl Broker for RabbitMqBroker {
                 }
             }
         }
-        self.publisher.publish(&routed).await
+        self.publisher.send(routed).await
     }
 
     async fn request(
@@ -258,7 +262,11 @@ impl Broker for RabbitMqBroker {
         let pending = self.replies.expect();
         pending.address(&mut publish.message);
         self.requester
-            .publish(&[(publish.exchange, publish.routing_key, publish.message)])
+            .publish(vec![(
+                publish.exchange,
+                publish.routing_key,
+                publish.message,
+            )])
             .await?;
         pending.wait(timeout).await
     }
@@ -435,11 +443,16 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Sends a batch on the publisher channel and waits for every confirm. The channel
-    /// is held while the batch is sent, so batches keep their order, but not while its
-    /// confirms are awaited (RabbitMQ confirms a persistent message once it is on disk,
-    /// tens of milliseconds under load): other publishers send meanwhile.
-    async fn publish(&self, batch: &[(String, String, Message)]) -> Result<(), BrokerError> {
+    /// Sends a batch on the publisher channel and waits for every confirm.
+    async fn publish(&self, batch: Vec<(String, String, Message)>) -> Result<(), BrokerError> {
+        self.send(batch).await?.await
+    }
+
+    /// Sends a batch on the publisher channel and returns its confirms. The channel is
+    /// held while the batch is sent, so batches keep their order, but not while its
+    /// confirms are awaited (RabbitMQ confirms a persistent message once it is on disk
+    /// or consumed, milliseconds to tens of milliseconds): others send meanwhile.
+    async fn send(&self, batch: Vec<(String, String, Message)>) -> Result<Confirms, BrokerError> {
         let mut guard = self.channel.lock().await;
         let channel = match guard.as_ref().filter(|c| c.status().connected()) {
             Some(channel) => channel.clone(),
@@ -464,25 +477,30 @@ impl Publisher {
             confirms.push((exchange, routing_key, confirm));
         }
         drop(guard);
-        // As in AMQP, a message no binding matches is dropped; the topology gives the
-        // exchanges that matter an alternate exchange to catch those.
-        for (exchange, routing_key, confirm) in confirms {
-            match confirm.await.map_err(classify)? {
-                Confirmation::Ack(_) => {}
-                Confirmation::Nack(_) => {
-                    return Err(BrokerError::Other(format!(
-                        "RabbitMQ refused a message for {exchange:?}/{routing_key:?}"
-                    )));
-                }
-                Confirmation::NotRequested => {
-                    return Err(BrokerError::Other(
-                        "the publisher channel is not in confirm mode".into(),
-                    ));
-                }
+        Ok(Box::pin(confirmed(confirms)))
+    }
+}
+
+/// Waits for the confirm of each message sent. As in AMQP, a message no binding matches
+/// is dropped; the topology gives the exchanges that matter an alternate exchange to
+/// catch those.
+async fn confirmed(confirms: Vec<(String, String, PublisherConfirm)>) -> Result<(), BrokerError> {
+    for (exchange, routing_key, confirm) in confirms {
+        match confirm.await.map_err(classify)? {
+            Confirmation::Ack(_) => {}
+            Confirmation::Nack(_) => {
+                return Err(BrokerError::Other(format!(
+                    "RabbitMQ refused a message for {exchange:?}/{routing_key:?}"
+                )));
+            }
+            Confirmation::NotRequested => {
+                return Err(BrokerError::Other(
+                    "the publisher channel is not in confirm mode".into(),
+                ));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// A consumer's channel, closed once the consumer and every delivery it handed out are
@@ -550,7 +568,11 @@ impl Acker for RabbitAcker {
         copy.properties.mark_dead_lettered(reason, &self.queue);
         // Settled only once the copy is confirmed: a crash in between duplicates the
         // message in the DLQ rather than losing it.
-        match self.publisher.publish(&[(String::new(), dlq, copy)]).await {
+        match self
+            .publisher
+            .publish(vec![(String::new(), dlq, copy)])
+            .await
+        {
             Ok(()) => self.ack().await,
             Err(error) => {
                 self.nack(true).await?;
