@@ -147,9 +147,9 @@ fn outbox_relay(c: &mut Criterion) {
                     let games: Vec<NewGame> = (0..BATCH).map(new_game).collect();
                     store.create_games(&games).await.unwrap();
                     let start = Instant::now();
-                    let sent = relay.relay_batch().await.unwrap();
+                    let turn = relay.relay_turn().await.unwrap();
                     timed += start.elapsed();
-                    assert_eq!(sent, BATCH);
+                    assert_eq!(turn.sent, BATCH);
                 }
                 timed
             }

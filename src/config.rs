@@ -126,7 +126,8 @@ pub struct HttpArgs {
     #[arg(long, env = "RETROCAT_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Events published per broker round trip by the outbox relay.
+    /// Events published per broker round trip by the outbox relay, and at most awaiting
+    /// the broker's confirms at once.
     #[arg(long, env = "RETROCAT_RELAY_BATCH", default_value_t = 500)]
     pub relay_batch: u32,
 }

@@ -12,8 +12,8 @@ use retrocat::processing::retry::RetryPolicy;
 use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
 use retrocat::startup::connect_store;
 use retrocat::storage::{
-    FinishOutcome, PoolConfig, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest,
-    Store,
+    FinishOutcome, OutboxMessage, OutboxTurn, PoolConfig, ProcessingRecord, ProcessingResult,
+    StartOutcome, StartRequest, Store,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -605,38 +605,113 @@ async fn the_live_stream_shows_a_game_going_to_completed(backend: Backend) {
 }
 
 /// Several API instances on one database server run a relay each: while one relay
-/// publishes a batch, another finds nothing to do, so no row goes out twice at once and
-/// a game's events keep their order.
+/// has its turn, another finds nothing to do, so no row goes out twice at once and a
+/// game's events keep their order. A row committed after the turn claimed rows with
+/// higher ids (a sequence hands out ids before the commits) is claimed in the same
+/// turn, not skipped.
 async fn relays_on_one_database_take_turns(backend: Backend) {
     let database = TestDatabase::create(backend).await;
     let store = connect_store(&database.url, PoolConfig::default())
         .await
         .expect("store");
-    let draft = GenreDraft {
-        name: GenreName::parse("Rhythm").unwrap(),
-        description: None,
-    };
-    store.create_genre(&draft).await.unwrap();
+    store.create_genre(&genre("Rhythm")).await.unwrap();
 
-    let mut first = store.claim_outbox(10).await.unwrap();
+    let mut first = store.outbox_turn().await.unwrap().expect("a free turn");
     assert_eq!(
-        first.take_messages().len(),
+        first.claim(10).await.unwrap().len(),
         1,
         "the first relay gets the row"
     );
-    let mut second = store.claim_outbox(10).await.unwrap();
     assert!(
-        second.take_messages().is_empty(),
-        "a second relay publishes nothing while the first one's batch is out"
+        store.outbox_turn().await.unwrap().is_none(),
+        "a second relay publishes nothing while the first one has its turn"
     );
-    drop(second);
-    first.mark_sent().await.unwrap();
-    let mut third = store.claim_outbox(10).await.unwrap();
+    // As if two transactions wrote these rows, and the one with the lower id
+    // committed last.
+    let outbox_row = |id: i64, message_id: &str| {
+        format!(
+            "INSERT INTO outbox (id, exchange, routing_key, message_id, headers, body, \
+             created_at) VALUES ({id}, 'events', 'genre.created', '{message_id}', '{{}}', 'x', 0)"
+        )
+    };
+    let claim_ids = async |turn: &mut Box<dyn OutboxTurn>| {
+        let claimed = turn.claim(10).await.unwrap();
+        claimed
+            .into_iter()
+            .map(|m| m.message_id)
+            .collect::<Vec<_>>()
+    };
+    database.execute(&outbox_row(1000, "early")).await;
+    assert_eq!(claim_ids(&mut first).await, ["early"]);
+    database.execute(&outbox_row(999, "late")).await;
+    assert_eq!(
+        claim_ids(&mut first).await,
+        ["late"],
+        "a row with a lower id, committed later, goes out in the same turn"
+    );
+    for _ in 0..3 {
+        first.mark_sent().await.unwrap();
+    }
+    first.end().await.unwrap();
+    let mut third = store
+        .outbox_turn()
+        .await
+        .unwrap()
+        .expect("the turn is free again");
     assert!(
-        third.take_messages().is_empty(),
+        third.claim(10).await.unwrap().is_empty(),
         "sent rows are not claimed again"
     );
+    third.end().await.unwrap();
     assert_eq!(store.outbox_depth().await.unwrap(), 0);
+}
+
+/// A relay sends a batch while earlier ones await their confirms: a turn's claims
+/// follow one another, none taking a row twice. Rows a turn leaves unmarked (the
+/// relay failed before their confirms) go out again in the next turn; none is lost.
+async fn a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _database) = backend.fresh_database(dir.path()).await;
+    let store = connect_store(&url, PoolConfig::default())
+        .await
+        .expect("store");
+    let ids = |messages: &[OutboxMessage]| {
+        messages
+            .iter()
+            .map(|m| m.message_id.clone())
+            .collect::<Vec<_>>()
+    };
+    store.create_genre(&genre("Rhythm")).await.unwrap();
+    let mut turn = store.outbox_turn().await.unwrap().expect("a free turn");
+    let first = ids(&turn.claim(10).await.unwrap());
+    assert_eq!(first.len(), 1);
+    store.create_genre(&genre("Pachinko")).await.unwrap();
+    let second = ids(&turn.claim(10).await.unwrap());
+    assert_eq!(second.len(), 1);
+    assert_ne!(
+        first, second,
+        "the second claim takes the row after the first's"
+    );
+    assert!(turn.claim(10).await.unwrap().is_empty());
+    turn.mark_sent().await.unwrap();
+    drop(turn);
+
+    let mut next = store.outbox_turn().await.unwrap().expect("a free turn");
+    let again = ids(&next.claim(10).await.unwrap());
+    assert!(
+        again.ends_with(&second),
+        "the unconfirmed row goes out again: {again:?}"
+    );
+    next.mark_sent().await.unwrap();
+    next.end().await.unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+}
+
+fn genre(name: &str) -> GenreDraft {
+    GenreDraft {
+        name: GenreName::parse(name).unwrap(),
+        description: None,
+    }
 }
 
 /// `retrocat migrate` may run from several processes at once (every role migrates at
@@ -694,7 +769,8 @@ on_every_backend!(
     poison_messages_are_dead_lettered_and_the_worker_keeps_going,
     the_original_systems_message_is_processed_like_ours,
     the_original_producers_custom_message_moves_to_custom_messages,
-    the_live_stream_shows_a_game_going_to_completed;
+    the_live_stream_shows_a_game_going_to_completed,
+    a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again;
     servers:
     relays_on_one_database_take_turns,
     concurrent_migrate_processes_seed_the_catalog_once,

@@ -364,18 +364,24 @@ pub struct OutboxMessage {
     pub body: Vec<u8>,
 }
 
-/// Outbox rows claimed by one relay, oldest first.
+/// One relay's turn at the outbox: it claims the oldest unsent rows batch after
+/// batch, and marks each batch sent once the broker has confirmed it.
 ///
-/// While a claim is held no other relay publishes these rows, nor any row after them,
-/// so events keep their commit order per game. Dropping a claim without
-/// [`OutboxClaim::mark_sent`] releases it: the rows are published again later.
+/// While a turn lasts no other relay publishes, so events keep their commit order per
+/// game. A claim takes the rows after those claimed before it in the turn, so the
+/// relay can send a batch while the ones before it await their confirms. A turn
+/// dropped before its batches are marked and it has [`ended`](OutboxTurn::end)
+/// leaves their rows to be published again: at least once, never lost.
 #[async_trait]
-pub trait OutboxClaim: Send {
-    /// The claimed messages, oldest first; empty when nothing waits (or another relay
-    /// holds the outbox). Taken once.
-    fn take_messages(&mut self) -> Vec<OutboxMessage>;
-    /// Marks the claimed rows sent, once the broker confirmed them, and releases them.
-    async fn mark_sent(self: Box<Self>) -> Result<(), StoreError>;
+pub trait OutboxTurn: Send {
+    /// The oldest unsent rows not claimed yet in this turn, at most `limit`, oldest
+    /// first; empty when nothing waits.
+    async fn claim(&mut self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Marks the rows of the oldest claim not marked yet as sent: its batch has been
+    /// confirmed.
+    async fn mark_sent(&mut self) -> Result<(), StoreError>;
+    /// Ends the turn, once its claims are marked: another relay may take the next.
+    async fn end(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]),
@@ -474,8 +480,8 @@ pub trait Store: Send + Sync + 'static {
     /// Notified after every commit that wrote outbox rows, so an in-process relay
     /// publishes at once instead of waiting for its next poll.
     fn outbox_written(&self) -> &tokio::sync::Notify;
-    /// Claims the oldest unsent rows, in commit order, for one relay to publish.
-    async fn claim_outbox(&self, limit: u32) -> Result<Box<dyn OutboxClaim>, StoreError>;
+    /// Takes a turn at the outbox for one relay, or `None` while another relay has it.
+    async fn outbox_turn(&self) -> Result<Option<Box<dyn OutboxTurn>>, StoreError>;
     /// Rows waiting to be published.
     async fn outbox_depth(&self) -> Result<u64, StoreError>;
 }

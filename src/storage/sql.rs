@@ -19,8 +19,8 @@ use super::shared::{
 };
 use super::writer::{WriteTx, Writer};
 use super::{
-    Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxClaim,
-    OutboxMessage, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
+    Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxMessage,
+    OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
     StartOutcome, StartRequest, Store, StoreError, TaskView, Turn, WriteKind,
 };
 use crate::domain::{
@@ -39,7 +39,7 @@ use sqlx::{
     AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Execute, Executor, IntoArguments, Pool,
     QueryBuilder, SqlSafeStr, SqlStr, Transaction, Type,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -259,7 +259,7 @@ where
     /// held for them ([`Dialect::ONE_WRITER`]).
     writer: Writer<DB>,
     outbox_written: Notify,
-    claims: AtomicU64,
+    claims: Arc<AtomicU64>,
     /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on
     /// SQLite, rusqlite without sqlx's connection threads (see [`DirectReads`]).
     direct: Option<DirectReads>,
@@ -317,7 +317,7 @@ where
             pool,
             writer,
             outbox_written: Notify::new(),
-            claims: AtomicU64::new(0),
+            claims: Arc::default(),
             direct: None,
             _background: None,
             turns: Default::default(),
@@ -384,33 +384,6 @@ where
             Some((_, tx)) => Ok(tx),
             None => self.begin_write().await,
         }
-    }
-
-    /// Starts a relay's turn at the outbox: a transaction that reads the rows to
-    /// publish, or `None` while another relay has the turn.
-    ///
-    /// On a database server ([`Dialect::HOLD_TURN`]) several API instances run a relay
-    /// each on one outbox. Skip-locking the outbox rows themselves would let a second
-    /// relay publish the rows after the first relay's batch (a game's `update` before
-    /// its `create`), so the relays take turns instead: the one that locks the single
-    /// `outbox_relay` row reads, publishes and marks sent in one transaction (SKIP
-    /// LOCKED: the others see nothing to do instead of queueing). A relay that dies
-    /// mid-batch drops its connection, the lock goes with it, and the next one
-    /// publishes the batch again: at-least-once, as with one relay. No lease to tune,
-    /// and the lock never blocks catalog writes (they only insert into the outbox).
-    /// SQLite has one relay per file: reading the rows is the claim.
-    async fn outbox_turn(&self) -> Result<Option<Transaction<'static, DB>>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(DB::classify)?;
-        if DB::HOLD_TURN {
-            let turn = sqlx::query("SELECT 1 FROM outbox_relay FOR UPDATE SKIP LOCKED")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(DB::classify)?;
-            if turn.is_none() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(tx))
     }
 
     /// Commits the update of a platform or genre with its `{entity}.updated` event;
@@ -1484,38 +1457,28 @@ where
         &self.outbox_written
     }
 
-    async fn claim_outbox(&self, limit: u32) -> Result<Box<dyn OutboxClaim>, StoreError> {
-        let Some(mut turn) = self.outbox_turn().await? else {
-            return Ok(Box::new(SqlClaim::<DB>::empty(self.writer.clone())));
-        };
-        let rows = sqlx::query(DB::sql(
-            "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *turn)
-        .await
-        .map_err(DB::classify)?;
-        let (ids, messages) = rows
-            .iter()
-            .map(shared::outbox_from_row)
-            .collect::<Result<_, _>>()?;
+    async fn outbox_turn(&self) -> Result<Option<Box<dyn OutboxTurn>>, StoreError> {
         let turn = if DB::HOLD_TURN {
-            Some(turn)
+            let mut tx = self.pool.begin().await.map_err(DB::classify)?;
+            let turn = sqlx::query("SELECT 1 FROM outbox_relay FOR UPDATE SKIP LOCKED")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(DB::classify)?;
+            if turn.is_none() {
+                return Ok(None);
+            }
+            Some(tx)
         } else {
-            turn.commit().await.map_err(DB::classify)?;
             None
         };
-        Ok(Box::new(SqlClaim {
+        Ok(Some(Box::new(SqlTurn {
+            pool: self.pool.clone(),
             writer: self.writer.clone(),
             turn,
-            ids,
-            messages,
-            prune: self
-                .claims
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(PRUNE_EVERY),
-        }))
+            after: 0,
+            claimed: VecDeque::new(),
+            claims: Arc::clone(&self.claims),
+        })))
     }
 
     async fn outbox_depth(&self) -> Result<u64, StoreError> {
@@ -1527,68 +1490,146 @@ where
     }
 }
 
-/// Rows claimed by one relay, and its turn at the outbox when the backend holds it.
-struct SqlClaim<DB: Database> {
+/// A relay's turn at the outbox ([`Store::outbox_turn`]).
+///
+/// On a database server ([`Dialect::HOLD_TURN`]) several API instances run a relay
+/// each on one outbox. Skip-locking the outbox rows themselves would let a second
+/// relay publish the rows after the first relay's batch (a game's `update` before its
+/// `create`), so the relays take turns instead: the one that locks the single
+/// `outbox_relay` row holds the turn, in a transaction (SKIP LOCKED: the others see
+/// nothing to do instead of queueing). Its claims mark their rows sent in that
+/// transaction at once, so that the next claims pass them whatever order their ids
+/// committed in (a sequence hands out ids before the commits); they are sent for
+/// good when the turn commits, after every batch's confirm. A relay that dies
+/// mid-turn drops its connection, the lock and the marks go with it, and the next one
+/// publishes those rows again: at-least-once, as with one relay. No lease to tune,
+/// and the lock never blocks catalog writes (they only insert into the outbox).
+///
+/// SQLite has one relay per file, and its one writer commits the outbox's ids in
+/// order: a claim reads the rows after the last one claimed, and each batch is marked
+/// sent by a write of its own once confirmed, with no transaction open meanwhile.
+struct SqlTurn<DB: Database> {
+    pool: Pool<DB>,
     writer: Writer<DB>,
+    /// The turn's transaction, on a database server.
     turn: Option<Transaction<'static, DB>>,
-    ids: Vec<i64>,
-    messages: Vec<OutboxMessage>,
-    /// Also drop rows sent long ago (now and then, in bounded chunks).
-    prune: bool,
-}
-
-impl<DB: Database> SqlClaim<DB> {
-    /// Another relay has the turn: nothing to publish.
-    fn empty(writer: Writer<DB>) -> Self {
-        Self {
-            writer,
-            turn: None,
-            ids: Vec::new(),
-            messages: Vec::new(),
-            prune: false,
-        }
-    }
+    /// The last row claimed, on SQLite (on a server the turn's marks hide its claims).
+    after: i64,
+    /// The claims awaiting their confirm, oldest first: the rows their mark is to
+    /// write (none on a server: marked already), and whether it also prunes.
+    claimed: VecDeque<(Vec<i64>, bool)>,
+    /// Claims so far, of every turn: one in [`PRUNE_EVERY`] prunes.
+    claims: Arc<AtomicU64>,
 }
 
 #[async_trait]
-impl<DB> OutboxClaim for SqlClaim<DB>
+impl<DB> OutboxTurn for SqlTurn<DB>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     DB::Arguments: IntoArguments<DB>,
+    DB::Row: Columns,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
 {
-    fn take_messages(&mut self) -> Vec<OutboxMessage> {
-        std::mem::take(&mut self.messages)
+    async fn claim(&mut self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+        let read = sqlx::query(DB::sql(
+            "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
+             WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        ))
+        .bind(self.after)
+        .bind(i64::from(limit));
+        let rows = match &mut self.turn {
+            Some(turn) => read.fetch_all(&mut **turn).await,
+            None => read.fetch_all(&self.pool).await,
+        }
+        .map_err(DB::classify)?;
+        let (ids, messages): (Vec<i64>, _) = rows
+            .iter()
+            .map(shared::outbox_from_row)
+            .collect::<Result<_, _>>()?;
+        let Some(&last) = ids.last() else {
+            return Ok(messages);
+        };
+        let prune = self
+            .claims
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY);
+        let unmarked = match &mut self.turn {
+            Some(turn) => {
+                marking_sent::<DB>(ids)
+                    .build()
+                    .execute(&mut **turn)
+                    .await
+                    .map_err(DB::classify)?;
+                Vec::new()
+            }
+            None => {
+                self.after = last;
+                ids
+            }
+        };
+        self.claimed.push_back((unmarked, prune));
+        Ok(messages)
     }
 
-    async fn mark_sent(self: Box<Self>) -> Result<(), StoreError> {
-        let Self {
-            writer,
-            turn,
-            ids,
-            prune,
-            ..
-        } = *self;
-        if ids.is_empty() {
+    async fn mark_sent(&mut self) -> Result<(), StoreError> {
+        let Some((unmarked, prune)) = self.claimed.pop_front() else {
             return Ok(());
-        }
-        let mut tx = match turn {
-            Some(turn) => WriteTx::Pooled(Some(turn)),
-            None => writer.begin().await.map_err(DB::classify)?,
         };
-        let now = now_ms();
-        let mut sql = QueryBuilder::<DB>::new("UPDATE outbox SET sent_at = ");
-        sql.push_bind(now).push(" WHERE id IN ");
-        push_list(&mut sql, ids);
-        sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
-        if prune {
-            sqlx::query(DB::sql(DB::PRUNE_SENT_OUTBOX))
-                .bind(now - KEEP_SENT_OUTBOX_MS)
-                .execute(&mut *tx)
+        if let Some(turn) = &mut self.turn {
+            return match prune {
+                true => prune_sent::<DB>(turn).await,
+                false => Ok(()),
+            };
+        }
+        if !prune {
+            let mut mark = marking_sent::<DB>(unmarked);
+            self.writer
+                .execute(mark.build())
                 .await
                 .map_err(DB::classify)?;
+            return Ok(());
         }
+        let mut tx = self.writer.begin().await.map_err(DB::classify)?;
+        marking_sent::<DB>(unmarked)
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(DB::classify)?;
+        prune_sent::<DB>(&mut tx).await?;
         tx.commit().await.map_err(DB::classify)
     }
+
+    async fn end(self: Box<Self>) -> Result<(), StoreError> {
+        match self.turn {
+            Some(turn) => turn.commit().await.map_err(DB::classify),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The UPDATE that marks the outbox rows `ids` sent, now.
+fn marking_sent<DB: Dialect>(ids: Vec<i64>) -> QueryBuilder<DB>
+where
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let mut sql = QueryBuilder::<DB>::new("UPDATE outbox SET sent_at = ");
+    sql.push_bind(now_ms()).push(" WHERE id IN ");
+    push_list(&mut sql, ids);
+    sql
+}
+
+/// Drops a bounded chunk of the rows sent long ago ([`KEEP_SENT_OUTBOX_MS`]).
+async fn prune_sent<DB: Dialect>(conn: &mut DB::Connection) -> Result<(), StoreError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(DB::sql(DB::PRUNE_SENT_OUTBOX))
+        .bind(now_ms() - KEEP_SENT_OUTBOX_MS)
+        .execute(conn)
+        .await
+        .map_err(DB::classify)?;
+    Ok(())
 }

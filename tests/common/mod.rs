@@ -175,6 +175,17 @@ impl TestDatabase {
         }
     }
 
+    /// Runs one statement on the database, outside the app.
+    pub async fn execute(&self, statement: &str) {
+        let statement = AssertSqlSafe(statement.to_owned());
+        let executed = match self.backend {
+            Backend::Postgres => execute_once::<PgConnection>(&self.url, statement).await,
+            Backend::Mysql => execute_once::<MySqlConnection>(&self.url, statement).await,
+            Backend::Sqlite => unreachable!("SQLite needs no server"),
+        };
+        executed.unwrap_or_else(|e| panic!("on {}: {e}", self.url));
+    }
+
     /// Drops the database even though the app may still hold connections to it.
     async fn drop_database(backend: Backend, server_url: &str, name: &str) -> sqlx::Result<()> {
         match backend {
