@@ -363,6 +363,8 @@ async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
     let workers = deployment.start_workers(&["w1"], &sealed);
     let amqp = Amqp::connect(&vhost.url).await;
     amqp.wait_for_consumers(QUEUE, 1).await;
+    const EVENTS_TAP: &str = "test.events_tap";
+    amqp.tap(EVENTS_TAP, "catalog.events", "game.#").await;
 
     let ids = create_games(api.base(), "Sealed", 20, 4, &AtomicUsize::new(0)).await;
     Effects::open(&deployment)
@@ -370,7 +372,17 @@ async fn sealed_messages_are_processed_and_a_tampered_one_is_dead_lettered() {
         .assert_processed_exactly_once(&ids, Duration::from_secs(30))
         .await;
 
-    // On the broker, bodies are ciphertext that names its key.
+    // On the broker, bodies are ciphertext that names its key: the events the outbox
+    // relay sent, and a custom message.
+    let events = amqp.take_all(EVENTS_TAP).await;
+    assert!(
+        events.len() >= 2 * ids.len(),
+        "created and processed events"
+    );
+    for (body, headers) in &events {
+        assert!(!body.contains("Sealed"), "the event is sealed: {body}");
+        assert_eq!(headers.get("x-key-id").map(String::as_str), Some("k1"));
+    }
     const TAP: &str = "test.custom_tap";
     amqp.tap(TAP, "catalog.custom", "custom.#").await;
     let client = common::processes::http_client();

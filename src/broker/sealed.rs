@@ -14,7 +14,8 @@
 //! broker, it does not authenticate producers.
 
 use super::{
-    Broker, BrokerError, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec, headers,
+    Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec,
+    headers,
 };
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -190,11 +191,15 @@ impl Broker for SealedBroker {
         self.inner.delete_queue(name).await
     }
 
-    async fn publish(&self, mut batch: Vec<Publish>) -> Result<(), BrokerError> {
+    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
+        self.send(batch).await?.await
+    }
+
+    async fn send(&self, mut batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
         for publish in &mut batch {
             self.keys.seal(&mut publish.message);
         }
-        self.inner.publish(batch).await
+        self.inner.send(batch).await
     }
 
     async fn request(
