@@ -217,6 +217,8 @@ impl Relay {
         let mut unconfirmed = 0;
         let mut sent = 0;
         let mut more;
+        // The last claim took every row there was: the next waits for a commit.
+        let mut drained = false;
         loop {
             // Marks the batches the broker has confirmed, oldest first (the embedded
             // broker's at once: it accepts a batch as it is sent).
@@ -238,8 +240,9 @@ impl Relay {
             let claiming = room > 0 && !more;
             // Registered before the claim: a commit after it wakes the wait below.
             let written = self.store.outbox_written().notified();
-            if claiming {
+            if claiming && !drained {
                 let batch = turn.claim(room as u32).await?;
+                drained = batch.len() < room;
                 if !batch.is_empty() {
                     let rows = batch.len();
                     let batch = batch.into_iter().map(OutboxMessage::into_publish);
@@ -255,7 +258,7 @@ impl Relay {
             };
             tokio::select! {
                 () = oldest => {}
-                () = written, if claiming => {}
+                () = written, if claiming => drained = false,
             }
         }
         turn.end().await?;
