@@ -1532,21 +1532,38 @@ where
     for<'t> i64: Encode<'t, DB> + Type<DB>,
 {
     async fn claim(&mut self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
-        let read = sqlx::query(DB::sql(
-            "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
-             WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
-        ))
-        .bind(self.after)
-        .bind(i64::from(limit));
-        let rows = match &mut self.turn {
-            Some(turn) => read.fetch_all(&mut **turn).await,
-            None => read.fetch_all(&self.pool).await,
-        }
-        .map_err(DB::classify)?;
-        let (ids, messages): (Vec<i64>, _) = rows
+        let (after, limit) = (self.after, i64::from(limit));
+        let read = || {
+            sqlx::query(DB::sql(
+                "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
+                 WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+            ))
+            .bind(after)
+            .bind(limit)
+        };
+        let (rows, marked) = match &mut self.turn {
+            // A server that answers what it writes marks the rows as it reads them.
+            Some(turn) if DB::RETURNS_ROWS => {
+                let read_and_mark = sqlx::query(DB::sql(
+                    "UPDATE outbox SET sent_at = $1 WHERE id IN (SELECT id FROM outbox \
+                     WHERE sent_at IS NULL ORDER BY id LIMIT $2) \
+                     RETURNING id, exchange, routing_key, message_id, headers, body",
+                ))
+                .bind(now_ms())
+                .bind(limit);
+                (read_and_mark.fetch_all(&mut **turn).await, true)
+            }
+            Some(turn) => (read().fetch_all(&mut **turn).await, false),
+            None => (read().fetch_all(&self.pool).await, false),
+        };
+        let mut claimed = rows
+            .map_err(DB::classify)?
             .iter()
             .map(shared::outbox_from_row)
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        // `RETURNING` need not keep the order of the ids.
+        claimed.sort_unstable_by_key(|(id, _)| *id);
+        let (ids, messages): (Vec<i64>, _) = claimed.into_iter().unzip();
         let Some(&last) = ids.last() else {
             return Ok(messages);
         };
@@ -1555,6 +1572,7 @@ where
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(PRUNE_EVERY);
         let unmarked = match &mut self.turn {
+            Some(_) if marked => Vec::new(),
             Some(turn) => {
                 marking_sent::<DB>(ids)
                     .build()
