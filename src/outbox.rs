@@ -329,9 +329,6 @@ mod tests {
         async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
             self.broker.delete_queue(name).await
         }
-        async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
-            self.send(batch).await?.await
-        }
         async fn send(&self, batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
             self.broker.publish(batch).await?;
             let mut released = self.released.clone();

@@ -319,17 +319,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a batch and returns once the broker has durably accepted every message
     /// (publisher confirms). On error none or some may have been accepted: the caller
     /// publishes again, and consumers' idempotency absorbs the duplicates.
-    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError>;
+    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
+        self.send(batch).await?.await
+    }
 
     /// Sends a batch, in order after every batch sent before, and returns its
-    /// [`Confirms`]: what [`Self::publish`] awaits, split in two so that a caller can
-    /// send its next batch while the broker confirms this one (the outbox relay). A
-    /// broker whose acceptance is immediate (the embedded one's is its own commit)
-    /// publishes here, and its confirms are ready.
-    async fn send(&self, batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
-        self.publish(batch).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
-    }
+    /// [`Confirms`]: [`Self::publish`] split in two, so that a caller can send its next
+    /// batch while the broker confirms this one (the outbox relay). A broker whose
+    /// acceptance is immediate (the embedded one's is its own commit) answers once it
+    /// has accepted the batch, with confirms that are ready.
+    async fn send(&self, batch: Vec<Publish>) -> Result<Confirms, BrokerError>;
 
     /// Publishes `publish` as a request (its correlation id and `reply_to` are set here)
     /// and waits up to `timeout` for the reply (see [`reply`]). On

@@ -221,10 +221,6 @@ impl Broker for RabbitMqBroker {
         Ok(())
     }
 
-    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
-        self.send(batch).await?.await
-    }
-
     async fn send(&self, batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
         let mut routed = Vec::with_capacity(batch.len());
         let mut delay_queues: HashMap<(String, String, Duration), String> = HashMap::new();

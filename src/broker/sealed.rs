@@ -191,10 +191,6 @@ impl Broker for SealedBroker {
         self.inner.delete_queue(name).await
     }
 
-    async fn publish(&self, batch: Vec<Publish>) -> Result<(), BrokerError> {
-        self.send(batch).await?.await
-    }
-
     async fn send(&self, mut batch: Vec<Publish>) -> Result<Confirms, BrokerError> {
         for publish in &mut batch {
             self.keys.seal(&mut publish.message);
