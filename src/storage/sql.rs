@@ -1532,37 +1532,17 @@ where
     for<'t> i64: Encode<'t, DB> + Type<DB>,
 {
     async fn claim(&mut self, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
-        let (after, limit) = (self.after, i64::from(limit));
-        let read = || {
-            sqlx::query(DB::sql(
-                "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
-                 WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
-            ))
-            .bind(after)
-            .bind(limit)
-        };
-        let (rows, marked) = match &mut self.turn {
-            // A server that answers what it writes marks the rows as it reads them.
-            Some(turn) if DB::RETURNS_ROWS => {
-                let read_and_mark = sqlx::query(DB::sql(
-                    "UPDATE outbox SET sent_at = $1 WHERE id IN (SELECT id FROM outbox \
-                     WHERE sent_at IS NULL ORDER BY id LIMIT $2) \
-                     RETURNING id, exchange, routing_key, message_id, headers, body",
-                ))
-                .bind(now_ms())
-                .bind(limit);
-                (read_and_mark.fetch_all(&mut **turn).await, true)
+        let limit = i64::from(limit);
+        let claimed = match &mut self.turn {
+            Some(turn) => claim_in_turn::<DB>(turn, limit).await?,
+            None => {
+                let read = unsent_after::<DB>(self.after, limit).fetch_all(&self.pool);
+                let rows = read.await.map_err(DB::classify)?;
+                rows.iter()
+                    .map(shared::outbox_from_row)
+                    .collect::<Result<_, _>>()?
             }
-            Some(turn) => (read().fetch_all(&mut **turn).await, false),
-            None => (read().fetch_all(&self.pool).await, false),
         };
-        let mut claimed = rows
-            .map_err(DB::classify)?
-            .iter()
-            .map(shared::outbox_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        // `RETURNING` need not keep the order of the ids.
-        claimed.sort_unstable_by_key(|(id, _)| *id);
         let (ids, messages): (Vec<i64>, _) = claimed.into_iter().unzip();
         let Some(&last) = ids.last() else {
             return Ok(messages);
@@ -1571,16 +1551,9 @@ where
             .claims
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(PRUNE_EVERY);
-        let unmarked = match &mut self.turn {
-            Some(_) if marked => Vec::new(),
-            Some(turn) => {
-                marking_sent::<DB>(ids)
-                    .build()
-                    .execute(&mut **turn)
-                    .await
-                    .map_err(DB::classify)?;
-                Vec::new()
-            }
+        // On a server the claim marked its rows in the turn already.
+        let unmarked = match self.turn {
+            Some(_) => Vec::new(),
             None => {
                 self.after = last;
                 ids
@@ -1594,28 +1567,25 @@ where
         let Some((unmarked, prune)) = self.claimed.pop_front() else {
             return Ok(());
         };
-        if let Some(turn) = &mut self.turn {
-            return match prune {
-                true => prune_sent::<DB>(turn).await,
-                false => Ok(()),
-            };
+        match &mut self.turn {
+            Some(turn) if prune => {
+                let pruned = pruning_sent::<DB>().execute(&mut **turn).await;
+                pruned.map_err(DB::classify)?;
+            }
+            Some(_) => {}
+            None => {
+                let mut mark = marking_sent::<DB>(unmarked);
+                self.writer
+                    .execute(mark.build())
+                    .await
+                    .map_err(DB::classify)?;
+                if prune {
+                    let pruned = self.writer.execute(pruning_sent::<DB>()).await;
+                    pruned.map_err(DB::classify)?;
+                }
+            }
         }
-        if !prune {
-            let mut mark = marking_sent::<DB>(unmarked);
-            self.writer
-                .execute(mark.build())
-                .await
-                .map_err(DB::classify)?;
-            return Ok(());
-        }
-        let mut tx = self.writer.begin().await.map_err(DB::classify)?;
-        marking_sent::<DB>(unmarked)
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(DB::classify)?;
-        prune_sent::<DB>(&mut tx).await?;
-        tx.commit().await.map_err(DB::classify)
+        Ok(())
     }
 
     async fn end(self: Box<Self>) -> Result<(), StoreError> {
@@ -1626,8 +1596,64 @@ where
     }
 }
 
+/// The oldest unsent outbox rows after `after`, at most `limit`, oldest first.
+fn unsent_after<DB: Dialect>(after: i64, limit: i64) -> Query<'static, DB, DB::Arguments>
+where
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(DB::sql(
+        "SELECT id, exchange, routing_key, message_id, headers, body FROM outbox \
+         WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+    ))
+    .bind(after)
+    .bind(limit)
+}
+
+/// On a database server: claims the oldest unsent rows, at most `limit`, oldest
+/// first, and marks them sent in the turn's transaction; in one statement where the
+/// server answers what it writes (`RETURNING`).
+async fn claim_in_turn<DB>(
+    turn: &mut Transaction<'static, DB>,
+    limit: i64,
+) -> Result<Vec<(i64, OutboxMessage)>, StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    DB::Row: Columns,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let read = if DB::RETURNS_ROWS {
+        sqlx::query(DB::sql(
+            "UPDATE outbox SET sent_at = $1 WHERE id IN (SELECT id FROM outbox \
+             WHERE sent_at IS NULL ORDER BY id LIMIT $2) \
+             RETURNING id, exchange, routing_key, message_id, headers, body",
+        ))
+        .bind(now_ms())
+        .bind(limit)
+    } else {
+        unsent_after::<DB>(0, limit)
+    };
+    let rows = read.fetch_all(&mut **turn).await.map_err(DB::classify)?;
+    let mut claimed = rows
+        .iter()
+        .map(shared::outbox_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    if DB::RETURNS_ROWS {
+        // `RETURNING` need not keep the order of the ids.
+        claimed.sort_unstable_by_key(|(id, _)| *id);
+    } else if !claimed.is_empty() {
+        marking_sent::<DB>(claimed.iter().map(|(id, _)| *id))
+            .build()
+            .execute(&mut **turn)
+            .await
+            .map_err(DB::classify)?;
+    }
+    Ok(claimed)
+}
+
 /// The UPDATE that marks the outbox rows `ids` sent, now.
-fn marking_sent<DB: Dialect>(ids: Vec<i64>) -> QueryBuilder<DB>
+fn marking_sent<DB: Dialect>(ids: impl IntoIterator<Item = i64>) -> QueryBuilder<DB>
 where
     for<'t> i64: Encode<'t, DB> + Type<DB>,
 {
@@ -1638,16 +1664,9 @@ where
 }
 
 /// Drops a bounded chunk of the rows sent long ago ([`KEEP_SENT_OUTBOX_MS`]).
-async fn prune_sent<DB: Dialect>(conn: &mut DB::Connection) -> Result<(), StoreError>
+fn pruning_sent<DB: Dialect>() -> Query<'static, DB, DB::Arguments>
 where
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
 {
-    sqlx::query(DB::sql(DB::PRUNE_SENT_OUTBOX))
-        .bind(now_ms() - KEEP_SENT_OUTBOX_MS)
-        .execute(conn)
-        .await
-        .map_err(DB::classify)?;
-    Ok(())
+    sqlx::query(DB::sql(DB::PRUNE_SENT_OUTBOX)).bind(now_ms() - KEEP_SENT_OUTBOX_MS)
 }
