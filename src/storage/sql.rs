@@ -465,10 +465,7 @@ where
             let written = insert(batch, RETURNING_GAME).fetch_all(&mut *tx).await;
             let rows = match written {
                 Ok(rows) => rows,
-                Err(error) => {
-                    drop(tx);
-                    return Err(self.refused_write(error, &batch[0].draft).await);
-                }
+                Err(error) => return Err(self.refused_write(tx, error, &batch[0].draft).await),
             };
             let mut games = rows
                 .iter()
@@ -484,10 +481,7 @@ where
             for new in batch.chunks(1) {
                 match DB::insert_id(&mut tx, insert(new, "")).await {
                     Ok(id) => ids.push(id),
-                    Err(error) => {
-                        drop(tx);
-                        return Err(self.refused_write(error, &new[0].draft).await);
-                    }
+                    Err(error) => return Err(self.refused_write(tx, error, &new[0].draft).await),
                 }
             }
             Self::read_back(&mut tx, &ids).await?
@@ -555,10 +549,7 @@ where
                 .await;
             let updated = match updated {
                 Ok(updated) => updated,
-                Err(error) => {
-                    drop(tx);
-                    return Err(self.refused_write(error, draft).await);
-                }
+                Err(error) => return Err(self.refused_write(tx, error, draft).await),
             };
             let game = match DB::rows_affected(&updated) {
                 0 => None,
@@ -648,8 +639,15 @@ where
     /// name the field at fault (SQLite's error does not name the constraint). This
     /// spares every write two queries while it holds the write lock. Should the lookup
     /// find both (one came back meanwhile), the constraint's name decides; every schema
-    /// names it `games_genre_id_fkey` (PostgreSQL's default).
-    async fn refused_write(&self, error: sqlx::Error, draft: &GameDraft) -> StoreError {
+    /// names it `games_genre_id_fkey` (PostgreSQL's default). The write's transaction
+    /// `tx` is rolled back first, so that the lookup does not wait behind its locks.
+    async fn refused_write(
+        &self,
+        tx: WriteTx<DB>,
+        error: sqlx::Error,
+        draft: &GameDraft,
+    ) -> StoreError {
+        drop(tx);
         match &error {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 let looked_up = match self.pool.acquire().await {

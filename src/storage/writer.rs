@@ -27,14 +27,14 @@ pub(super) enum Writer<DB: Database> {
     /// A connection of the pool for each write.
     Pool(Pool<DB>),
     /// The one write connection, held from write to write.
-    Held(Arc<HeldWriter<DB>>),
+    Held(HeldWriter<DB>),
 }
 
 impl<DB: Database> Clone for Writer<DB> {
     fn clone(&self) -> Self {
         match self {
             Self::Pool(pool) => Self::Pool(pool.clone()),
-            Self::Held(held) => Self::Held(Arc::clone(held)),
+            Self::Held(held) => Self::Held(held.clone()),
         }
     }
 }
@@ -47,6 +47,16 @@ pub(super) struct HeldWriter<DB: Database> {
     /// How long a write waits for its turn before it fails with 503, as for a pooled
     /// connection.
     acquire_timeout: Duration,
+}
+
+impl<DB: Database> Clone for HeldWriter<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            slot: Arc::clone(&self.slot),
+            acquire_timeout: self.acquire_timeout,
+        }
+    }
 }
 
 impl<DB: Database> HeldWriter<DB> {
@@ -73,11 +83,11 @@ where
     /// it, where the backend has one writer.
     pub(super) fn new(pool: &Pool<DB>, held: Option<Pool<DB>>, acquire_timeout: Duration) -> Self {
         match held {
-            Some(pool) => Self::Held(Arc::new(HeldWriter {
+            Some(pool) => Self::Held(HeldWriter {
                 pool,
                 slot: Arc::new(Mutex::new(None)),
                 acquire_timeout,
-            })),
+            }),
             None => Self::Pool(pool.clone()),
         }
     }
