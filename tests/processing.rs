@@ -586,21 +586,40 @@ async fn the_live_stream_shows_a_game_going_to_completed(backend: Backend) {
     let mut stream = app.get("/api/stream").await;
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let game = app.create_game(&game_body("Live")).await;
-    let wanted = format!("\"gameId\":{}", game["id"]);
+    // The game's update of `kind`, once the stream has sent all of it.
+    let update = |seen: &str, kind: &str| {
+        let prefix = format!("event: {kind}\ndata: ");
+        seen.split("\n\n")
+            .filter_map(|event| event.strip_prefix(prefix.as_str()))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .find(|update| update["gameId"] == game["id"])
+    };
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !(seen.contains("event: game.processed")
-        && seen.contains(&wanted)
-        && seen.contains("\"processingStatus\":\"completed\""))
-    {
+    let processed = loop {
+        if let Some(processed) = update(&seen, "game.processed") {
+            break processed;
+        }
         let chunk = tokio::time::timeout_at(deadline, stream.chunk())
             .await
             .expect("game.processed within 10 s")
             .unwrap()
             .expect("stream open");
         seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    assert!(seen.contains("event: game.created"), "{seen}");
+    };
+    assert_eq!(processed["processingStatus"], "completed", "{processed}");
+    assert!(update(&seen, "game.created").is_some(), "{seen}");
+    // It says when the game's final status was written: after its attempt finished
+    // (`retrocat bench` times create→completed by it).
+    let stamp = |stamp: &Value| {
+        chrono::DateTime::parse_from_rfc3339(stamp.as_str().expect("a timestamp"))
+            .unwrap_or_else(|e| panic!("{stamp}: {e}"))
+    };
+    let attempts = history(&app, &game["id"]).await;
+    assert!(
+        stamp(&processed["timestamp"]) >= stamp(&attempts[0]["finishedAt"]),
+        "{processed} {attempts:?}"
+    );
     app.stop().await;
 }
 

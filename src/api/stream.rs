@@ -36,6 +36,9 @@ pub struct LiveEvent {
     pub version: Option<i64>,
     pub processing_status: Option<ProcessingStatus>,
     pub event_id: Option<EventId>,
+    /// When the event was written; for `game.processed` and `game.failed`, in the
+    /// transaction that wrote the game's final status, just before its commit.
+    pub timestamp: Option<String>,
 }
 
 impl LiveEvent {
@@ -51,6 +54,7 @@ impl LiveEvent {
                 version: Some(processed.version),
                 processing_status: Some(processed.processing_status),
                 event_id: Some(processed.event_id),
+                timestamp: Some(processed.timestamp),
             });
         }
         let event =
@@ -61,6 +65,7 @@ impl LiveEvent {
             version: event.version,
             processing_status: None,
             event_id: event.event_id,
+            timestamp: event.timestamp,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! `retrocat bench`: a load generator that drives a running system through its public
 //! API, as its users do.
 //!
-//! A run has up to four steps, each with a progress bar on a terminal:
+//! A run has up to three steps, each with a progress bar on a terminal:
 //! 1. *setup*: the games the workload needs (updates and reads need games to act on),
 //!    created and processed before anything is measured;
 //! 2. *ceiling*: a minimal confirmed-publish / acknowledged-consume loop on the same
@@ -9,10 +9,9 @@
 //!    as a share of what the broker alone does on this machine, now;
 //! 3. *load*: the workload's requests, at a fixed rate or flat out ([`load`]), while
 //!    `GET /api/stream` tells which of the events they caused have been processed
-//!    ([`tracker`]);
-//! 4. *latency*: each event's create→completed time from the server's own stamps: the
-//!    write's `createdAt`/`updatedAt` to the `finishedAt` of its attempt in
-//!    `GET /api/games/{id}/history`.
+//!    ([`tracker`]), and when: each event's create→completed time is taken from the
+//!    server's own stamps, the write's `createdAt`/`updatedAt` to the `timestamp` of
+//!    its `game.processed` (or `game.failed`), written with the game's final status.
 //!
 //! The [`report`] says what was measured and how; `--json` prints it for machines.
 

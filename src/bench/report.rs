@@ -123,8 +123,8 @@ pub struct EventReport {
     /// From the first request to the last event processed.
     pub seconds: f64,
     pub per_second: f64,
-    /// The write's stamp → `finishedAt` of its attempt, server clock (milliseconds
-    /// resolution).
+    /// The write's stamp → its final status written (the `timestamp` of its
+    /// `game.processed`), server clock (milliseconds resolution).
     pub latency_ms: Option<Percentiles>,
     pub latency_errors: u64,
     pub first_latency_errors: Vec<String>,
@@ -251,7 +251,7 @@ impl fmt::Display for Report {
                 events.seconds
             )?;
             if let Some(latency) = events.latency_ms {
-                writeln!(f, "          write → processed {latency} (server clock)")?;
+                writeln!(f, "          write → completed {latency} (server clock)")?;
             }
             for error in &events.first_latency_errors {
                 writeln!(f, "          latency not read: {error}")?;

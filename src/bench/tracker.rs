@@ -1,15 +1,16 @@
 //! Which of a run's events have been processed, and how long each took.
 //!
 //! `GET /api/stream` says so as it happens (`game.processed` / `game.failed` with the
-//! game's id and version). A stream can fall behind (it then sends `resync`) or drop,
-//! so when it has said nothing new for a while the tracker asks each unfinished game
-//! itself. Once every event is processed, the latencies come from each game's
-//! processing history, on the server's clock.
+//! game's id and version), with the time the game's final status was written, on the
+//! server's clock: an event's latency runs from its write's stamp to that time. A
+//! stream can fall behind (it then sends `resync`) or drop, so when it has said
+//! nothing new for a while the tracker asks each unfinished game itself; an event
+//! learnt of that way has no latency, and is counted as such.
 
 use super::BenchArgs;
 use super::load::bar;
 use super::report::{ErrorLog, Histogram};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -33,6 +34,8 @@ pub struct Expected {
 struct Processed {
     version: i64,
     failed: bool,
+    /// When its final status was written (server clock), if the stream said.
+    written_at: Option<DateTime<Utc>>,
     /// When the tracker learnt it.
     seen: Instant,
 }
@@ -52,9 +55,9 @@ pub struct Events {
     pub unfinished: u64,
     /// When the tracker learnt of the last one processed.
     pub last_processed: Option<Instant>,
-    /// Write → `finishedAt` of its attempt, microseconds.
+    /// Write → its final status written, microseconds.
     pub latency: Histogram,
-    /// Histories that could not be read or lacked the attempt.
+    /// Events whose latency is unknown: the stream did not say when they ended.
     pub errors: ErrorLog,
 }
 
@@ -65,6 +68,7 @@ struct Update {
     game_id: i64,
     version: Option<i64>,
     processing_status: Option<String>,
+    timestamp: Option<DateTime<Utc>>,
 }
 
 impl Tracker {
@@ -92,7 +96,8 @@ impl Tracker {
                     {
                         let failed = status == "failed";
                         if failed || status == "completed" {
-                            record(&processed, update.game_id, version, failed);
+                            let ended = Processed::ended(version, failed, update.timestamp);
+                            record(&processed, update.game_id, ended);
                         }
                     }
                 }
@@ -105,7 +110,7 @@ impl Tracker {
     }
 
     /// Waits until every event of `expected` is processed or `--wait-timeout` has
-    /// passed since the last write, then reads the latencies from the histories.
+    /// passed since the last write.
     pub async fn wait(
         &self,
         client: &reqwest::Client,
@@ -137,22 +142,33 @@ impl Tracker {
             unfinished: unfinished.len() as u64,
             ..Events::default()
         };
-        let mut done = Vec::new();
-        {
-            let known = self.known();
-            for event in expected {
-                if let Some(processed) = outcome(&known, event) {
-                    if processed.failed {
-                        events.failed += 1;
-                    } else {
-                        events.completed += 1;
-                    }
-                    events.last_processed = events.last_processed.max(Some(processed.seen));
-                    done.push(event);
-                }
+        let known = self.known();
+        for event in expected {
+            let Some(processed) = outcome(&known, event) else {
+                continue;
+            };
+            if processed.failed {
+                events.failed += 1;
+            } else {
+                events.completed += 1;
+            }
+            events.last_processed = events.last_processed.max(Some(processed.seen));
+            match processed.written_at {
+                // Only the version written is timed: a newer write's processing
+                // would say nothing of this one's.
+                Some(at) if processed.version == event.version => events
+                    .latency
+                    .record((at - event.written_at).to_std().unwrap_or_default()),
+                Some(_) => events.errors.add(format!(
+                    "game {}: a newer write overtook version {}",
+                    event.game_id, event.version
+                )),
+                None => events.errors.add(format!(
+                    "game {}: the live stream did not say when it ended (it fell behind)",
+                    event.game_id
+                )),
             }
         }
-        self.latencies(client, args, &done, &mut events).await;
         events
     }
 
@@ -186,37 +202,13 @@ impl Tracker {
         for (game_id, game) in answers.into_iter().flatten() {
             let failed = game.processing_status == "failed";
             if failed || game.processing_status == "completed" {
-                record(&self.processed, game_id, game.version, failed);
+                record(
+                    &self.processed,
+                    game_id,
+                    Processed::ended(game.version, failed, None),
+                );
             }
         }
-    }
-
-    /// Each processed event's write → `finishedAt`, from its game's history.
-    async fn latencies(
-        &self,
-        client: &reqwest::Client,
-        args: &BenchArgs,
-        done: &[&Expected],
-        events: &mut Events,
-    ) {
-        let progress = bar(done.len() as u64, "latency");
-        let reads = done.iter().map(|event| {
-            let progress = progress.clone();
-            async move {
-                let finished = finished_at(client, args, event).await;
-                progress.inc(1);
-                finished.map(|at| (at - event.written_at).to_std().unwrap_or_default())
-            }
-        });
-        let mut latencies =
-            futures::stream::iter(reads).buffer_unordered(args.concurrency as usize);
-        while let Some(latency) = latencies.next().await {
-            match latency {
-                Ok(latency) => events.latency.record(latency),
-                Err(error) => events.errors.add(format!("{error:#}")),
-            }
-        }
-        progress.finish_and_clear();
     }
 }
 
@@ -232,55 +224,24 @@ fn outcome(known: &HashMap<i64, Processed>, event: &Expected) -> Option<Processe
         .copied()
 }
 
-fn record(processed: &Mutex<HashMap<i64, Processed>>, game_id: i64, version: i64, failed: bool) {
-    let mut processed = processed.lock().expect("not poisoned");
-    let newer = processed
-        .get(&game_id)
-        .is_none_or(|known| known.version < version);
-    if newer {
-        let seen = Instant::now();
-        processed.insert(
-            game_id,
-            Processed {
-                version,
-                failed,
-                seen,
-            },
-        );
+impl Processed {
+    /// A version's end, learnt now.
+    fn ended(version: i64, failed: bool, written_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            version,
+            failed,
+            written_at,
+            seen: Instant::now(),
+        }
     }
 }
 
-/// When the final attempt at `event`'s version finished.
-async fn finished_at(
-    client: &reqwest::Client,
-    args: &BenchArgs,
-    event: &Expected,
-) -> anyhow::Result<DateTime<Utc>> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Attempt {
-        version: i64,
-        outcome: String,
-        finished_at: DateTime<Utc>,
+fn record(processed: &Mutex<HashMap<i64, Processed>>, game_id: i64, ended: Processed) {
+    let mut processed = processed.lock().expect("not poisoned");
+    let newer = processed
+        .get(&game_id)
+        .is_none_or(|known| known.version < ended.version);
+    if newer {
+        processed.insert(game_id, ended);
     }
-    let url = args.endpoint(&format!("/api/games/{}/history", event.game_id));
-    let attempts: Vec<Attempt> = client
-        .get(&url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await
-        .with_context(|| format!("reading {url}"))?;
-    let Some(last) = attempts.iter().find(|attempt| {
-        attempt.version == event.version
-            && matches!(attempt.outcome.as_str(), "completed" | "failed")
-    }) else {
-        bail!(
-            "game {} has no final attempt at version {}: a newer write overtook it",
-            event.game_id,
-            event.version
-        );
-    };
-    Ok(last.finished_at)
 }
