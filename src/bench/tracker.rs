@@ -40,6 +40,18 @@ struct Processed {
     seen: Instant,
 }
 
+impl Processed {
+    /// A version's end, learnt now.
+    fn ended(version: i64, failed: bool, written_at: Option<DateTime<Utc>>) -> Self {
+        Self {
+            version,
+            failed,
+            written_at,
+            seen: Instant::now(),
+        }
+    }
+}
+
 /// Follows the stream until dropped.
 pub struct Tracker {
     processed: Arc<Mutex<HashMap<i64, Processed>>>,
@@ -222,18 +234,6 @@ fn outcome(known: &HashMap<i64, Processed>, event: &Expected) -> Option<Processe
         .get(&event.game_id)
         .filter(|processed| processed.version >= event.version)
         .copied()
-}
-
-impl Processed {
-    /// A version's end, learnt now.
-    fn ended(version: i64, failed: bool, written_at: Option<DateTime<Utc>>) -> Self {
-        Self {
-            version,
-            failed,
-            written_at,
-            seen: Instant::now(),
-        }
-    }
 }
 
 fn record(processed: &Mutex<HashMap<i64, Processed>>, game_id: i64, ended: Processed) {
