@@ -677,9 +677,9 @@ where
     /// Which of `events` the inbox holds: processed already.
     async fn in_inbox<'e>(
         conn: &mut DB::Connection,
-        events: impl Iterator<Item = &'e EventId>,
+        events: impl Iterator<Item = &'e str>,
     ) -> Result<HashSet<String>, StoreError> {
-        let events: Vec<String> = events.map(|event| event.as_str().to_owned()).collect();
+        let events: Vec<String> = events.map(str::to_owned).collect();
         if events.is_empty() {
             return Ok(HashSet::new());
         }
@@ -690,6 +690,60 @@ where
             .iter()
             .map(|row| row.text("event_id"))
             .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Claims `events` in the inbox, in key order, as concurrent batches must take the
+    /// keys' locks in one order: which of them it held already, processed by another
+    /// delivery. `None` where the backend has no `RETURNING` (MySQL) and another
+    /// delivery's claim of one of them committed while this one was being written: the
+    /// transaction is then refused as a whole.
+    async fn claim_events<'e>(
+        conn: &mut DB::Connection,
+        events: impl Iterator<Item = &'e EventId>,
+    ) -> Result<Option<HashSet<String>>, StoreError> {
+        let mut events: Vec<String> = events.map(|event| event.as_str().to_owned()).collect();
+        events.sort_unstable();
+        events.dedup();
+        if events.is_empty() {
+            return Ok(Some(HashSet::new()));
+        }
+        let now = now_ms();
+        let insert = |events: &[String]| {
+            let mut sql = QueryBuilder::<DB>::new("INSERT INTO inbox (event_id, processed_at) ");
+            sql.push_values(events, |mut row, event| {
+                row.push_bind(event.clone()).push_bind(now);
+            });
+            sql
+        };
+        if DB::RETURNS_ROWS {
+            // One statement: the events it did not insert were there. A concurrent
+            // claim of one of them is waited for, then counts as there.
+            let mut sql = insert(&events);
+            sql.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let rows = sql.build().fetch_all(conn).await.map_err(DB::classify)?;
+            let claimed = rows
+                .iter()
+                .map(|row| row.text("event_id"))
+                .collect::<sqlx::Result<HashSet<String>>>()?;
+            return Ok(Some(
+                events
+                    .into_iter()
+                    .filter(|e| !claimed.contains(e))
+                    .collect(),
+            ));
+        }
+        // MySQL has no `ON CONFLICT DO NOTHING`, and its `INSERT IGNORE` would also turn
+        // other errors into warnings: a read, then a plain INSERT of the others, which
+        // says "duplicate" when a concurrent claim came first.
+        let seen = Self::in_inbox(conn, events.iter().map(String::as_str)).await?;
+        let new: Vec<String> = events.into_iter().filter(|e| !seen.contains(e)).collect();
+        if !new.is_empty() {
+            match insert(&new).build().execute(&mut *conn).await {
+                Err(error) if shared::is_duplicate(&error) => return Ok(None),
+                other => other.map_err(DB::classify)?,
+            };
+        }
+        Ok(Some(seen))
     }
 
     /// The current version of each of `games` that exists, its row locked until the
@@ -717,10 +771,12 @@ where
     ) -> Result<Option<Vec<FinishOutcome>>, StoreError> {
         let mut tx = self.begin_batch(WriteKind::Finishes).await?;
         // The inbox row is the exactly-once guard: it commits with the effect. A final
-        // result whose event the inbox holds, or an earlier record of this batch claims,
+        // result whose event the inbox held, or an earlier record of this batch claims,
         // comes from a duplicate delivery: nothing of it is written.
         let finals = records.iter().filter(|r| r.result.is_final());
-        let seen = Self::in_inbox(&mut tx, finals.map(|r| &r.event_id)).await?;
+        let Some(seen) = Self::claim_events(&mut tx, finals.map(|r| &r.event_id)).await? else {
+            return Ok(None);
+        };
         let mut claims = HashSet::new();
         let duplicate: Vec<bool> = records
             .iter()
@@ -735,23 +791,6 @@ where
             .filter(|(_, duplicate)| !**duplicate)
             .map(|(record, _)| record)
             .collect();
-        // In key order, as concurrent batches must take the keys' locks in one order.
-        let mut claims: Vec<&str> = claims.into_iter().collect();
-        claims.sort_unstable();
-        if !claims.is_empty() {
-            let now = now_ms();
-            let mut sql = QueryBuilder::<DB>::new("INSERT INTO inbox (event_id, processed_at) ");
-            sql.push_values(claims, |mut row, event| {
-                row.push_bind(event.to_owned()).push_bind(now);
-            });
-            // A plain INSERT says "duplicate" on every backend: MySQL has no `ON CONFLICT
-            // DO NOTHING`, and its `INSERT IGNORE` would also turn other errors into
-            // warnings. The transaction is dropped unwritten.
-            match sql.build().execute(&mut *tx).await {
-                Err(error) if shared::is_duplicate(&error) => return Ok(None),
-                other => other.map_err(DB::classify)?,
-            };
-        }
         if !written.is_empty() {
             let mut sql = QueryBuilder::<DB>::new(
                 "INSERT INTO processing_attempts (event_id, game_id, version, attempt, \
@@ -1333,7 +1372,8 @@ where
             return Ok(Vec::new());
         }
         let mut tx = self.begin_batch(WriteKind::Starts).await?;
-        let processed = Self::in_inbox(&mut tx, requests.iter().map(|r| &r.event_id)).await?;
+        let processed =
+            Self::in_inbox(&mut tx, requests.iter().map(|r| r.event_id.as_str())).await?;
         // Read and locked in id order, so two workers' batches never wait on each other
         // in a cycle; the status change below commits with what was read.
         let mut sql = QueryBuilder::<DB>::new(
