@@ -231,6 +231,13 @@ fn upsert<DB: Dialect>(into: &'static str, key: &'static str, columns: &[&'stati
     )))
 }
 
+/// A game as a finish finds it, its row locked.
+struct LockedGame {
+    version: i64,
+    /// It has a thumbnail.
+    thumbnailed: bool,
+}
+
 /// Appends `(v1, v2, …)` to `sql`, each value bound; `values` must not be empty.
 fn push_list<DB: Database, T>(sql: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
 where
@@ -746,19 +753,29 @@ where
         Ok(Some(seen))
     }
 
-    /// The current version of each of `games` that exists, its row locked until the
+    /// Each of `games` that exists, as a finish settles it, its row locked until the
     /// transaction ends (in id order, as every batch locks them).
-    async fn lock_versions(
+    async fn lock_games(
         conn: &mut DB::Connection,
         games: impl IntoIterator<Item = i64>,
-    ) -> Result<HashMap<i64, i64>, StoreError> {
-        let mut sql = QueryBuilder::<DB>::new("SELECT id, version FROM games WHERE id IN ");
+    ) -> Result<HashMap<i64, LockedGame>, StoreError> {
+        let mut sql = QueryBuilder::<DB>::new(
+            "SELECT id, version, \
+             EXISTS (SELECT 1 FROM thumbnails t WHERE t.game_id = games.id) AS thumbnailed \
+             FROM games WHERE id IN ",
+        );
         push_list(&mut sql, games);
         sql.push(" ORDER BY id").push(DB::LOCK_ROWS);
         let rows = sql.build().fetch_all(conn).await.map_err(DB::classify)?;
         Ok(rows
             .iter()
-            .map(|row| Ok((row.int("id")?, row.int("version")?)))
+            .map(|row| {
+                let game = LockedGame {
+                    version: row.int("version")?,
+                    thumbnailed: row.flag("thumbnailed")?,
+                };
+                Ok((row.int("id")?, game))
+            })
             .collect::<sqlx::Result<_>>()?)
     }
 
@@ -825,10 +842,13 @@ where
         let current = if settling.is_empty() {
             HashMap::new()
         } else {
-            Self::lock_versions(&mut tx, settling.iter().map(|(r, _)| r.game_id)).await?
+            Self::lock_games(&mut tx, settling.iter().map(|(r, _)| r.game_id)).await?
         };
-        let is_current =
-            |record: &ProcessingRecord| current.get(&record.game_id) == Some(&record.version);
+        let is_current = |record: &ProcessingRecord| {
+            current
+                .get(&record.game_id)
+                .is_some_and(|game| game.version == record.version)
+        };
         let applied: Vec<(&ProcessingRecord, ProcessingStatus)> = settling
             .into_iter()
             .filter(|(record, _)| is_current(record))
@@ -847,8 +867,9 @@ where
                 sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
             }
         }
-        // A completed version stores its thumbnail, or drops an older one (no cover);
-        // a deleted game's goes.
+        // A completed version stores its thumbnail, or drops an older one (no cover)
+        // if there is one: only a finish holding the game's lock writes it. A deleted
+        // game's goes.
         let mut uncovered = Vec::new();
         for (record, _) in &applied {
             match &record.result {
@@ -870,7 +891,11 @@ where
                     .await
                     .map_err(DB::classify)?;
                 }
-                ProcessingResult::Completed { thumbnail: None } => uncovered.push(record.game_id),
+                ProcessingResult::Completed { thumbnail: None }
+                    if current[&record.game_id].thumbnailed =>
+                {
+                    uncovered.push(record.game_id)
+                }
                 _ => {}
             }
         }
