@@ -623,6 +623,67 @@ async fn the_live_stream_shows_a_game_going_to_completed(backend: Backend) {
     app.stop().await;
 }
 
+/// Another delivery of an event has claimed it in the inbox, in a transaction still
+/// open, when this one finishes: the finish waits for that claim, and once it commits,
+/// finds the event processed and writes nothing of its own.
+async fn a_finish_behind_another_claim_of_its_event_waits_and_writes_nothing(backend: Backend) {
+    match backend {
+        Backend::Postgres => finish_behind_another_claim::<sqlx::PgConnection>(backend).await,
+        Backend::Mysql => finish_behind_another_claim::<sqlx::MySqlConnection>(backend).await,
+        Backend::Sqlite => unreachable!("two writers need a database server"),
+    }
+}
+
+/// [`a_finish_behind_another_claim_of_its_event_waits_and_writes_nothing`], the other
+/// claim on a connection `C`.
+async fn finish_behind_another_claim<C>(backend: Backend)
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    let database = TestDatabase::create(backend).await;
+    let store = connect_store(&database.url, PoolConfig::default())
+        .await
+        .expect("store");
+    let event = EventId::generate();
+    let mut other = C::connect(&database.url).await.expect("connect");
+    let claim = format!("INSERT INTO inbox (event_id, processed_at) VALUES ('{event}', 0)");
+    for statement in ["BEGIN".to_owned(), claim] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut other)
+            .await
+            .expect("the other claim");
+    }
+    let record = ProcessingRecord {
+        event_id: event,
+        game_id: 42,
+        version: 1,
+        attempt: 1,
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+        result: ProcessingResult::Completed { thumbnail: None },
+        worker: "w2".into(),
+    };
+    let finish = tokio::spawn({
+        let store = store.clone();
+        async move { store.finish_processing(&[record]).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !finish.is_finished(),
+        "the finish waits for the other claim"
+    );
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut other)
+        .await
+        .expect("the other claim commits");
+    assert_eq!(finish.await.unwrap(), [FinishOutcome::AlreadyProcessed]);
+    assert!(
+        store.history(42).await.unwrap().is_empty(),
+        "no attempt of its own"
+    );
+}
+
 /// Several API instances on one database server run a relay each: while one relay
 /// has its turn, another finds nothing to do, so no row goes out twice at once and a
 /// game's events keep their order. A row committed after the turn claimed rows with
@@ -804,5 +865,6 @@ on_every_backend!(
     a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again;
     servers:
     relays_on_one_database_take_turns,
+    a_finish_behind_another_claim_of_its_event_waits_and_writes_nothing,
     concurrent_migrate_processes_seed_the_catalog_once,
 );
