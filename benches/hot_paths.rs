@@ -21,6 +21,7 @@ use retrocat::outbox::{Relay, RelayConfig};
 use retrocat::shutdown::Shutdown;
 use retrocat::startup::connect_store;
 use retrocat::storage::{NewGame, OutboxMessage, PoolConfig, Store};
+use retrocat::telemetry::queues::QueueWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -162,8 +163,10 @@ fn api_handlers(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (store, broker) = rt.block_on(system(dir.path()));
-    let ctx =
-        rt.block_on(async { ApiContext::new(store, broker, LiveFeed::default(), Shutdown::new()) });
+    let queues = QueueWatch::new(store.clone(), broker.clone());
+    let ctx = rt.block_on(async {
+        ApiContext::new(store, broker, LiveFeed::default(), queues, Shutdown::new())
+    });
     let app = api::router(ctx, &ServeArgs::parse_from(["serve"]).http);
     let call = |request: Request<Body>, expected: StatusCode| {
         let app = app.clone();

@@ -5,6 +5,7 @@ use crate::broker::{HeaderValue, dead_letters, topology};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::producer::Outgoing;
 use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The Retro Gaming Catalog on a message-oriented architecture.
@@ -33,7 +34,7 @@ pub enum Command {
     /// HTTP API, web UI, outbox relay and live-feed subscriber.
     Api(HttpArgs),
     /// Consumers only; run several to share the work.
-    Worker(WorkerArgs),
+    Worker(WorkerCommand),
     /// Apply database migrations (schema and seed data) and exit.
     Migrate,
     /// Send a custom message ({"type": "custom", "message": …}) and print its id.
@@ -55,6 +56,23 @@ pub enum Command {
     /// Progress bars go to standard error on a terminal. Exits 1 when a request failed or
     /// an event was not processed in time.
     Bench(BenchArgs),
+    /// The queues of a running system, as GET /api/queues shows them.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum QueueCommand {
+    /// Every queue of the topology and the outbox: ready, unacknowledged, delayed,
+    /// consumers and rates over the last 10 s (`-` where the broker does not say).
+    List {
+        /// Base URL of the running system (`retrocat serve` or `retrocat api`).
+        #[arg(long, env = "RETROCAT_URL", default_value = "http://127.0.0.1:8080")]
+        url: url::Url,
+        /// One JSON object a line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -158,6 +176,17 @@ fn parse_header(text: &str) -> Result<(String, HeaderValue), String> {
         .parse::<i64>()
         .map_or_else(|_| HeaderValue::from(value), HeaderValue::Int);
     Ok((name.to_owned(), value))
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct WorkerCommand {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090), so
+    /// Prometheus and orchestrators reach the worker too. Off unless set.
+    #[arg(long, env = "RETROCAT_LISTEN")]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Parser, Debug, Clone)]

@@ -13,12 +13,15 @@
 //! too. Up to a batch of rows ([`RelayConfig::batch_size`]) awaits confirms at once;
 //! the batches are marked sent in order, as their confirms come.
 
+use crate::broker::meter::QueueMeter;
 use crate::broker::{Broker, Confirms, Message, Properties, Publish, topology};
 use crate::domain::{
     EventId, Game, GameAction, GameData, GameEvent, GameProcessed, ProcessingStatus, timestamp_now,
 };
 use crate::shutdown::Shutdown;
 use crate::storage::{OutboxMessage, Store, StoreError};
+use crate::telemetry::metrics::OUTBOX_PUBLISHED;
+use crate::telemetry::queues::OUTBOX;
 use futures::FutureExt;
 use futures::future::{self, MaybeDone};
 use std::collections::VecDeque;
@@ -263,6 +266,8 @@ impl Relay {
         }
         turn.end().await?;
         tracing::debug!(sent, "outbox rows published");
+        metrics::counter!(OUTBOX_PUBLISHED).increment(sent as u64);
+        QueueMeter::of(OUTBOX).settled(sent as u64);
         Ok(Turn { sent, more })
     }
 }
@@ -293,7 +298,9 @@ pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 mod tests {
     use super::*;
     use crate::broker::embedded::EmbeddedBroker;
-    use crate::broker::{BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, QueueSpec};
+    use crate::broker::{
+        BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, QueueSpec, QueueStats,
+    };
     use crate::domain::{GenreDraft, GenreName};
     use crate::storage::PoolConfig;
     use crate::storage::sqlite::SqliteStore;
@@ -350,8 +357,8 @@ mod tests {
         async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
             self.broker.consume(queue, prefetch).await
         }
-        async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
-            self.broker.queue_depth(queue).await
+        async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+            self.broker.queue_stats(queue).await
         }
         async fn ping(&self) -> Result<(), BrokerError> {
             self.broker.ping().await
@@ -416,14 +423,14 @@ mod tests {
             second.message.properties.message_id
         );
         assert_eq!(
-            store.outbox_depth().await.unwrap(),
+            store.outbox_backlog().await.unwrap().pending,
             2,
             "neither row is marked sent before its confirm"
         );
 
         release.send(true).unwrap();
         let marked = async {
-            while store.outbox_depth().await.unwrap() > 0 {
+            while store.outbox_backlog().await.unwrap().pending > 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };

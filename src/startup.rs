@@ -6,7 +6,7 @@ use crate::broker::{
     Broker, dead_letters, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, sealed::SealedBroker,
     topology,
 };
-use crate::cli::{Cli, Command, DlqCommand, ServeArgs};
+use crate::cli::{Cli, Command, DlqCommand, QueueCommand, ServeArgs};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
@@ -17,13 +17,17 @@ use crate::shutdown::Shutdown;
 use crate::storage::{
     self, PoolConfig, Store, mysql::MySqlStore, postgres::PgStore, sqlite::SqliteStore,
 };
+use crate::telemetry::queues::{self, QueueWatch};
 use anyhow::{Context, bail};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Runs the command line's command until it finishes or a signal stops it.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or_else(Command::default_serve);
+    // Installed before anything records, so no early count is lost.
+    crate::telemetry::metrics::handle();
     let shutdown = Shutdown::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -58,6 +62,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(broker.close().await?)
         }
         Command::Bench(args) => bench::run(args, cli.storage.rabbitmq_url.as_deref()).await,
+        Command::Queue(QueueCommand::List { url, json }) => {
+            let views = queues::fetch(&url).await?;
+            if json {
+                for view in &views {
+                    println!("{}", serde_json::to_string(view)?);
+                }
+            } else {
+                print!("{}", queues::table(&views));
+            }
+            Ok(())
+        }
         Command::Serve(args) => {
             let parts = Components::connect(&cli.storage).await?;
             let listener = bind(&args.http).await?;
@@ -68,9 +83,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind(&http).await?;
             run_api(&parts, &http, listener, shutdown).await
         }
-        Command::Worker(worker) => {
+        Command::Worker(args) => {
             let parts = Components::connect(&cli.storage).await?;
-            run_worker(&parts, &worker, shutdown).await
+            let probes = match args.listen {
+                Some(addr) => Some(bind_addr(addr).await?),
+                None => None,
+            };
+            run_worker_role(&parts, &args.worker, probes, shutdown).await
         }
     }
 }
@@ -200,7 +219,10 @@ async fn run_dlq(broker: &dyn Broker, command: DlqCommand) -> anyhow::Result<()>
 }
 
 async fn bind(http: &HttpArgs) -> anyhow::Result<TcpListener> {
-    let addr = http.listen_addr();
+    bind_addr(http.listen_addr()).await
+}
+
+async fn bind_addr(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr}: is another retrocat running? (set PORT or --listen)")
     })
@@ -235,10 +257,13 @@ pub async fn run_api(
         live.clone()
             .run(parts.broker.clone(), instance, shutdown.clone()),
     );
+    let queues = QueueWatch::new(parts.store.clone(), parts.broker.clone());
+    let watch = tokio::spawn(queues.clone().run(shutdown.clone()));
     let ctx = ApiContext::new(
         parts.store.clone(),
         parts.broker.clone(),
         live,
+        queues,
         shutdown.clone(),
     );
     let app = api::router(ctx, http);
@@ -251,8 +276,36 @@ pub async fn run_api(
     let served = server.await.context("HTTP server failed");
     // Whatever ended the server ends the other tasks of this role too.
     shutdown.trigger();
-    let _ = tokio::join!(relay, feed);
+    let _ = tokio::join!(relay, feed, watch);
     served
+}
+
+/// `retrocat worker`: [`run_worker`], and with `probes` (`--listen`) an HTTP server of
+/// `/metrics`, `/healthz` and `/readyz` beside it, with the queue gauges sampled.
+pub async fn run_worker_role(
+    parts: &Components,
+    args: &WorkerArgs,
+    probes: Option<TcpListener>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let Some(listener) = probes else {
+        return run_worker(parts, args, shutdown).await;
+    };
+    let watch = QueueWatch::new(parts.store.clone(), parts.broker.clone());
+    let watch = tokio::spawn(watch.run(shutdown.clone()));
+    tracing::info!("worker probes on http://{}/metrics", listener.local_addr()?);
+    let app = api::probes(parts.store.clone(), parts.broker.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.wait().await }
+    });
+    let (worked, served) = tokio::join!(run_worker(parts, args, shutdown.clone()), async {
+        let served = server.await.context("HTTP server failed");
+        shutdown.trigger();
+        served
+    });
+    let _ = watch.await;
+    worked.and(served)
 }
 
 /// Consumers of `game_events` and of requests on `catalog.rpc`, the event subscribers

@@ -491,7 +491,7 @@ async fn snapshot(app: &TestApp) -> (Value, Value, Value, u64) {
         app.get_json("/api/games").await,
         app.get_json("/api/platforms").await,
         app.get_json("/api/genres").await,
-        app.store().outbox_depth().await.unwrap(),
+        app.store().outbox_backlog().await.unwrap().pending,
     )
 }
 

@@ -743,7 +743,7 @@ async fn relays_on_one_database_take_turns(backend: Backend) {
         "sent rows are not claimed again"
     );
     third.end().await.unwrap();
-    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    assert_eq!(store.outbox_backlog().await.unwrap().pending, 0);
 }
 
 /// A relay sends a batch while earlier ones await their confirms: a turn's claims
@@ -796,7 +796,7 @@ async fn a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again(backen
     );
     next.mark_sent().await.unwrap();
     next.end().await.unwrap();
-    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    assert_eq!(store.outbox_backlog().await.unwrap().pending, 0);
 }
 
 fn genre(name: &str) -> GenreDraft {

@@ -12,6 +12,7 @@ mod games;
 mod health;
 mod messages;
 mod processing;
+mod queues;
 mod reference;
 pub mod stream;
 
@@ -21,6 +22,8 @@ use crate::domain::Game;
 use crate::processing::group_commit::GroupCommit;
 use crate::shutdown::Shutdown;
 use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
+use crate::telemetry::metrics;
+use crate::telemetry::queues::QueueWatch;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -39,6 +42,8 @@ pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
     pub live: LiveFeed,
     pub shutdown: Shutdown,
+    /// The queues, sampled in the background.
+    pub queues: QueueWatch,
     /// Creates and updates, group-committed: those in flight together share one
     /// transaction.
     creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
@@ -56,6 +61,7 @@ impl ApiContext {
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
         live: LiveFeed,
+        queues: QueueWatch,
         shutdown: Shutdown,
     ) -> Self {
         let creates = GroupCommit::of_store(
@@ -75,6 +81,7 @@ impl ApiContext {
             broker,
             live,
             shutdown,
+            queues,
             creates: Arc::new(creates),
             updates: Arc::new(updates),
         }
@@ -88,13 +95,14 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         .merge(reference::router())
         .merge(processing::router())
         .merge(stream::router())
-        .merge(health::router())
         .merge(messages::router())
         .merge(dlq::router())
         .merge(audit::router())
+        .merge(queues::router())
         .route("/api/{*rest}", axum::routing::any(unknown_route))
-        .with_state(ctx);
-    api.merge(crate::web::router())
+        .with_state(ctx.clone());
+    api.merge(health::router(ctx.store, ctx.broker))
+        .merge(crate::web::router())
         .layer(axum::middleware::map_response(log_internal_error))
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -102,6 +110,15 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
             Duration::from_secs(30),
         ))
         .layer(cors(&http.cors_origins))
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// What a worker serves on `--listen`: `/metrics`, `/healthz`, `/readyz` (and the
+/// original's `/health`), counted like the API's requests.
+pub fn probes(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Router {
+    health::router(store, broker)
+        .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(TraceLayer::new_for_http())
 }
 

@@ -38,7 +38,9 @@ use self::acker::stopped;
 use self::engine::{Control, Engine, Op, Reply};
 use self::store::sql_error;
 use super::reply::{Replies, is_reply_address};
-use super::{Broker, BrokerError, Confirms, Consumer, ExchangeSpec, Message, Publish, QueueSpec};
+use super::{
+    Broker, BrokerError, Confirms, Consumer, ExchangeSpec, Message, Publish, QueueSpec, QueueStats,
+};
 
 /// Tuning of the embedded broker. The defaults suit retrocat's workloads.
 #[derive(Clone, Debug)]
@@ -246,9 +248,9 @@ impl Broker for EmbeddedBroker {
         .await
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         let queue = queue.to_owned();
-        self.control(|done| Control::Depth { queue, done }).await
+        self.control(|done| Control::Stats { queue, done }).await
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -12,6 +12,7 @@
 
 pub mod dead_letters;
 pub mod embedded;
+pub mod meter;
 pub mod rabbitmq;
 pub mod reply;
 pub mod sealed;
@@ -20,7 +21,9 @@ pub mod topology;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use meter::QueueMeter;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Header names shared by every broker and consumer.
@@ -278,6 +281,20 @@ impl QueueSpec {
     }
 }
 
+/// What a queue holds now, as its broker reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages waiting for a consumer.
+    pub ready: u64,
+    /// Delivered to a consumer and not settled yet; `None` where the broker does not
+    /// say (RabbitMQ over AMQP: a passive declare counts ready messages only).
+    pub unacked: Option<u64>,
+    /// Waiting out a delay (retries, delayed publishes) before they become ready. On
+    /// RabbitMQ, the delay queues this process declared.
+    pub delayed: u64,
+    pub consumers: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The broker cannot be reached now; the caller retries later.
@@ -343,8 +360,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Starts consuming a queue with at most `prefetch` unacknowledged deliveries.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError>;
 
+    /// What a queue holds now and who consumes it, for monitoring (`GET /api/queues`).
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError>;
+
     /// Messages ready or waiting (delayed) in a queue, excluding unacknowledged ones.
-    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError>;
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
+        let stats = self.queue_stats(queue).await?;
+        Ok(stats.ready + stats.delayed)
+    }
 
     /// Fails when the broker cannot be reached (readiness checks).
     async fn ping(&self) -> Result<(), BrokerError>;
@@ -441,6 +464,7 @@ pub struct Delivery {
     /// True when the message may have been delivered before (crash, requeue).
     pub redelivered: bool,
     acker: Box<dyn Acker>,
+    meter: Arc<QueueMeter>,
 }
 
 impl Delivery {
@@ -450,25 +474,31 @@ impl Delivery {
         routing_key: String,
         redelivered: bool,
         acker: Box<dyn Acker>,
+        meter: Arc<QueueMeter>,
     ) -> Self {
+        meter.delivered();
         Self {
             message,
             exchange,
             routing_key,
             redelivered,
             acker,
+            meter,
         }
     }
 
     pub async fn ack(mut self) -> Result<(), BrokerError> {
+        self.meter.settled(1);
         self.acker.ack().await
     }
 
     pub async fn nack(mut self, requeue: bool) -> Result<(), BrokerError> {
+        self.meter.settled(1);
         self.acker.nack(requeue).await
     }
 
     pub async fn dead_letter(mut self, reason: &str) -> Result<(), BrokerError> {
+        self.meter.settled(1);
         self.acker.dead_letter(reason).await
     }
 }

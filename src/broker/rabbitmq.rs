@@ -35,11 +35,12 @@ use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 
 use self::link::{Declaration, Link};
+use super::meter::QueueMeter;
 use super::reply::{DIRECT_REPLY_TO, Replies};
 
 use super::{
     Acker, Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, HeaderValue, Headers,
-    Message, Properties, Publish, QueueSpec,
+    Message, Properties, Publish, QueueSpec, QueueStats,
 };
 
 /// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
@@ -139,8 +140,9 @@ impl RabbitMqBroker {
         Ok(name)
     }
 
-    /// Messages ready in one queue, or `None` when it does not exist.
-    async fn ready(&self, queue: &str) -> Result<Option<u64>, BrokerError> {
+    /// A queue's ready messages and consumers (a passive declare), or `None` when it
+    /// does not exist.
+    async fn inspect(&self, queue: &str) -> Result<Option<QueueStats>, BrokerError> {
         let name = queue.to_owned();
         let result = self
             .on_own_channel(|channel| async move {
@@ -157,7 +159,11 @@ impl RabbitMqBroker {
             })
             .await;
         match result {
-            Ok(state) => Ok(Some(u64::from(state.message_count()))),
+            Ok(state) => Ok(Some(QueueStats {
+                ready: u64::from(state.message_count()),
+                consumers: u64::from(state.consumer_count()),
+                ..QueueStats::default()
+            })),
             Err(BrokerError::NotFound(_)) => Ok(None),
             Err(error) => Err(error),
         }
@@ -296,6 +302,7 @@ impl Broker for RabbitMqBroker {
             .get(queue)
             .cloned();
         let source = queue.to_owned();
+        let meter = QueueMeter::of(queue);
         let publisher = self.publisher.clone();
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         tokio::spawn(async move {
@@ -321,6 +328,7 @@ impl Broker for RabbitMqBroker {
                     delivery.routing_key.to_string(),
                     delivery.redelivered,
                     Box::new(acker),
+                    meter.clone(),
                 );
                 if sender.send(delivery).await.is_err() {
                     break;
@@ -336,8 +344,11 @@ impl Broker for RabbitMqBroker {
         Ok(Consumer::new(receiver))
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
-        let Some(ready) = self.ready(queue).await? else {
+    /// Over AMQP: ready messages and consumers of the queue, and the messages in the
+    /// delay queues this process declared for it. Unacknowledged counts need the
+    /// management API.
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let Some(mut stats) = self.inspect(queue).await? else {
             return Err(BrokerError::NotFound(format!("queue {queue:?}")));
         };
         let delays = self
@@ -348,11 +359,12 @@ impl Broker for RabbitMqBroker {
             .get(queue)
             .cloned()
             .unwrap_or_default();
-        let mut depth = ready;
         for delay_queue in delays {
-            depth += self.ready(&delay_queue).await?.unwrap_or(0);
+            if let Some(delayed) = self.inspect(&delay_queue).await? {
+                stats.delayed += delayed.ready;
+            }
         }
-        Ok(depth)
+        Ok(stats)
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -15,7 +15,7 @@
 
 use super::{
     Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec,
-    headers,
+    QueueStats, headers,
 };
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -243,8 +243,8 @@ impl Broker for SealedBroker {
         Ok(Consumer::new(receiver))
     }
 
-    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
-        self.inner.queue_depth(queue).await
+    async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.queue_stats(queue).await
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

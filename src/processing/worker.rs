@@ -17,15 +17,16 @@ use super::thumbnail::{Thumbnail, make_thumbnail};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
 };
-use crate::domain::{EventId, GameAction, WorkMessage};
+use crate::domain::{EventId, GameAction, GameEvent, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
     StoreError, WorkItem, WriteKind,
 };
+use crate::telemetry::metrics::{EVENT_END_TO_END, EVENT_PROCESSING_DURATION, EVENTS_PROCESSED};
 use chrono::Utc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -74,7 +75,12 @@ pub enum Outcome {
         attempt: u32,
         delay: Duration,
     },
-    /// Failed for good, or unreadable: moved to the dead-letter queue.
+    /// Failed its last attempt: the game is `failed`, the message in the dead-letter
+    /// queue.
+    Failed {
+        reason: String,
+    },
+    /// Unreadable: moved to the dead-letter queue at once.
     DeadLettered {
         reason: String,
     },
@@ -88,12 +94,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome's name in a reply: `{"outcome": "completed"}`.
+    /// The outcome's name in a reply (`{"outcome": "completed"}`) and in the metrics
+    /// (`retrocat_events_processed_total{outcome="completed"}`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Completed => "completed",
             Self::Retried { .. } => "retried",
-            Self::DeadLettered { .. } => "deadLettered",
+            Self::Failed { .. } => "failed",
+            Self::DeadLettered { .. } => "dead_lettered",
             Self::Duplicate => "duplicate",
             Self::Forwarded => "forwarded",
             Self::Skipped => "skipped",
@@ -161,7 +169,7 @@ impl Worker {
             queue,
             &shutdown,
             || self.broker.consume(queue, self.config.prefetch),
-            |consumer| self.clone().drain(consumer, &shutdown),
+            |consumer| self.clone().drain(queue, consumer, &shutdown),
         )
         .await;
         tracing::info!(queue, "worker stopped");
@@ -169,7 +177,12 @@ impl Worker {
 
     /// Processes deliveries from one consumer, up to `concurrency` at a time, until the
     /// consumer ends (broker gone: the caller reconnects) or shutdown is requested.
-    async fn drain(self: Arc<Self>, mut consumer: crate::broker::Consumer, shutdown: &Shutdown) {
+    async fn drain(
+        self: Arc<Self>,
+        queue: &'static str,
+        mut consumer: crate::broker::Consumer,
+        shutdown: &Shutdown,
+    ) {
         let mut in_flight = JoinSet::new();
         loop {
             if in_flight.len() >= self.config.concurrency.max(1) {
@@ -186,7 +199,12 @@ impl Worker {
                     Some(delivery) => {
                         let worker = self.clone();
                         in_flight.spawn(async move {
+                            let started = Instant::now();
                             let result = worker.serve(delivery).await;
+                            if let Ok(outcome) = &result {
+                                metrics::counter!(EVENTS_PROCESSED, "queue" => queue, "outcome" => outcome.name()).increment(1);
+                                metrics::histogram!(EVENT_PROCESSING_DURATION, "queue" => queue).record(started.elapsed());
+                            }
                             if result.is_err() {
                                 // The delivery went back to the queue; don't hot-loop on
                                 // it while the database or broker is down.
@@ -328,7 +346,13 @@ impl Worker {
         match self.process(&item).await {
             Ok(thumbnail) => {
                 let completed = ProcessingResult::Completed { thumbnail };
-                self.settle(delivery, record(item.version, completed)).await
+                let outcome = self
+                    .settle(delivery, record(item.version, completed))
+                    .await?;
+                if outcome == Outcome::Completed {
+                    record_end_to_end(&event);
+                }
+                Ok(outcome)
             }
             Err(failure) => match self.config.retry.delay_after(attempt, &failure) {
                 Some(delay) => {
@@ -348,7 +372,8 @@ impl Worker {
                     self.finishes.call(record(item.version, failed)).await?;
                     delivery.dead_letter(&reason).await?;
                     tracing::warn!(game_id = item.game_id, %reason, "processing failed for good; dead-lettered");
-                    Ok(Outcome::DeadLettered { reason })
+                    record_end_to_end(&event);
+                    Ok(Outcome::Failed { reason })
                 }
             },
         }
@@ -441,6 +466,21 @@ impl Worker {
             .map_err(|e| Failure::Permanent(format!("cover image: {e}")))?;
         Ok(Some(thumbnail))
     }
+}
+
+/// Observes the time from the event's write (its `timestamp`, stamped by the writer)
+/// to now, its final status. Events without a readable timestamp are left out, and a
+/// writer's clock ahead of ours counts as zero.
+fn record_end_to_end(event: &GameEvent) {
+    let Some(written) = event
+        .timestamp
+        .as_deref()
+        .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
+    else {
+        return;
+    };
+    let seconds = (Utc::now() - written.with_timezone(&Utc)).as_seconds_f64();
+    metrics::histogram!(EVENT_END_TO_END).record(seconds.max(0.0));
 }
 
 /// `HOST-PID`: unique among the workers of one deployment, and says where to look.

@@ -364,6 +364,14 @@ pub struct OutboxMessage {
     pub body: Vec<u8>,
 }
 
+/// Outbox events not yet confirmed by the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    pub pending: u64,
+    /// How long the oldest has waited; `None` when nothing waits.
+    pub oldest_age: Option<std::time::Duration>,
+}
+
 /// One relay's turn at the outbox: it claims the oldest unsent rows batch after
 /// batch, and marks each batch sent once the broker has confirmed it.
 ///
@@ -483,7 +491,8 @@ pub trait Store: Send + Sync + 'static {
     /// Takes a turn at the outbox for one relay, or `None` while another relay has it.
     async fn outbox_turn(&self) -> Result<Option<Box<dyn OutboxTurn>>, StoreError>;
     /// Rows waiting to be published.
-    async fn outbox_depth(&self) -> Result<u64, StoreError>;
+    /// Events not yet confirmed by the broker, and how long the oldest has waited.
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
 }
 
 #[cfg(test)]

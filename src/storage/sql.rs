@@ -19,9 +19,9 @@ use super::shared::{
 };
 use super::writer::{WriteTx, Writer};
 use super::{
-    Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxMessage,
-    OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, ReceivedMessage,
-    StartOutcome, StartRequest, Store, StoreError, TaskView, Turn, WriteKind,
+    Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxBacklog,
+    OutboxMessage, OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult,
+    ReceivedMessage, StartOutcome, StartRequest, Store, StoreError, TaskView, Turn, WriteKind,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -43,6 +43,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -1544,12 +1545,25 @@ where
         })))
     }
 
-    async fn outbox_depth(&self) -> Result<u64, StoreError> {
-        let depth: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+    async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        // Two index reads: the count, and the oldest row by id (ids grow with time),
+        // where MIN(created_at) would read every pending row.
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
             .fetch_one(&self.pool)
             .await
             .map_err(DB::classify)?;
-        Ok(depth as u64)
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(DB::classify)?;
+        Ok(OutboxBacklog {
+            pending: pending as u64,
+            oldest_age: oldest.map(|created| {
+                Duration::from_millis(now_ms().saturating_sub(created).max(0) as u64)
+            }),
+        })
     }
 }
 

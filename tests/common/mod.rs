@@ -418,7 +418,12 @@ impl TestApp {
     /// are empty, and the last delivery had time to be settled.
     pub async fn wait_until_idle(&self) {
         for _ in 0..500 {
-            let outbox = self.store().outbox_depth().await.expect("outbox depth");
+            let outbox = self
+                .store()
+                .outbox_backlog()
+                .await
+                .expect("outbox backlog")
+                .pending;
             let queued = self
                 .broker()
                 .queue_depth(retrocat::broker::topology::GAME_EVENTS_QUEUE)

@@ -100,6 +100,19 @@ impl Deployment {
         &self.env[0].1
     }
 
+    /// `retrocat COMMAND ARGS` with the deployment's environment (and no other
+    /// `RABBITMQ_URL`), reading nothing from standard input.
+    fn command(&self, command: &str, args: &[&str]) -> Command {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_retrocat"));
+        process
+            .arg(command)
+            .args(args)
+            .env_remove("RABBITMQ_URL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        process
+    }
+
     /// Starts `retrocat COMMAND ARGS`, its output appended to `NAME.log`.
     pub fn spawn(&self, name: &str, command: &str, args: &[&str]) -> Process {
         let log = self.path().join(format!("{name}.log"));
@@ -108,12 +121,8 @@ impl Deployment {
             .append(true)
             .open(&log)
             .expect("open the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_retrocat"))
-            .arg(command)
-            .args(args)
-            .env_remove("RABBITMQ_URL")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+        let child = self
+            .command(command, args)
             .stdout(file.try_clone().expect("log file handle"))
             .stderr(file)
             .kill_on_drop(true)
@@ -133,6 +142,23 @@ impl Deployment {
         let mut process = self.spawn(command, command, args);
         let status = process.wait(START_LIMIT).await;
         assert!(status.success(), "retrocat {command} exited with {status}");
+    }
+
+    /// Runs `retrocat COMMAND ARGS` to the end and returns what it printed; panics
+    /// unless it succeeded.
+    pub async fn output(&self, command: &str, args: &[&str]) -> String {
+        let output = self
+            .command(command, args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run retrocat {command}: {e}"));
+        assert!(
+            output.status.success(),
+            "retrocat {command} {args:?} exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8 output")
     }
 
     /// Starts `retrocat COMMAND --listen 127.0.0.1:PORT ARGS` and waits until its
@@ -433,7 +459,11 @@ impl Effects {
 
     /// Events in the outbox not yet confirmed by the broker.
     pub async fn outbox_depth(&self) -> u64 {
-        self.store.outbox_depth().await.expect("outbox depth")
+        self.store
+            .outbox_backlog()
+            .await
+            .expect("outbox backlog")
+            .pending
     }
 
     /// Every attempt that settled its event.

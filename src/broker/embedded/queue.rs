@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use super::acker::EmbeddedAcker;
 use super::engine::Op;
 use super::store::StoredRow;
-use crate::broker::{Consumer, Delivery, Message, Properties, QueueSpec};
+use crate::broker::meter::QueueMeter;
+use crate::broker::{Consumer, Delivery, Message, Properties, QueueSpec, QueueStats};
 
 /// A message as the engine hands it out. Shared with the delivery's acker, so that a
 /// requeue or dead-letter has the message at hand without reading it back.
@@ -67,6 +68,7 @@ impl ConsumerSlot {
 pub(super) struct QueueState {
     pub name: Arc<str>,
     pub spec: QueueSpec,
+    meter: Arc<QueueMeter>,
     /// Rows of this queue in `messages`: ready or leased.
     stored: u64,
     /// Rows of this queue in `delayed`.
@@ -92,6 +94,7 @@ impl QueueState {
     pub fn new(spec: QueueSpec, stored: u64, delayed: u64) -> Self {
         Self {
             name: spec.name.as_str().into(),
+            meter: QueueMeter::of(&spec.name),
             spec,
             stored,
             delayed,
@@ -111,9 +114,19 @@ impl QueueState {
         self.spec.max_priority.map_or(0, |max| priority.min(max))
     }
 
-    /// Ready and delayed messages, not counting those held by consumers.
-    pub fn depth(&self) -> u64 {
-        (self.stored + self.delayed).saturating_sub(self.leases.len() as u64)
+    /// Ready, held by consumers (read ahead into their windows included), delayed.
+    pub fn stats(&self) -> QueueStats {
+        let unacked = self.leases.len() as u64;
+        QueueStats {
+            ready: self.stored.saturating_sub(unacked),
+            unacked: Some(unacked),
+            delayed: self.delayed,
+            consumers: self
+                .consumers
+                .iter()
+                .filter(|consumer| !consumer.deliveries.is_closed())
+                .count() as u64,
+        }
     }
 
     pub fn is_leased(&self, seq: i64) -> bool {
@@ -294,6 +307,7 @@ impl QueueState {
             entry.routing_key.clone(),
             redelivered,
             Box::new(EmbeddedAcker::new(ops.clone(), self.name.clone(), entry)),
+            self.meter.clone(),
         );
         // The channel holds `prefetch` deliveries and a consumer never has more unsettled,
         // so this fails only when the Consumer was just dropped: the delivery is dropped
@@ -390,7 +404,7 @@ mod tests {
             Some(Some((0, 2))),
             "read after the window"
         );
-        assert_eq!(queue.depth(), 3);
+        assert_eq!(depth(&queue), 3);
     }
 
     #[test]
@@ -400,6 +414,12 @@ mod tests {
         assert!(queue.ready.is_empty());
         let _consumer = queue.add_consumer(1, 10);
         assert_eq!(queue.needs_read(), Some(None), "read from the start");
+    }
+
+    /// Messages ready or delayed, as `Broker::queue_depth` counts them.
+    fn depth(queue: &QueueState) -> u64 {
+        let stats = queue.stats();
+        stats.ready + stats.delayed
     }
 
     fn read_ahead(queue: &mut QueueState, entries: &[Arc<Entry>]) {
@@ -419,11 +439,13 @@ mod tests {
         let _consumer = queue.add_consumer(1, 1);
         assert!(queue.deliver_next(&sender, 0));
         assert!(queue.is_leased(1));
-        assert_eq!(queue.depth(), 2, "a leased message is not in the depth");
+        assert_eq!(depth(&queue), 2, "a leased message is not in the depth");
+        let stats = queue.stats();
+        assert_eq!((stats.unacked, stats.consumers), (Some(1), 1), "{stats:?}");
 
         queue.requeue(first);
         assert!(!queue.is_leased(1));
-        assert_eq!(queue.depth(), 3);
+        assert_eq!(depth(&queue), 3);
         assert_eq!(order(&queue), [1, 2, 3]);
         assert!(queue.requeued.contains(&1), "delivered next as redelivered");
     }
@@ -435,6 +457,6 @@ mod tests {
         queue.promoted(Key::new(9, 3));
         assert!(queue.ready.is_empty());
         assert_eq!(queue.needs_read(), Some(None), "read from the start");
-        assert_eq!(queue.depth(), 3);
+        assert_eq!(depth(&queue), 3);
     }
 }

@@ -7,7 +7,7 @@ use super::{Engine, Reply};
 use crate::broker::embedded::queue::QueueState;
 use crate::broker::embedded::routing::Exchange;
 use crate::broker::embedded::store::{self, sql_error};
-use crate::broker::{BrokerError, Consumer, ExchangeSpec, QueueSpec};
+use crate::broker::{BrokerError, Consumer, ExchangeSpec, QueueSpec, QueueStats};
 
 /// Requests that change or read the topology. Rare, so each gets its own transaction,
 /// after the data ops received before it (a publish after a declaration sees the queue).
@@ -35,9 +35,9 @@ pub(in crate::broker::embedded) enum Control {
         prefetch: u16,
         done: Reply<Consumer>,
     },
-    Depth {
+    Stats {
         queue: String,
-        done: Reply<u64>,
+        done: Reply<QueueStats>,
     },
     Ping {
         done: Reply<()>,
@@ -78,11 +78,11 @@ impl Engine {
                 };
                 let _ = done.send(result);
             }
-            Control::Depth { queue, done } => {
+            Control::Stats { queue, done } => {
                 let result = self
                     .queues
                     .get(queue.as_str())
-                    .map(QueueState::depth)
+                    .map(QueueState::stats)
                     .ok_or_else(|| queue_not_found(&queue));
                 let _ = done.send(result);
             }

@@ -1,5 +1,10 @@
-//! Logging through `tracing`: human-readable by default, JSON for log collectors.
-//! `RUST_LOG` filters as usual (default: `info` for retrocat, `warn` for libraries).
+//! What a process tells its operators: logs through `tracing` (human-readable by
+//! default, JSON for log collectors; `RUST_LOG` filters as usual, default `info` for
+//! retrocat and `warn` for libraries), Prometheus [`metrics`], and the [`queues`]
+//! sampled for `/api/queues` and the queue gauges.
+
+pub mod metrics;
+pub mod queues;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,347 @@
+//! What every queue holds, sampled once a second in the background: the numbers behind
+//! `GET /api/queues`, `retrocat queue list`, the Queues page's charts and the queue
+//! gauges of `/metrics`.
+//!
+//! Asking the broker and the database costs round trips, so nothing on a request's or
+//! a delivery's path does it: one task per process samples every queue of the topology
+//! and the outbox, sets the gauges, and keeps the samples of the last 15 minutes in a
+//! ring buffer. Rates are differences between samples ten seconds apart.
+
+use super::metrics::{
+    BROKER_CONNECTED, DEAD_LETTERS, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, QUEUE_CONSUMERS,
+    QUEUE_MESSAGES,
+};
+use crate::broker::meter::{MeterTotals, QueueMeter};
+use crate::broker::{Broker, QueueStats, topology};
+use crate::shutdown::Shutdown;
+use crate::storage::{OutboxBacklog, Store};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the queues are sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How far back rates look.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Samples kept for the charts: 15 minutes.
+const HISTORY: usize = 900;
+/// The name of the outbox's row.
+pub const OUTBOX: &str = "outbox";
+
+/// The durable queues of the topology, in the order the Queues page lists them; each
+/// dead-letter queue after the queue it serves.
+pub const WATCHED: [&str; 8] = [
+    topology::GAME_EVENTS_QUEUE,
+    topology::GAME_EVENTS_DLQ,
+    topology::RPC_QUEUE,
+    topology::RPC_DLQ,
+    topology::CUSTOM_QUEUE,
+    topology::CUSTOM_DLQ,
+    topology::AUDIT_QUEUE,
+    topology::UNROUTED_QUEUE,
+];
+
+/// One row of `GET /api/queues`: a queue of the topology, or the outbox. A count the
+/// source cannot give is `null`, never a guess.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueView {
+    pub name: String,
+    pub ready: Option<u64>,
+    pub unacked: Option<u64>,
+    pub delayed: Option<u64>,
+    pub consumers: Option<u64>,
+    pub paused: bool,
+    /// Messages in per second over the last 10 s.
+    pub publish_rate: Option<f64>,
+    /// Deliveries to this process's consumers per second.
+    pub deliver_rate: Option<f64>,
+    /// Settlements (acknowledgements, dead letters) per second; for the outbox, rows
+    /// the broker confirmed.
+    pub ack_rate: Option<f64>,
+    /// The outbox's oldest unpublished event; queues don't say.
+    pub oldest_age_seconds: Option<f64>,
+    /// Where the counts come from: `embedded` (the embedded broker), `amqp` (RabbitMQ's
+    /// passive declare: ready messages and consumers) or `database` (the outbox).
+    pub source: String,
+}
+
+/// One sampling of every queue.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    /// Whether the broker answered a ping.
+    connected: bool,
+    /// Per [`WATCHED`] queue: its stats (`None`: the broker did not answer) and this
+    /// process's meter.
+    queues: Vec<(Option<QueueStats>, MeterTotals)>,
+    outbox: Option<OutboxBacklog>,
+    outbox_meter: MeterTotals,
+}
+
+/// The sampler's shared state: cheap to clone, read by the API's handlers.
+#[derive(Clone)]
+pub struct QueueWatch {
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    samples: Arc<Mutex<VecDeque<Sample>>>,
+}
+
+impl QueueWatch {
+    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Self {
+        Self {
+            store,
+            broker,
+            samples: Arc::default(),
+        }
+    }
+
+    /// Samples once a second until shutdown. Also drains the metrics recorder's
+    /// histogram buffers, which otherwise grow until the next scrape.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.wait() => return,
+            }
+            let sample = self.sample().await;
+            publish_gauges(&sample);
+            super::metrics::handle().run_upkeep();
+            let mut samples = self.samples.lock().expect("samples lock");
+            if samples.len() == HISTORY {
+                samples.pop_front();
+            }
+            samples.push_back(sample);
+        }
+    }
+
+    /// Every watched queue and the outbox, now.
+    async fn sample(&self) -> Sample {
+        let stats = futures::future::join_all(
+            WATCHED.map(|queue| async move { self.broker.queue_stats(queue).await.ok() }),
+        );
+        let (stats, outbox, ping) =
+            tokio::join!(stats, self.store.outbox_backlog(), self.broker.ping());
+        Sample {
+            at: Instant::now(),
+            connected: ping.is_ok(),
+            queues: stats
+                .into_iter()
+                .zip(WATCHED)
+                .map(|(stats, queue)| (stats, QueueMeter::of(queue).totals()))
+                .collect(),
+            outbox: outbox.ok(),
+            outbox_meter: QueueMeter::of(OUTBOX).totals(),
+        }
+    }
+
+    /// The rows of `GET /api/queues`, from the latest sample, with rates over the
+    /// last 10 s. Before the first sample, one is taken now.
+    pub async fn views(&self) -> Vec<QueueView> {
+        let (latest, earlier) = {
+            let samples = self.samples.lock().expect("samples lock");
+            let latest = samples.back().cloned();
+            let earlier = latest.as_ref().and_then(|latest| {
+                samples
+                    .iter()
+                    .rev()
+                    .find(|sample| latest.at.duration_since(sample.at) >= RATE_WINDOW)
+                    .or(samples.front())
+                    .cloned()
+            });
+            (latest, earlier)
+        };
+        let latest = match latest {
+            Some(latest) => latest,
+            None => self.sample().await,
+        };
+        let earlier = earlier.filter(|earlier| latest.at > earlier.at);
+        let whole = self.broker.kind() == "embedded";
+        let source = if whole { "embedded" } else { "amqp" };
+        let mut views = vec![outbox_view(&latest, earlier.as_ref())];
+        for (index, queue) in WATCHED.into_iter().enumerate() {
+            let (stats, meter) = latest.queues[index];
+            let rates = earlier.as_ref().map(|earlier| {
+                let (before, before_meter) = earlier.queues[index];
+                Rates::between(
+                    (before, before_meter, earlier.at),
+                    (stats, meter, latest.at),
+                    whole,
+                )
+            });
+            let rates = rates.unwrap_or_default();
+            views.push(QueueView {
+                name: queue.to_owned(),
+                ready: stats.map(|s| s.ready),
+                unacked: stats.and_then(|s| s.unacked),
+                delayed: stats.map(|s| s.delayed),
+                consumers: stats.map(|s| s.consumers),
+                paused: false,
+                publish_rate: rates.publish,
+                deliver_rate: rates.deliver,
+                ack_rate: rates.ack,
+                oldest_age_seconds: None,
+                source: source.to_owned(),
+            });
+        }
+        views
+    }
+}
+
+#[derive(Default)]
+struct Rates {
+    publish: Option<f64>,
+    deliver: Option<f64>,
+    ack: Option<f64>,
+}
+
+impl Rates {
+    /// Rates between two samples of one queue. Deliveries and settlements are this
+    /// process's; messages in are what stayed plus what was settled, which counts every
+    /// publish only where every consumer is in this process (`whole`: the embedded
+    /// broker). On RabbitMQ the broker alone knows, so publishes are `null` there.
+    fn between(
+        (before, before_meter, from): (Option<QueueStats>, MeterTotals, Instant),
+        (after, after_meter, to): (Option<QueueStats>, MeterTotals, Instant),
+        whole: bool,
+    ) -> Self {
+        let seconds = to.duration_since(from).as_secs_f64();
+        let per_second = |count: u64| count as f64 / seconds;
+        let settled = per_second(after_meter.settled.saturating_sub(before_meter.settled));
+        let held = |stats: QueueStats| stats.ready + stats.delayed + stats.unacked.unwrap_or(0);
+        let publish = match (before, after) {
+            (Some(before), Some(after)) if whole => {
+                let grown = held(after) as f64 - held(before) as f64;
+                Some((grown / seconds + settled).max(0.0))
+            }
+            _ => None,
+        };
+        Self {
+            publish,
+            deliver: Some(per_second(
+                after_meter.delivered.saturating_sub(before_meter.delivered),
+            )),
+            ack: Some(settled),
+        }
+    }
+}
+
+/// The outbox's row: events written and not yet confirmed by the broker. Every event
+/// enters it in a catalog write and leaves when the relay's batch is confirmed.
+fn outbox_view(latest: &Sample, earlier: Option<&Sample>) -> QueueView {
+    let backlog = latest.outbox;
+    let rates = earlier.map(|earlier| {
+        let stats = |backlog: Option<OutboxBacklog>| {
+            backlog.map(|backlog| QueueStats {
+                ready: backlog.pending,
+                unacked: Some(0),
+                ..QueueStats::default()
+            })
+        };
+        Rates::between(
+            (stats(earlier.outbox), earlier.outbox_meter, earlier.at),
+            (stats(latest.outbox), latest.outbox_meter, latest.at),
+            true,
+        )
+    });
+    let rates = rates.unwrap_or_default();
+    QueueView {
+        name: OUTBOX.to_owned(),
+        ready: backlog.map(|b| b.pending),
+        unacked: None,
+        delayed: None,
+        consumers: None,
+        paused: false,
+        publish_rate: rates.publish,
+        deliver_rate: None,
+        ack_rate: rates.ack,
+        oldest_age_seconds: backlog.map(|b| b.oldest_age.map_or(0.0, |age| age.as_secs_f64())),
+        source: "database".to_owned(),
+    }
+}
+
+/// The queue gauges of `/metrics`, from one sample.
+fn publish_gauges(sample: &Sample) {
+    metrics::gauge!(BROKER_CONNECTED).set(if sample.connected { 1.0 } else { 0.0 });
+    for ((stats, _), queue) in sample.queues.iter().zip(WATCHED) {
+        let Some(stats) = stats else { continue };
+        let states = [
+            ("ready", Some(stats.ready)),
+            ("unacked", stats.unacked),
+            ("delayed", Some(stats.delayed)),
+        ];
+        for (state, count) in states {
+            if let Some(count) = count {
+                metrics::gauge!(QUEUE_MESSAGES, "queue" => queue, "state" => state)
+                    .set(count as f64);
+            }
+        }
+        metrics::gauge!(QUEUE_CONSUMERS, "queue" => queue).set(stats.consumers as f64);
+        if let Some(source) = queue.strip_suffix(".dlq") {
+            metrics::gauge!(DEAD_LETTERS, "queue" => source).set(stats.ready as f64);
+        }
+    }
+    if let Some(backlog) = sample.outbox {
+        metrics::gauge!(OUTBOX_PENDING).set(backlog.pending as f64);
+        let age = backlog.oldest_age.unwrap_or_default();
+        metrics::gauge!(OUTBOX_OLDEST_PENDING_AGE).set(age.as_secs_f64());
+    }
+}
+
+/// `retrocat queue list`: the rows of a running system's `GET /api/queues`.
+pub async fn fetch(base: &url::Url) -> anyhow::Result<Vec<QueueView>> {
+    use anyhow::Context;
+    let url = base.join("/api/queues")?;
+    let fail = || format!("no retrocat answers at {url}: start one (retrocat serve) or set --url");
+    crate::install_crypto_provider();
+    let response = reqwest::get(url.clone()).await.with_context(fail)?;
+    let response = response.error_for_status().with_context(fail)?;
+    response.json().await.context("reading GET /api/queues")
+}
+
+/// The rows as a table for a terminal; `-` where a count is unknown.
+pub fn table(views: &[QueueView]) -> String {
+    fn count(value: Option<u64>) -> String {
+        value.map_or_else(|| "-".into(), |value| value.to_string())
+    }
+    fn rate(value: Option<f64>) -> String {
+        value.map_or_else(|| "-".into(), |value| format!("{value:.1}"))
+    }
+    let mut out = format!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>8}  {}\n",
+        "queue",
+        "ready",
+        "unacked",
+        "delayed",
+        "consumers",
+        "paused",
+        "in/s",
+        "out/s",
+        "ack/s",
+        "oldest",
+        "source"
+    );
+    for view in views {
+        let oldest = view
+            .oldest_age_seconds
+            .map_or_else(|| "-".into(), |age| format!("{age:.1}s"));
+        out += &format!(
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>8}  {}\n",
+            view.name,
+            count(view.ready),
+            count(view.unacked),
+            count(view.delayed),
+            count(view.consumers),
+            if view.paused { "yes" } else { "no" },
+            rate(view.publish_rate),
+            rate(view.deliver_rate),
+            rate(view.ack_rate),
+            oldest,
+            view.source,
+        );
+    }
+    out
+}
