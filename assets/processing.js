@@ -4,12 +4,28 @@
 const $ = (id) => document.getElementById(id);
 let selected = null;
 
-function counters(tasks) {
-  const counts = { pending: 0, processing: 0, completed: 0, failed: 0 };
-  for (const task of tasks) counts[task.processingStatus] += 1;
+/** One badge per status with its count over the whole catalog, "–" when unknown. */
+function renderCounters(counts) {
   $("counters").replaceChildren(
-    ...Object.entries(counts).map(([status, n]) => el("span", {}, statusBadge(status), ` ${n}`)),
+    ...["pending", "processing", "completed", "failed"].map((status) => {
+      const n = counts && Number.isInteger(counts[status]) ? String(counts[status]) : "–";
+      const number = el("span", { textContent: n });
+      number.dataset.status = status;
+      return el("span", {}, statusBadge(status), " ", number);
+    }),
   );
+}
+
+/** Counters come from the database: the rows on screen are only the newest 200. */
+async function loadCounters() {
+  try {
+    renderCounters(await api("/api/tasks/counts"));
+    $("counters").title = "";
+  } catch (error) {
+    // Keep the last counts through a failed refresh; "–" until there are some.
+    if (!$("counters").childElementCount) renderCounters(null);
+    $("counters").title = `Failed to load the counts: ${error.message}`;
+  }
 }
 
 function taskRow(task) {
@@ -28,10 +44,11 @@ function taskRow(task) {
 }
 
 async function loadTasks() {
+  const counted = loadCounters(); // alongside the rows, not after them
   const tasks = await api("/api/tasks?limit=200");
-  counters(tasks);
   $("tasks").replaceChildren(...tasks.map(taskRow));
   if (selected) await showHistory(selected, false);
+  await counted;
 }
 
 async function showHistory(task, scroll = true) {

@@ -11,12 +11,13 @@ use rust_embed::Embed;
 #[folder = "assets/"]
 struct Assets;
 
-/// `/` (Catalog), `/processing`, `/producer`, and every asset by its path.
+/// `/` (Catalog), `/processing`, `/producer`, `/queues`, and every asset by its path.
 pub fn router() -> Router {
     Router::new()
         .route("/", get(|| async { asset("index.html") }))
         .route("/processing", get(|| async { asset("processing.html") }))
         .route("/producer", get(|| async { asset("producer.html") }))
+        .route("/queues", get(|| async { asset("queues.html") }))
         .fallback(get(|uri: Uri| async move {
             asset(uri.path().trim_start_matches('/'))
         }))

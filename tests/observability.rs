@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::Backend;
 use common::processes::{Deployment, Process, free_port, http_client};
 use common::rabbitmq::{Vhost, rabbitmqctl};
+use common::{Backend, TestApp, game_body, on_every_backend, with};
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
 use serde_json::{Value, json};
@@ -305,6 +305,7 @@ async fn a_scrape_after_100_creates_matches_the_database() {
         1.0
     );
     assert_eq!(value(&scrape, "retrocat_broker_connected", &[]), 1.0);
+    assert_history_charted(&serve, 100.0).await;
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         value(&scrape, "retrocat_build_info", &[("version", version)]),
@@ -337,6 +338,39 @@ async fn queues_on_the_embedded_broker_show_a_backlog_its_consumers_and_its_drai
     let row = wait_row(&serve, "game_events", "unacked", json!(0)).await;
     assert!(row["ackRate"].as_f64().unwrap() > 0.0, "{row}");
     serve.stop().await;
+}
+
+/// `GET /api/queues/history` has drawn `games` games finishing: settled per second by
+/// outcome adds up to the completed and failed, with latencies, and every queue's
+/// depth is in each sample.
+async fn assert_history_charted(api: &Process, games: f64) {
+    let history = get_json(api, "/api/queues/history").await;
+    assert_eq!(history["intervalSeconds"], 1);
+    let samples = history["samples"].as_array().unwrap();
+    assert!(!samples.is_empty(), "{history}");
+    let finished: f64 = samples
+        .iter()
+        .map(|sample| {
+            let processed = &sample["processed"];
+            processed["completed"].as_f64().unwrap() + processed["failed"].as_f64().unwrap()
+        })
+        .sum();
+    // Per-second rates over intervals of about a second (the first sample is taken as
+    // the process starts, before any event): their sum is about the count.
+    assert!(
+        (finished - games).abs() < games * 0.05 + 2.0,
+        "{finished} of {games}: {history}"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["latency"]["p99"].as_f64().is_some()),
+        "no latency charted: {history}"
+    );
+    for sample in samples {
+        assert!(sample["depths"]["game_events"].is_u64(), "{sample}");
+        assert!(sample["depths"]["outbox"].is_u64(), "{sample}");
+    }
 }
 
 /// Waits until `worker`'s metrics count `count` completed deliveries of
@@ -452,4 +486,38 @@ async fn queues_on_rabbitmq_show_a_backlog_consumers_and_the_outbox_while_it_is_
     assert_eq!(value(&scrape, "retrocat_broker_connected", &[]), 1.0);
     worker.stop().await;
     api.stop().await;
+}
+
+on_every_backend!(the_processing_counters_count_the_whole_catalog);
+
+/// `GET /api/tasks/counts` counts every game by status, not a page of them.
+async fn the_processing_counters_count_the_whole_catalog(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
+    let completed = app.create_game(&game_body("Counted")).await;
+    // A loopback cover is refused for good by the fetch guard: the game fails.
+    let refused = with(
+        game_body("Refused"),
+        "imageUrl",
+        json!("http://127.0.0.1/cover.png"),
+    );
+    let failed = app.create_game(&refused).await;
+    app.wait_for_status(completed["id"].as_i64().unwrap(), "completed", 1)
+        .await;
+    app.wait_for_status(failed["id"].as_i64().unwrap(), "failed", 1)
+        .await;
+
+    let counts = app.get_json("/api/tasks/counts").await;
+    let mut total = 0;
+    for status in ["pending", "processing", "completed", "failed"] {
+        let games = app.get_json(&format!("/api/games?status={status}")).await;
+        let games = games.as_array().unwrap().len();
+        assert_eq!(counts[status], games, "{status}: {counts}");
+        total += games;
+    }
+    assert_eq!(
+        total,
+        app.get_json("/api/games").await.as_array().unwrap().len()
+    );
+    assert!(counts["failed"].as_u64() >= Some(1), "{counts}");
+    app.stop().await;
 }

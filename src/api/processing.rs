@@ -1,8 +1,9 @@
-//! Processing views: the original's `/api/processing` and our `/api/tasks`.
+//! Processing views: the original's `/api/processing`, and our `/api/tasks` and
+//! `/api/tasks/counts`.
 
 use super::ApiContext;
 use super::error::ApiError;
-use crate::storage::{PendingGame, TaskView};
+use crate::storage::{PendingGame, StatusCounts, TaskView};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::routing::get;
@@ -11,6 +12,12 @@ pub fn router() -> Router<ApiContext> {
     Router::new()
         .route("/api/processing", get(pending))
         .route("/api/tasks", get(tasks))
+        .route("/api/tasks/counts", get(counts))
+}
+
+/// Games by processing status over the whole catalog: the Processing page's counters.
+async fn counts(State(ctx): State<ApiContext>) -> Result<axum::Json<StatusCounts>, ApiError> {
+    Ok(axum::Json(ctx.store.status_counts().await?))
 }
 
 /// Games still pending, newest first, in the original's exact shape

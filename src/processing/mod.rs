@@ -8,6 +8,7 @@
 
 pub mod fetch;
 pub mod group_commit;
+pub mod outcome;
 pub mod retry;
 pub mod subscriber;
 pub mod thumbnail;

@@ -12,18 +12,19 @@
 
 use super::fetch::CoverFetcher;
 use super::group_commit::GroupCommit;
+pub use super::outcome::Outcome;
+use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::retry::{Failure, RetryPolicy};
 use super::thumbnail::{Thumbnail, make_thumbnail};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
 };
-use crate::domain::{EventId, GameAction, GameEvent, WorkMessage};
+use crate::domain::{EventId, GameAction, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
     StoreError, WorkItem, WriteKind,
 };
-use crate::telemetry::metrics::{EVENT_END_TO_END, EVENT_PROCESSING_DURATION, EVENTS_PROCESSED};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,49 +67,6 @@ impl Default for WorkerConfig {
     }
 }
 
-/// What became of one delivery.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    /// Failed; published again with a delay.
-    Retried {
-        attempt: u32,
-        delay: Duration,
-    },
-    /// Failed its last attempt: the game is `failed`, the message in the dead-letter
-    /// queue.
-    Failed {
-        reason: String,
-    },
-    /// Unreadable: moved to the dead-letter queue at once.
-    DeadLettered {
-        reason: String,
-    },
-    /// Already processed: acknowledged without effect.
-    Duplicate,
-    /// A custom message (the original producer sent those to `game_events` too): moved
-    /// to `custom_messages`, where the custom-message consumer reads them.
-    Forwarded,
-    /// For an older version or a deleted game: nothing to do.
-    Skipped,
-}
-
-impl Outcome {
-    /// The outcome's name in a reply (`{"outcome": "completed"}`) and in the metrics
-    /// (`retrocat_events_processed_total{outcome="completed"}`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Retried { .. } => "retried",
-            Self::Failed { .. } => "failed",
-            Self::DeadLettered { .. } => "dead_lettered",
-            Self::Duplicate => "duplicate",
-            Self::Forwarded => "forwarded",
-            Self::Skipped => "skipped",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]
@@ -127,6 +85,7 @@ pub struct Worker {
     starts: GroupCommit<StartRequest, StartOutcome, StoreError>,
     finishes: GroupCommit<ProcessingRecord, FinishOutcome, StoreError>,
     cover_work: Semaphore,
+    end_to_end: EndToEnd,
 }
 
 impl Worker {
@@ -157,6 +116,7 @@ impl Worker {
             starts,
             finishes,
             cover_work: Semaphore::new(COVER_WORK_AT_ONCE),
+            end_to_end: EndToEnd::default(),
         }
     }
 
@@ -183,6 +143,7 @@ impl Worker {
         mut consumer: crate::broker::Consumer,
         shutdown: &Shutdown,
     ) {
+        let metrics = Arc::new(OutcomeMetrics::new(queue));
         let mut in_flight = JoinSet::new();
         loop {
             if in_flight.len() >= self.config.concurrency.max(1) {
@@ -197,13 +158,12 @@ impl Worker {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_task(joined),
                 next = consumer.next() => match next {
                     Some(delivery) => {
-                        let worker = self.clone();
+                        let (worker, metrics) = (self.clone(), metrics.clone());
                         in_flight.spawn(async move {
-                            let started = Instant::now();
+                            let arrived = Instant::now();
                             let result = worker.serve(delivery).await;
                             if let Ok(outcome) = &result {
-                                metrics::counter!(EVENTS_PROCESSED, "queue" => queue, "outcome" => outcome.name()).increment(1);
-                                metrics::histogram!(EVENT_PROCESSING_DURATION, "queue" => queue).record(started.elapsed());
+                                metrics.settled(outcome, arrived.elapsed());
                             }
                             if result.is_err() {
                                 // The delivery went back to the queue; don't hot-loop on
@@ -350,7 +310,7 @@ impl Worker {
                     .settle(delivery, record(item.version, completed))
                     .await?;
                 if outcome == Outcome::Completed {
-                    record_end_to_end(&event);
+                    self.end_to_end.finished(event.timestamp.as_deref());
                 }
                 Ok(outcome)
             }
@@ -372,7 +332,7 @@ impl Worker {
                     self.finishes.call(record(item.version, failed)).await?;
                     delivery.dead_letter(&reason).await?;
                     tracing::warn!(game_id = item.game_id, %reason, "processing failed for good; dead-lettered");
-                    record_end_to_end(&event);
+                    self.end_to_end.finished(event.timestamp.as_deref());
                     Ok(Outcome::Failed { reason })
                 }
             },
@@ -466,21 +426,6 @@ impl Worker {
             .map_err(|e| Failure::Permanent(format!("cover image: {e}")))?;
         Ok(Some(thumbnail))
     }
-}
-
-/// Observes the time from the event's write (its `timestamp`, stamped by the writer)
-/// to now, its final status. Events without a readable timestamp are left out, and a
-/// writer's clock ahead of ours counts as zero.
-fn record_end_to_end(event: &GameEvent) {
-    let Some(written) = event
-        .timestamp
-        .as_deref()
-        .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
-    else {
-        return;
-    };
-    let seconds = (Utc::now() - written.with_timezone(&Utc)).as_seconds_f64();
-    metrics::histogram!(EVENT_END_TO_END).record(seconds.max(0.0));
 }
 
 /// `HOST-PID`: unique among the workers of one deployment, and says where to look.

@@ -214,6 +214,27 @@ pub struct PendingGame {
     pub processing_status: ProcessingStatus,
 }
 
+/// How many games stand at each processing status (`GET /api/tasks/counts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub pending: u64,
+    pub processing: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+impl StatusCounts {
+    pub fn add(&mut self, status: ProcessingStatus, count: u64) {
+        let slot = match status {
+            ProcessingStatus::Pending => &mut self.pending,
+            ProcessingStatus::Processing => &mut self.processing,
+            ProcessingStatus::Completed => &mut self.completed,
+            ProcessingStatus::Failed => &mut self.failed,
+        };
+        *slot += count;
+    }
+}
+
 /// A game's processing at a glance (`GET /api/tasks`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -455,6 +476,8 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_games(&self) -> Result<Vec<PendingGame>, StoreError>;
     /// The most recently updated games with their processing summary.
     async fn tasks(&self, limit: u32) -> Result<Vec<TaskView>, StoreError>;
+    /// Games by processing status, over the whole catalog.
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError>;
 
     // Worker. Both calls take a batch and answer in its order; a worker's concurrent

@@ -120,7 +120,8 @@ where
     typed_columns!(try_get);
 }
 
-fn status(row: &impl Columns) -> sqlx::Result<ProcessingStatus> {
+/// A row's `processing_status` (the schema allows only the four names).
+pub(super) fn status(row: &impl Columns) -> sqlx::Result<ProcessingStatus> {
     let status = row.text("processing_status")?;
     Ok(ProcessingStatus::parse(&status).unwrap_or(ProcessingStatus::Pending))
 }

@@ -21,7 +21,8 @@ use super::writer::{WriteTx, Writer};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxBacklog,
     OutboxMessage, OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult,
-    ReceivedMessage, StartOutcome, StartRequest, Store, StoreError, TaskView, Turn, WriteKind,
+    ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError, TaskView, Turn,
+    WriteKind,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -1376,6 +1377,20 @@ where
             .await
             .map_err(DB::classify)?;
         rows.iter().map(shared::task_from_row).collect()
+    }
+
+    async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT processing_status, COUNT(*) AS games FROM games GROUP BY processing_status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(DB::classify)?;
+        let mut counts = StatusCounts::default();
+        for row in &rows {
+            counts.add(shared::status(row)?, row.int("games")? as u64);
+        }
+        Ok(counts)
     }
 
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError> {

@@ -1,8 +1,10 @@
 //! What a process tells its operators: logs through `tracing` (human-readable by
 //! default, JSON for log collectors; `RUST_LOG` filters as usual, default `info` for
-//! retrocat and `warn` for libraries), Prometheus [`metrics`], and the [`queues`]
-//! sampled for `/api/queues` and the queue gauges.
+//! retrocat and `warn` for libraries), Prometheus [`metrics`], the [`queues`]
+//! sampled for `/api/queues` and the queue gauges, and what the Queues page
+//! [`charts`] beside them.
 
+pub mod charts;
 pub mod metrics;
 pub mod queues;
 

@@ -7,16 +7,18 @@
 //! and the outbox, sets the gauges, and keeps the samples of the last 15 minutes in a
 //! ring buffer. Rates are differences between samples ten seconds apart.
 
+use super::charts;
 use super::metrics::{
     BROKER_CONNECTED, DEAD_LETTERS, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, QUEUE_CONSUMERS,
     QUEUE_MESSAGES,
 };
 use crate::broker::meter::{MeterTotals, QueueMeter};
 use crate::broker::{Broker, QueueStats, topology};
+use crate::processing::outcome::NAMES;
 use crate::shutdown::Shutdown;
 use crate::storage::{OutboxBacklog, Store};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,8 @@ pub struct QueueView {
 #[derive(Clone, Debug)]
 struct Sample {
     at: Instant,
+    /// Milliseconds since the Unix epoch, for the charts' time axis.
+    unix_ms: i64,
     /// Whether the broker answered a ping.
     connected: bool,
     /// Per [`WATCHED`] queue: its stats (`None`: the broker did not answer) and this
@@ -78,6 +82,8 @@ struct Sample {
     queues: Vec<(Option<QueueStats>, MeterTotals)>,
     outbox: Option<OutboxBacklog>,
     outbox_meter: MeterTotals,
+    /// What this process's worker settled and finished.
+    charts: charts::Take,
 }
 
 /// The sampler's shared state: cheap to clone, read by the API's handlers.
@@ -127,6 +133,7 @@ impl QueueWatch {
             tokio::join!(stats, self.store.outbox_backlog(), self.broker.ping());
         Sample {
             at: Instant::now(),
+            unix_ms: chrono::Utc::now().timestamp_millis(),
             connected: ping.is_ok(),
             queues: stats
                 .into_iter()
@@ -135,6 +142,42 @@ impl QueueWatch {
                 .collect(),
             outbox: outbox.ok(),
             outbox_meter: QueueMeter::of(OUTBOX).totals(),
+            charts: charts::take(),
+        }
+    }
+
+    /// The samples of the last 15 minutes, oldest first, for the Queues page's charts.
+    pub fn history(&self) -> History {
+        let samples = self.samples.lock().expect("samples lock");
+        let points = samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .map(|(before, sample)| {
+                let seconds = sample.at.duration_since(before.at).as_secs_f64();
+                let mut depths = BTreeMap::new();
+                depths.insert(OUTBOX, sample.outbox.map(|backlog| backlog.pending));
+                for ((stats, _), queue) in sample.queues.iter().zip(WATCHED) {
+                    depths.insert(queue, stats.map(held));
+                }
+                let processed = NAMES
+                    .iter()
+                    .zip(sample.charts.processed.iter().zip(before.charts.processed))
+                    .map(|(name, (now, then))| (*name, now.saturating_sub(then) as f64 / seconds))
+                    .collect();
+                HistoryPoint {
+                    at: sample.unix_ms,
+                    depths,
+                    processed,
+                    latency: Latency {
+                        p50: sample.charts.latency.map(|(p50, _)| p50),
+                        p99: sample.charts.latency.map(|(_, p99)| p99),
+                    },
+                }
+            })
+            .collect();
+        History {
+            interval_seconds: SAMPLE_EVERY.as_secs(),
+            samples: points,
         }
     }
 
@@ -211,7 +254,6 @@ impl Rates {
         let seconds = to.duration_since(from).as_secs_f64();
         let per_second = |count: u64| count as f64 / seconds;
         let settled = per_second(after_meter.settled.saturating_sub(before_meter.settled));
-        let held = |stats: QueueStats| stats.ready + stats.delayed + stats.unacked.unwrap_or(0);
         let publish = match (before, after) {
             (Some(before), Some(after)) if whole => {
                 let grown = held(after) as f64 - held(before) as f64;
@@ -227,6 +269,39 @@ impl Rates {
             ack: Some(settled),
         }
     }
+}
+
+/// Messages a queue holds: ready, delayed and unacknowledged (where known).
+fn held(stats: QueueStats) -> u64 {
+    stats.ready + stats.delayed + stats.unacked.unwrap_or(0)
+}
+
+/// `GET /api/queues/history`: the Queues page's charts.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub interval_seconds: u64,
+    pub samples: Vec<HistoryPoint>,
+}
+
+/// One second of the charts.
+#[derive(Debug, Serialize)]
+pub struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    /// Messages each queue held, and the outbox's pending events; `null` when unknown.
+    pub depths: BTreeMap<&'static str, Option<u64>>,
+    /// Deliveries this process settled per second, by outcome.
+    pub processed: BTreeMap<&'static str, f64>,
+    /// End-to-end latency of the games this process finished in that second.
+    pub latency: Latency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    /// Seconds; `null` when no game finished.
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
 }
 
 /// The outbox's row: events written and not yet confirmed by the broker. Every event
