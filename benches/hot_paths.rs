@@ -71,6 +71,7 @@ fn new_game(n: usize) -> NewGame {
     NewGame {
         draft: draft(n),
         event: EventId::generate(),
+        trace: None,
     }
 }
 

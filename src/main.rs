@@ -6,7 +6,9 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(&cli.log_format);
-    match startup::run(cli).await {
+    let ran = startup::run(cli).await;
+    telemetry::trace::shutdown();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

@@ -14,7 +14,7 @@
 //! the batches are marked sent in order, as their confirms come.
 
 use crate::broker::meter::QueueMeter;
-use crate::broker::{Broker, Confirms, Message, Properties, Publish, topology};
+use crate::broker::{Broker, Confirms, Message, Properties, Publish, headers, topology};
 use crate::domain::{
     EventId, Game, GameAction, GameData, GameEvent, GameProcessed, ProcessingStatus, timestamp_now,
 };
@@ -58,6 +58,16 @@ impl OutboxMessage {
             headers: Default::default(),
             body: event.encode(),
         }
+    }
+
+    /// The same message, sent with `traceparent` so that its consumer's span continues
+    /// the trace of the request that wrote it.
+    pub fn traced(mut self, traceparent: Option<&str>) -> Self {
+        if let Some(traceparent) = traceparent {
+            self.headers
+                .insert(headers::TRACEPARENT.into(), traceparent.into());
+        }
+        self
     }
 
     /// `game.processed` or `game.failed`: the outcome of processing one version.

@@ -257,6 +257,7 @@ async fn duplicate_deliveries_in_flight_at_once_settle_once(backend: Backend) {
                 finished_at: Utc::now(),
                 result: result.clone(),
                 worker: "w1".into(),
+                trace_id: None,
             };
             let start = StartRequest {
                 event_id: record.event_id.clone(),
@@ -341,6 +342,7 @@ async fn a_batch_of_status_writes_applies_each_as_alone(backend: Backend) {
         finished_at: Utc::now(),
         result,
         worker: "w1".into(),
+        trace_id: None,
     };
     let finished = store
         .finish_processing(&[
@@ -663,6 +665,7 @@ where
         finished_at: Utc::now(),
         result: ProcessingResult::Completed { thumbnail: None },
         worker: "w2".into(),
+        trace_id: None,
     };
     let finish = tokio::spawn({
         let store = store.clone();

@@ -9,6 +9,7 @@ use crate::domain::{
     ReleaseYear, ValidationError,
 };
 use crate::storage::{Cover, GameQuery, GameSort, GameUpdate, NewGame, OutboxMessage, PageRequest};
+use crate::telemetry::trace;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -251,22 +252,22 @@ async fn create(
     let wait = parse_wait(raw.as_deref())?;
     let draft = body.parse()?;
     let event = EventId::generate();
+    let trace = trace::traceparent(&tracing::Span::current());
     let new = NewGame {
         draft,
         event: event.clone(),
+        trace: trace.clone(),
     };
     let game = ctx.creates.call(new).await??;
     let location = HeaderValue::from_str(&format!("/api/games/{}", game.id))
         .expect("a path of digits is a valid header");
-    let (status, game) = wait_for_processing(
-        &ctx,
-        game,
-        GameAction::Create,
-        &event,
-        wait,
-        StatusCode::CREATED,
-    )
-    .await?;
+    let written = Written {
+        action: GameAction::Create,
+        event: &event,
+        trace: trace.as_deref(),
+    };
+    let (status, game) =
+        wait_for_processing(&ctx, game, written, wait, StatusCode::CREATED).await?;
     Ok((status, [(header::LOCATION, location)], axum::Json(game)).into_response())
 }
 
@@ -280,14 +281,20 @@ async fn update(
     let wait = parse_wait(raw.as_deref())?;
     let draft = body.parse()?;
     let event = EventId::generate();
+    let trace = trace::traceparent(&tracing::Span::current());
     let update = GameUpdate {
         id,
         draft,
         event: event.clone(),
+        trace: trace.clone(),
     };
     let game = ctx.updates.call(update).await??;
-    let (status, game) =
-        wait_for_processing(&ctx, game, GameAction::Update, &event, wait, StatusCode::OK).await?;
+    let written = Written {
+        action: GameAction::Update,
+        event: &event,
+        trace: trace.as_deref(),
+    };
+    let (status, game) = wait_for_processing(&ctx, game, written, wait, StatusCode::OK).await?;
     Ok((status, axum::Json(game)).into_response())
 }
 
@@ -315,6 +322,13 @@ fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
         })
 }
 
+/// What a write's event was: its action, id and the request's trace.
+struct Written<'a> {
+    action: GameAction,
+    event: &'a EventId,
+    trace: Option<&'a str>,
+}
+
 /// Request/reply over the broker: the write's event is sent again, with the same event
 /// id, as a priority-10 request on `catalog.rpc`, which the workers take ahead of any
 /// backlog on `game_events`; the inbox makes the later of the two copies a no-op. On a
@@ -325,15 +339,16 @@ fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
 async fn wait_for_processing(
     ctx: &ApiContext,
     game: Game,
-    action: GameAction,
-    event: &EventId,
+    written: Written<'_>,
     wait: Option<Duration>,
     done: StatusCode,
 ) -> Result<(StatusCode, Game), ApiError> {
     let Some(wait) = wait else {
         return Ok((done, game));
     };
-    let mut request = OutboxMessage::game_event(&game, action, event).into_publish();
+    let mut request = OutboxMessage::game_event(&game, written.action, written.event)
+        .traced(written.trace)
+        .into_publish();
     request.exchange = String::new();
     request.routing_key = topology::RPC_QUEUE.into();
     request.message.properties.priority = topology::RPC_MAX_PRIORITY;

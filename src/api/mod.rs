@@ -17,13 +17,14 @@ mod reference;
 pub mod stream;
 
 use crate::broker::Broker;
+use crate::broker::headers::TRACEPARENT;
 use crate::config::HttpArgs;
 use crate::domain::Game;
 use crate::processing::group_commit::GroupCommit;
 use crate::shutdown::Shutdown;
 use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
-use crate::telemetry::metrics;
 use crate::telemetry::queues::QueueWatch;
+use crate::telemetry::{metrics, trace};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -111,7 +112,24 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         ))
         .layer(cors(&http.cors_origins))
         .layer(axum::middleware::from_fn(metrics::track_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: it continues the caller's trace when the request carries
+/// a `traceparent`, and starts one otherwise (see `telemetry::trace`).
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        trace::REQUEST_SPAN,
+        method = %request.method(),
+        uri = %request.uri(),
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    trace::continue_trace(&span, traceparent);
+    span
 }
 
 /// What a worker serves on `--listen`: `/metrics`, `/healthz`, `/readyz` (and the
@@ -119,7 +137,7 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
 pub fn probes(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Router {
     health::router(store, broker)
         .layer(axum::middleware::from_fn(metrics::track_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }
 
 async fn unknown_route() -> ApiError {

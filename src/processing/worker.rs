@@ -25,11 +25,13 @@ use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
     StoreError, WorkItem, WriteKind,
 };
+use crate::telemetry::trace;
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Covers fetched and thumbnailed at the same time, whatever the concurrency: each may
 /// hold up to `--fetch-max-bytes` and its decoded pixels, so this bounds the memory.
@@ -218,9 +220,32 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Handles one delivery from start to settlement.
-    #[tracing::instrument(skip_all, fields(message_id = delivery.message.properties.message_id))]
+    /// Handles one delivery from start to settlement, in a span that continues the
+    /// trace its message carries (`traceparent`), or starts one.
     pub async fn handle(&self, delivery: Delivery) -> Result<Outcome, WorkerError> {
+        let properties = &delivery.message.properties;
+        let span = tracing::info_span!(
+            trace::DELIVERY_SPAN,
+            message_id = properties.message_id.as_deref(),
+            trace_id = tracing::field::Empty,
+        );
+        let trace_id = trace::continue_trace(&span, properties.header_str(headers::TRACEPARENT));
+        async move {
+            let outcome = self.process_delivery(delivery, trace_id).await;
+            if let Ok(outcome) = &outcome {
+                tracing::debug!(outcome = outcome.name(), "delivery settled");
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process_delivery(
+        &self,
+        delivery: Delivery,
+        trace_id: Option<String>,
+    ) -> Result<Outcome, WorkerError> {
         let properties = &delivery.message.properties;
         let event =
             match WorkMessage::decode(&delivery.message.body, properties.message_id.as_deref()) {
@@ -259,6 +284,7 @@ impl Worker {
             finished_at: Utc::now(),
             result,
             worker: self.config.worker_id.clone(),
+            trace_id: trace_id.clone(),
         };
 
         if event.action == GameAction::Delete {
@@ -441,11 +467,11 @@ pub fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Logs how a delivery ended. A delivery whose handling failed was dropped unsettled and
-/// goes back to the queue.
+/// Logs a delivery that was not settled (a settled one logs in its own span): it was
+/// dropped, and goes back to the queue.
 fn log_task(joined: Result<Result<Outcome, WorkerError>, tokio::task::JoinError>) {
     match joined {
-        Ok(Ok(outcome)) => tracing::debug!(?outcome, "delivery handled"),
+        Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::error!(%error, "delivery not handled; it will be redelivered"),
         Err(error) => tracing::error!(%error, "delivery task panicked; it will be redelivered"),
     }

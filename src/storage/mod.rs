@@ -61,6 +61,8 @@ pub enum StoreError {
 pub struct NewGame {
     pub draft: GameDraft,
     pub event: EventId,
+    /// The W3C `traceparent` of the request that wrote it, sent with its event.
+    pub trace: Option<String>,
 }
 
 /// A game's new fields, with the id its `game.updated` event will carry.
@@ -68,6 +70,8 @@ pub struct GameUpdate {
     pub id: i64,
     pub draft: GameDraft,
     pub event: EventId,
+    /// The W3C `traceparent` of the request that wrote it, sent with its event.
+    pub trace: Option<String>,
 }
 
 /// `url` with its password masked, for messages and logs: a MySQL or PostgreSQL
@@ -292,6 +296,9 @@ pub struct Attempt {
     pub duration_ms: i64,
     /// The worker that made the attempt (`--worker-id`); absent for older rows.
     pub worker: Option<String>,
+    /// The trace the attempt belongs to: its event's HTTP request's, or its own when
+    /// the message came without `traceparent`.
+    pub trace_id: Option<String>,
 }
 
 /// What a worker needs to process one version of a game.
@@ -342,6 +349,8 @@ pub struct ProcessingRecord {
     pub result: ProcessingResult,
     /// The worker that made the attempt.
     pub worker: String,
+    /// The attempt's trace id (see [`Attempt::trace_id`]).
+    pub trace_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -226,6 +226,7 @@ pub(super) fn attempt_from_row(row: &impl Columns) -> Result<Attempt, StoreError
         finished_at: row.time("finished_at")?,
         duration_ms: row.int("duration_ms")?,
         worker: row.opt_text("worker")?,
+        trace_id: row.opt_text("trace_id")?,
     })
 }
 

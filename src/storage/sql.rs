@@ -498,7 +498,10 @@ where
         let events: Vec<OutboxMessage> = games
             .iter()
             .zip(batch)
-            .map(|(game, new)| OutboxMessage::game_event(game, GameAction::Create, &new.event))
+            .map(|(game, new)| {
+                OutboxMessage::game_event(game, GameAction::Create, &new.event)
+                    .traced(new.trace.as_deref())
+            })
             .collect();
         Self::insert_outbox(&mut tx, &events).await?;
         tx.commit().await.map_err(DB::classify)?;
@@ -544,7 +547,12 @@ where
             batch.iter().map(|_| None).collect();
         let mut events = Vec::with_capacity(batch.len());
         for index in by_id {
-            let GameUpdate { id, draft, event } = &batch[index];
+            let GameUpdate {
+                id,
+                draft,
+                event,
+                trace,
+            } = &batch[index];
             let update = sqlx::query(DB::sql(
                 "UPDATE games SET title = $1, platform_id = $2, genre_id = $3, developer = $4, \
                  release_year = $5, year_category = $6, description = $7, image_url = $8, \
@@ -566,7 +574,10 @@ where
             };
             answers[index] = Some(match game {
                 Some(game) => {
-                    events.push(OutboxMessage::game_event(&game, GameAction::Update, event));
+                    events.push(
+                        OutboxMessage::game_event(&game, GameAction::Update, event)
+                            .traced(trace.as_deref()),
+                    );
                     Ok(game)
                 }
                 None => Err(StoreError::NotFound {
@@ -813,7 +824,7 @@ where
         if !written.is_empty() {
             let mut sql = QueryBuilder::<DB>::new(
                 "INSERT INTO processing_attempts (event_id, game_id, version, attempt, \
-                 outcome, error, started_at, finished_at, duration_ms, worker) ",
+                 outcome, error, started_at, finished_at, duration_ms, worker, trace_id) ",
             );
             sql.push_values(&written, |mut row, record| {
                 let started = record.started_at.timestamp_millis();
@@ -827,7 +838,8 @@ where
                     .push_bind(started)
                     .push_bind(finished)
                     .push_bind((finished - started).max(0))
-                    .push_bind(record.worker.clone());
+                    .push_bind(record.worker.clone())
+                    .push_bind(record.trace_id.clone());
             });
             sql.build().execute(&mut *tx).await.map_err(DB::classify)?;
         }
@@ -1396,7 +1408,8 @@ where
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError> {
         let rows = sqlx::query(DB::sql(
             "SELECT event_id, version, attempt, outcome, error, started_at, finished_at, \
-             duration_ms, worker FROM processing_attempts WHERE game_id = $1 ORDER BY id",
+             duration_ms, worker, trace_id FROM processing_attempts WHERE game_id = $1 \
+             ORDER BY id",
         ))
         .bind(game_id)
         .fetch_all(&self.pool)

@@ -187,6 +187,7 @@ mod tests {
         let new = NewGame {
             draft,
             event: EventId::generate(),
+            trace: None,
         };
         let created = store.create_games(&[new]).await.unwrap();
         assert!(created[0].is_ok(), "{created:?}");
