@@ -198,6 +198,15 @@ pub struct ServeArgs {
 }
 
 impl Command {
+    /// Whether the command serves `/metrics`: `serve`, `api`, and `worker --listen`.
+    pub fn serves_metrics(&self) -> bool {
+        match self {
+            Self::Serve(_) | Self::Api(_) => true,
+            Self::Worker(worker) => worker.listen.is_some(),
+            _ => false,
+        }
+    }
+
     /// `serve` with its defaults and environment: what runs when no command is given.
     pub fn default_serve() -> Self {
         Self::Serve(ServeArgs::parse_from(["retrocat serve"]))

@@ -26,8 +26,11 @@ use tokio::net::TcpListener;
 /// Runs the command line's command until it finishes or a signal stops it.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or_else(Command::default_serve);
-    // Installed before anything records, so no early count is lost.
-    crate::telemetry::metrics::handle();
+    if command.serves_metrics() {
+        // Installed before anything records, so no early count is lost. A process that
+        // serves no /metrics records nothing: nobody would drain its histograms.
+        crate::telemetry::metrics::handle();
+    }
     let shutdown = Shutdown::new();
     tokio::spawn({
         let shutdown = shutdown.clone();

@@ -75,9 +75,9 @@ pub struct OutcomeMetrics {
 }
 
 impl OutcomeMetrics {
+    /// Handles of the process's recorder; where none is installed (a worker without
+    /// `--listen`), handles that record nothing.
     pub fn new(queue: &'static str) -> Self {
-        // Installs the recorder first, or the handles would record nowhere.
-        crate::telemetry::metrics::handle();
         Self {
             processed: NAMES.map(|outcome| {
                 metrics::counter!(EVENTS_PROCESSED, "queue" => queue, "outcome" => outcome)
@@ -99,7 +99,6 @@ pub struct EndToEnd(Histogram);
 
 impl Default for EndToEnd {
     fn default() -> Self {
-        crate::telemetry::metrics::handle();
         Self(metrics::histogram!(EVENT_END_TO_END))
     }
 }

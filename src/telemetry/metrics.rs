@@ -37,7 +37,9 @@ const SECONDS_BUCKETS: [f64; 16] = [
     60.0,
 ];
 
-/// The process's recorder, installed on first use.
+/// The process's recorder, installed on first use. Its histograms keep every sample
+/// until a scrape or [`PrometheusHandle::run_upkeep`] (the queue sampler's, once a
+/// second) drains them, so only a process that runs the sampler installs it.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
