@@ -32,6 +32,8 @@ function gameCard(game) {
   );
   const edit = el("button", { type: "button", textContent: "Edit", onclick: () => openEditor(game) });
   const remove = el("button", { type: "button", className: "danger", textContent: "Delete", onclick: () => removeGame(game) });
+  edit.dataset.action = "edit";
+  remove.dataset.action = "delete";
   card.append(el("div", { className: "actions" }, edit, remove));
   return card;
 }

@@ -96,7 +96,11 @@ async function actOnDeadLetter(dead, method, path) {
 
 function deadLetterRow(dead) {
   const id = encodeURIComponent(dead.id);
-  return el(
+  const replay = el("button", { textContent: "Replay", onclick: () => actOnDeadLetter(dead, "POST", `/api/dlq/${id}/replay`) });
+  const purge = el("button", { className: "danger", textContent: "Purge", onclick: () => actOnDeadLetter(dead, "DELETE", `/api/dlq/${id}`) });
+  replay.dataset.action = "replay";
+  purge.dataset.action = "purge";
+  const row = el(
     "tr",
     {},
     el("td", { textContent: describe(dead) }),
@@ -104,14 +108,10 @@ function deadLetterRow(dead) {
     el("td", { textContent: dead.attempts }),
     el("td", { textContent: formatTime(dead.deadLetteredAt) }),
     el("td", { className: "error-text", textContent: dead.reason || "" }),
-    el(
-      "td",
-      {},
-      el("button", { textContent: "Replay", onclick: () => actOnDeadLetter(dead, "POST", `/api/dlq/${id}/replay`) }),
-      " ",
-      el("button", { className: "danger", textContent: "Purge", onclick: () => actOnDeadLetter(dead, "DELETE", `/api/dlq/${id}`) }),
-    ),
+    el("td", {}, replay, " ", purge),
   );
+  row.dataset.id = dead.id;
+  return row;
 }
 
 async function loadDeadLetters() {

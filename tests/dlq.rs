@@ -3,35 +3,12 @@
 
 mod common;
 
-use common::{TestApp, game_body, png, with};
+use common::{TestApp, flaky_cover_server, game_body, with};
 use retrocat::broker::{Message, Properties, Publish, topology};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// A cover server that answers 503 until `healthy` is set.
-async fn flaky_cover_server(healthy: Arc<AtomicBool>) -> String {
-    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
-    let cover = png(64, 64);
-    let app = Router::new().route(
-        "/cover.png",
-        get(move || {
-            let (cover, healthy) = (cover.clone(), healthy.clone());
-            async move {
-                if healthy.load(Ordering::SeqCst) {
-                    ([("content-type", "image/png")], cover).into_response()
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE.into_response()
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/cover.png")
-}
 
 async fn dead_letters(app: &TestApp, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);

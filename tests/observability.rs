@@ -6,13 +6,12 @@ mod common;
 
 use common::processes::{Deployment, Process, free_port, http_client};
 use common::rabbitmq::{Vhost, rabbitmqctl};
-use common::{Backend, TestApp, game_body, on_every_backend, with};
+use common::{Backend, TestApp, eventually, game_body, on_every_backend, with};
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Scrapes `/metrics` of `process`, checks the exposition with `promtool` when it is
 /// installed, and parses it.
@@ -90,22 +89,6 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     matching.first().copied().unwrap_or(0.0)
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Creates `count` games through `api`, the first with `first_cover` as its cover URL,
 /// and returns their ids.
 async fn create(api: &Process, title: &str, count: usize, first_cover: Option<&str>) -> Vec<i64> {
@@ -136,12 +119,6 @@ async fn create(api: &Process, title: &str, count: usize, first_cover: Option<&s
     ids
 }
 
-async fn get_json(process: &Process, path: &str) -> Value {
-    let response = http_client().get(process.url(path)).send().await.unwrap();
-    assert_eq!(response.status(), 200, "GET {path}");
-    response.json().await.unwrap()
-}
-
 /// Waits until every game has its final status, `completed` or `failed`.
 async fn wait_final(api: &Process, ids: &[i64]) {
     for id in ids {
@@ -149,7 +126,7 @@ async fn wait_final(api: &Process, ids: &[i64]) {
             &format!("game {id} processed"),
             Duration::from_secs(60),
             || async {
-                let game = get_json(api, &format!("/api/games/{id}")).await;
+                let game = api.get_json(&format!("/api/games/{id}")).await;
                 matches!(
                     game["processingStatus"].as_str(),
                     Some("completed" | "failed")
@@ -163,7 +140,7 @@ async fn wait_final(api: &Process, ids: &[i64]) {
 
 /// The row of `name` in `GET /api/queues`.
 async fn queue_row(api: &Process, name: &str) -> Value {
-    let rows = get_json(api, "/api/queues").await;
+    let rows = api.get_json("/api/queues").await;
     rows.as_array()
         .unwrap()
         .iter()
@@ -212,7 +189,8 @@ async fn a_scrape_after_100_creates_matches_the_database() {
     // The database's account of every attempt, from each game's history.
     let mut attempts: BTreeMap<String, f64> = BTreeMap::new();
     for id in &ids {
-        for attempt in get_json(&serve, &format!("/api/games/{id}/history"))
+        for attempt in serve
+            .get_json(&format!("/api/games/{id}/history"))
             .await
             .as_array()
             .unwrap()
@@ -225,7 +203,7 @@ async fn a_scrape_after_100_creates_matches_the_database() {
     assert_eq!(attempts.get("completed"), Some(&99.0), "{attempts:?}");
     assert_eq!(attempts.get("retry"), Some(&2.0), "{attempts:?}");
     assert_eq!(attempts.get("failed"), Some(&1.0), "{attempts:?}");
-    let dead_letters = get_json(&serve, "/api/dlq").await;
+    let dead_letters = serve.get_json("/api/dlq").await;
     assert_eq!(dead_letters.as_array().unwrap().len(), 1, "{dead_letters}");
 
     // The gauges are sampled once a second: wait for a sample after the last event.
@@ -344,7 +322,7 @@ async fn queues_on_the_embedded_broker_show_a_backlog_its_consumers_and_its_drai
 /// outcome adds up to the completed and failed, with latencies, and every queue's
 /// depth is in each sample.
 async fn assert_history_charted(api: &Process, games: f64) {
-    let history = get_json(api, "/api/queues/history").await;
+    let history = api.get_json("/api/queues/history").await;
     assert_eq!(history["intervalSeconds"], 1);
     let samples = history["samples"].as_array().unwrap();
     assert!(!samples.is_empty(), "{history}");
@@ -412,7 +390,7 @@ async fn assert_queue_list_shows(deployment: &Deployment, api: &Process, queue: 
                 .to_owned()
         })
         .collect();
-    let rows = get_json(api, "/api/queues").await;
+    let rows = api.get_json("/api/queues").await;
     let expected: Vec<&str> = rows
         .as_array()
         .unwrap()

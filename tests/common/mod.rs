@@ -19,6 +19,8 @@ use retrocat::storage::Store;
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, Executor, MySqlConnection, PgConnection};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -476,4 +478,47 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
         .write_to(&mut bytes, image::ImageFormat::Png)
         .expect("encode PNG");
     bytes.into_inner()
+}
+
+/// A cover server on 127.0.0.1 that answers 503 until `healthy` is set, then a PNG:
+/// a cover whose fetch fails until the test says otherwise. Returns the cover's URL.
+pub async fn flaky_cover_server(healthy: Arc<AtomicBool>) -> String {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+    let cover = png(64, 64);
+    let app = Router::new().route(
+        "/cover.png",
+        get(move || {
+            let (cover, healthy) = (cover.clone(), healthy.clone());
+            async move {
+                if healthy.load(Ordering::SeqCst) {
+                    ([("content-type", "image/png")], cover).into_response()
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/cover.png")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -238,6 +238,13 @@ impl Process {
         format!("{}{path}", self.base())
     }
 
+    /// `GET path` on the process; panics unless it answered 200 with JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = http_client().get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("child status").is_none()
     }
