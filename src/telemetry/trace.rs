@@ -14,7 +14,7 @@
 //! header, measured in docs/benchmarks.md.
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
@@ -93,12 +93,7 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) -> Option<String> 
             let _ = span.set_parent(parent);
         }
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if !span_context.is_valid() {
-        return None;
-    }
-    let trace_id = span_context.trace_id().to_string();
+    let trace_id = span_context(span)?.trace_id().to_string();
     span.record("trace_id", trace_id.as_str());
     Some(trace_id)
 }
@@ -106,14 +101,19 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) -> Option<String> 
 /// `span`'s W3C `traceparent`, for the messages its work publishes: the worker's span
 /// will be its child.
 pub fn traceparent(span: &Span) -> Option<String> {
+    let context = span_context(span)?;
+    Some(format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8()
+    ))
+}
+
+/// `span`'s OpenTelemetry span context, started now if it was not yet; `None` where no
+/// tracing layer runs.
+fn span_context(span: &Span) -> Option<SpanContext> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        )
-    })
+    span_context.is_valid().then_some(span_context)
 }
