@@ -604,6 +604,23 @@ mod cases {
         );
     }
 
+    /// AMQP drops a message no queue takes (without `mandatory`) and still confirms it:
+    /// the publisher learns it was accepted, not that it was routed.
+    pub async fn a_message_to_no_queue_is_confirmed_and_dropped(f: &Fixture) {
+        let publish = Publish {
+            exchange: String::new(),
+            routing_key: f.name("no_such_queue"),
+            message: message("nowhere"),
+            delay: None,
+        };
+        let result = f.broker().publish(vec![publish]).await;
+        assert!(result.is_ok(), "expected a confirm, got {result:?}");
+        // The broker is still there for the next publish.
+        let queue = f.queue("after_unroutable").await;
+        f.send(&queue, &["routed"]).await;
+        assert_eq!(f.depth(&queue).await, 1);
+    }
+
     pub async fn an_undeclared_queue_is_not_found(f: &Fixture) {
         let queue = f.name("never_declared");
         assert!(matches!(
@@ -869,6 +886,7 @@ macro_rules! conformance_suite {
             a_fanout_exchange_copies_to_every_bound_queue,
             the_default_exchange_routes_by_queue_name,
             publishing_to_an_undeclared_exchange_is_not_found,
+            a_message_to_no_queue_is_confirmed_and_dropped,
             an_undeclared_queue_is_not_found,
             declarations_are_idempotent_and_conflicts_are_topology_errors,
             an_unroutable_message_is_kept_by_the_alternate_exchange,

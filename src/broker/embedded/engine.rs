@@ -225,6 +225,11 @@ impl Engine {
         let now = now_ms();
         let promote = self.next_due.is_some_and(|due| due <= now);
         if pending.is_empty() && !promote {
+            // Nothing to write, but publishes may wait: all of them unroutable, dropped
+            // (as AMQP drops them without `mandatory`) and confirmed.
+            for done in pending.confirms {
+                let _ = done.send(Ok(()));
+            }
             return;
         }
         match self.write(&pending, promote.then_some(now)).await {
