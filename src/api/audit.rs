@@ -5,27 +5,36 @@ use super::ApiContext;
 use super::error::ApiError;
 use crate::processing::subscriber::{self, AUDIT, CUSTOM};
 use crate::storage::ReceivedMessage;
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::routing::get;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api/audit", get(audit))
-        .route("/api/messages/received", get(received))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(audit))
+        .routes(routes!(received))
 }
 
-/// `?subscriber=` (default `audit`) and `?limit=` (1 to 1000, default 100).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// A subscriber of `catalog.events` (`audit` by default).
+    #[param(pattern = "^(?!custom$)[a-z0-9_-]{1,50}$")]
     subscriber: Option<String>,
+    /// At most this many messages (100 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// What a subscriber received
+///
 /// The events a subscriber of `catalog.events` received, newest first.
+#[utoipa::path(get, path = "/api/audit", tag = "messages", params(Params),
+    responses((status = 200, description = "The events", body = Vec<ReceivedMessage>)))]
 async fn audit(
     State(ctx): State<ApiContext>,
     query: Result<Query<Params>, QueryRejection>,
@@ -40,14 +49,20 @@ async fn audit(
     Ok(axum::Json(ctx.store.received(&subscriber, limit).await?))
 }
 
-/// `?limit=` alone.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LimitParam {
+    /// At most this many messages (100 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// Custom messages received
+///
 /// The custom messages the custom-message consumer received, newest first.
+#[utoipa::path(get, path = "/api/messages/received", tag = "messages", params(LimitParam),
+    responses((status = 200, description = "The messages", body = Vec<ReceivedMessage>)))]
 async fn received(
     State(ctx): State<ApiContext>,
     query: Result<Query<LimitParam>, QueryRejection>,

@@ -4,26 +4,48 @@ use super::ApiContext;
 use super::error::ApiError;
 use crate::broker::dead_letters::{self, DeadLetter};
 use crate::broker::topology;
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api/dlq", get(list))
-        .route("/api/dlq/{id}/replay", post(replay))
-        .route("/api/dlq/{id}", delete(purge))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(replay))
+        .routes(routes!(purge))
 }
 
-/// `?queue=` (default `game_events.dlq`) and, for the list, `?limit=` (default 100).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// The dead-letter queue (`game_events.dlq` by default).
+    #[param(schema_with = queue_names)]
     queue: Option<String>,
+    /// For the list: at most this many messages (100 by default).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+/// The queues [`Params::queue`] may name.
+fn queue_names() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(dead_letters::QUEUES))
+        .into()
+}
+
+/// A message's id in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct MessageId {
+    /// The message id, or `sha256:…` for a message sent without one.
+    id: String,
 }
 
 impl Params {
@@ -43,6 +65,11 @@ impl Params {
 /// The query string, or why it could not be read.
 type ParamsQuery = Result<Query<Params>, QueryRejection>;
 
+/// Dead letters
+///
+/// The oldest messages of a dead-letter queue, left in it: reading never removes.
+#[utoipa::path(get, path = "/api/dlq", tag = "dead letters", params(Params),
+    responses((status = 200, description = "The messages, oldest first", body = Vec<DeadLetter>)))]
 async fn list(
     State(ctx): State<ApiContext>,
     query: ParamsQuery,
@@ -53,9 +80,19 @@ async fn list(
     Ok(axum::Json(listed))
 }
 
+/// Replay a dead letter
+///
+/// Sends the message back to the queue it died in, with a fresh retry count, and
+/// removes it from the dead-letter queue once the broker has confirmed the copy.
+#[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dead letters",
+    params(MessageId, Params),
+    responses(
+        (status = 200, description = "The message replayed", body = DeadLetter),
+        (status = 404, description = "No such message among the oldest 10,000"),
+    ))]
 async fn replay(
     State(ctx): State<ApiContext>,
-    Path(id): Path<String>,
+    Path(MessageId { id }): Path<MessageId>,
     query: ParamsQuery,
 ) -> Result<axum::Json<DeadLetter>, ApiError> {
     let Query(params) = query?;
@@ -66,9 +103,16 @@ async fn replay(
         .ok_or_else(|| not_found(queue, &id))
 }
 
+/// Purge a dead letter
+#[utoipa::path(delete, path = "/api/dlq/{id}", tag = "dead letters",
+    params(MessageId, Params),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such message among the oldest 10,000"),
+    ))]
 async fn purge(
     State(ctx): State<ApiContext>,
-    Path(id): Path<String>,
+    Path(MessageId { id }): Path<MessageId>,
     query: ParamsQuery,
 ) -> Result<StatusCode, ApiError> {
     let Query(params) = query?;

@@ -46,7 +46,7 @@ pub enum ApiError {
 }
 
 /// One refused field: `field` is the JSON name (`title`, `platformId`, `limit`…).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub reason: String,
@@ -167,15 +167,22 @@ impl From<BrokerError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error answer (RFC 9457), the body of every 4xx and 5xx the API gives.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of error it is.
     #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
     kind: &'static str,
+    #[schema(example = "Invalid value")]
     title: &'static str,
+    #[schema(example = 422)]
     status: u16,
+    #[schema(example = "releaseYear: must be between 1950 and 2026")]
     detail: String,
-    /// The original API's error field, which its page shows.
+    /// The original API's error field, which its page shows: the same as `detail`.
     message: String,
+    /// The fields refused, for 400 and 422 answers that concern fields.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
 }

@@ -5,10 +5,14 @@
 //! UI's inline errors, can point at it.
 
 use super::error::ApiError;
+use crate::domain::number::whole;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 
 /// A JSON body, decoded with the path of the offending field in errors.
 pub struct Json<T>(pub T);
@@ -113,13 +117,32 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| ApiError::bad_field("id", e.body_text()))?;
-        match raw.parse::<i64>() {
-            Ok(id) if id > 0 => Ok(Id(id)),
+        match raw.parse().ok().as_ref().and_then(whole) {
+            Some(id) if id > 0 => Ok(Id(id)),
             _ => Err(ApiError::bad_field(
                 "id",
                 format!("must be a positive integer, got {raw:?}"),
             )),
         }
+    }
+}
+
+/// `{id}` in the document of every operation that takes an [`Id`].
+impl utoipa::IntoParams for Id {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let positive = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1));
+        vec![
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some("The numeric id: a positive integer"))
+                .schema(Some(positive))
+                .build(),
+        ]
     }
 }
 

@@ -3,51 +3,74 @@
 use super::ApiContext;
 use super::error::{ApiError, FieldError};
 use super::extract::{Id, Json, body_bytes};
+use super::openapi::{blank_or, query_param};
 use crate::broker::{BrokerError, topology};
+use crate::domain::number::whole;
 use crate::domain::{
     Developer, EventId, Game, GameAction, GameDraft, GameTitle, ImageUrl, ProcessingStatus,
     ReleaseYear, ValidationError,
 };
-use crate::storage::{Cover, GameQuery, GameSort, GameUpdate, NewGame, OutboxMessage, PageRequest};
+use crate::storage::{
+    Attempt, Cover, GamePage, GameQuery, GameSort, GameUpdate, NewGame, OutboxMessage, PageRequest,
+};
 use crate::telemetry::trace;
-use axum::extract::{RawQuery, Request, State};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use axum::{Router, body::Body};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api/games", get(list).post(create))
-        .route("/api/games/{id}", get(show).put(update).delete(remove))
-        .route("/api/games/{id}/process-complete", put(process_complete))
-        .route("/api/games/{id}/cover", put(upload_cover))
-        .route("/api/games/{id}/thumbnail", get(thumbnail))
-        .route("/api/games/{id}/history", get(history))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(process_complete))
+        .routes(routes!(upload_cover))
+        .routes(routes!(thumbnail))
+        .routes(routes!(history))
 }
 
 /// The body of `POST` and `PUT /api/games`. Ids and the year may arrive as numbers or
 /// as numeric strings: the original page sent its `<select>` values as strings.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct GameBody {
+    /// 1 to 100 characters once trimmed.
+    #[schema(min_length = 1, max_length = 100)]
     title: String,
     #[serde(deserialize_with = "lenient_int")]
+    #[schema(schema_with = positive_id)]
     platform_id: i64,
     #[serde(deserialize_with = "lenient_int")]
+    #[schema(schema_with = positive_id)]
     genre_id: i64,
+    /// 1 to 100 characters once trimmed.
+    #[schema(min_length = 1, max_length = 100)]
     developer: String,
+    /// From 1950 to the current year.
     #[serde(deserialize_with = "lenient_int")]
+    #[schema(schema_with = release_year)]
     release_year: i64,
     /// Accepted for compatibility and ignored: the server derives the decade.
     #[serde(default)]
     #[allow(dead_code)]
+    #[schema(value_type = Option<serde_json::Value>)]
     year_category: Option<serde::de::IgnoredAny>,
+    /// At most 5000 characters once trimmed.
     #[serde(default)]
+    #[schema(max_length = 5000)]
     description: Option<String>,
+    /// An absolute http or https URL of at most 255 characters; empty for none.
     #[serde(default)]
+    #[schema(max_length = 255)]
     image_url: Option<String>,
 }
 
@@ -116,16 +139,46 @@ fn positive(field: &'static str, value: i64) -> Result<i64, ValidationError> {
     }
 }
 
+/// What [`lenient_int`] takes, in the document: an integer from `minimum`, or a string
+/// of its digits.
+fn lenient_int_schema(minimum: i64, description: &str) -> Schema {
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(minimum))
+        .maximum(Some(i64::MAX));
+    let digits = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^\s*\+?0*[1-9][0-9]{0,17}\s*$"));
+    OneOfBuilder::new()
+        .item(number)
+        .item(digits)
+        .description(Some(description))
+        .into()
+}
+
+fn positive_id() -> Schema {
+    lenient_int_schema(1, "A positive id, as a number or a string of digits")
+}
+
+fn release_year() -> Schema {
+    lenient_int_schema(
+        crate::domain::ReleaseYear::EARLIEST.into(),
+        "From 1950 to the current year, as a number or a string of digits",
+    )
+}
+
 /// An integer, or a string holding one (`3` or `"3"`); anything else is refused.
 fn lenient_int<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum IntOrString {
-        Int(i64),
+        Number(serde_json::Number),
         String(String),
     }
     match IntOrString::deserialize(deserializer) {
-        Ok(IntOrString::Int(value)) => Ok(value),
+        Ok(IntOrString::Number(number)) => {
+            whole(&number).ok_or_else(|| serde::de::Error::custom("expected an integer"))
+        }
         Ok(IntOrString::String(text)) => text
             .trim()
             .parse()
@@ -134,20 +187,119 @@ fn lenient_int<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64,
     }
 }
 
-/// `GET /api/games`: the original's filters, plus `status`, `sort` and pagination.
-/// Without `limit`/`cursor` it answers a plain array, as the original did.
+/// The catalog's games, filtered
+///
+/// The original's filters, plus `status`, `sort` and pagination. Without `limit` or
+/// `cursor` it answers a plain array, as the original did; with either, a page. An
+/// empty value is as if the parameter were absent, and unknown parameters are ignored.
+#[utoipa::path(
+    get,
+    path = "/api/games",
+    tag = "games",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The games, as an array or, paginated, a page",
+            body = GameList),
+    )
+)]
 async fn list(
     State(ctx): State<ApiContext>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let query = parse_list_query(raw.as_deref().unwrap_or(""))?;
+    ListQuery(query): ListQuery,
+) -> Result<axum::Json<GameList>, ApiError> {
     let paginated = query.page.is_some();
     let page = ctx.store.list_games(&query).await?;
-    Ok(if paginated {
-        axum::Json(page).into_response()
+    Ok(axum::Json(if paginated {
+        GameList::Page(page)
     } else {
-        axum::Json(page.items).into_response()
-    })
+        GameList::All(page.items)
+    }))
+}
+
+/// The answer of `GET /api/games`: an array without pagination, a page with it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum GameList {
+    All(Vec<Game>),
+    Page(GamePage),
+}
+
+/// The filters of `GET /api/games`, validated.
+struct ListQuery(GameQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parse_list_query(parts.uri.query().unwrap_or("")).map(Self)
+    }
+}
+
+/// The parameters [`parse_list_query`] reads. A blank value is as if it were absent.
+impl IntoParams for ListQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let text = |max: usize| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(max))
+        };
+        let pattern = |pattern: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern))
+        };
+        let integer = |minimum: i64, maximum: i64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(minimum))
+                .maximum(Some(maximum))
+        };
+        let statuses = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ProcessingStatus::ALL.map(ProcessingStatus::as_str)));
+        let max_limit = PageRequest::MAX_LIMIT.into();
+        vec![
+            query_param(
+                "search",
+                "A substring of the title or the developer, case-insensitive",
+                text(100).into(),
+            ),
+            query_param(
+                "platformId",
+                "Games of this platform",
+                blank_or(integer(1, i64::MAX)),
+            ),
+            query_param(
+                "genreId",
+                "Games of this genre",
+                blank_or(integer(1, i64::MAX)),
+            ),
+            query_param(
+                "yearCategory",
+                "Games of this decade, such as `1980s`",
+                blank_or(pattern(r"^-?[0-9]*0s$")),
+            ),
+            query_param(
+                "status",
+                "Games at this processing status",
+                blank_or(statuses),
+            ),
+            query_param(
+                "sort",
+                "`title`, `releaseYear` or `createdAt` (the default, newest first); a leading `-` reverses",
+                blank_or(pattern(r"^-?(title|releaseYear|createdAt)$")),
+            ),
+            query_param(
+                "limit",
+                "A page of at most this many games (50 by default)",
+                blank_or(integer(1, max_limit)),
+            ),
+            query_param(
+                "cursor",
+                "The previous page's `nextCursor`",
+                ObjectBuilder::new().schema_type(Type::String).into(),
+            ),
+        ]
+    }
 }
 
 fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
@@ -231,6 +383,17 @@ fn query_id(field: &'static str, value: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::bad_field(field, "must be a positive integer"))
 }
 
+/// One game
+#[utoipa::path(
+    get,
+    path = "/api/games/{id}",
+    tag = "games",
+    params(Id),
+    responses(
+        (status = 200, description = "The game", body = Game),
+        (status = 404, description = "No game with this id"),
+    )
+)]
 async fn show(State(ctx): State<ApiContext>, Id(id): Id) -> Result<axum::Json<Game>, ApiError> {
     Ok(axum::Json(existing(&ctx, id).await?))
 }
@@ -242,14 +405,31 @@ async fn existing(ctx: &ApiContext, id: i64) -> Result<Game, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("game {id} not found")))
 }
 
-/// `POST /api/games`: 201 with the game. With `?wait=`, 201 once its processing has
-/// finished, with the processed game, or 202 with the pending game if the wait ran out.
+/// Create a game
+///
+/// Answers 201 with the game, `pending` until a worker has processed it. With `?wait=`,
+/// 201 once its processing has finished, with the processed game, or 202 with the
+/// pending game if the wait ran out.
+#[utoipa::path(
+    post,
+    path = "/api/games",
+    tag = "games",
+    params(WaitParam),
+    request_body = GameBody,
+    responses(
+        (status = 201, description = "Created; processed too when `wait` was given",
+            body = Game, headers(("Location" = String, description = "The game's URL"))),
+        (status = 202, description = "Created, still processing when `wait` ran out",
+            body = Game),
+        (status = 422, description = "A field is refused, or names no such platform or genre"),
+    )
+)]
 async fn create(
     State(ctx): State<ApiContext>,
-    RawQuery(raw): RawQuery,
+    query: Result<Query<WaitParam>, QueryRejection>,
     Json(body): Json<GameBody>,
 ) -> Result<Response, ApiError> {
-    let wait = parse_wait(raw.as_deref())?;
+    let wait = parse_wait(query)?;
     let draft = body.parse()?;
     let event = EventId::generate();
     let trace = trace::traceparent(&tracing::Span::current());
@@ -271,14 +451,32 @@ async fn create(
     Ok((status, [(header::LOCATION, location)], axum::Json(game)).into_response())
 }
 
-/// `PUT /api/games/{id}`: 200 with the game; `?wait=` as for `POST`.
+/// Update a game
+///
+/// Answers 200 with the game, `pending` again until a worker has processed the new
+/// version; `?wait=` as for a create.
+#[utoipa::path(
+    put,
+    path = "/api/games/{id}",
+    tag = "games",
+    params(Id, WaitParam),
+    request_body = GameBody,
+    responses(
+        (status = 200, description = "Updated; processed too when `wait` was given",
+            body = Game),
+        (status = 202, description = "Updated, still processing when `wait` ran out",
+            body = Game),
+        (status = 404, description = "No game with this id"),
+        (status = 422, description = "A field is refused, or names no such platform or genre"),
+    )
+)]
 async fn update(
     State(ctx): State<ApiContext>,
     Id(id): Id,
-    RawQuery(raw): RawQuery,
+    query: Result<Query<WaitParam>, QueryRejection>,
     Json(body): Json<GameBody>,
 ) -> Result<Response, ApiError> {
-    let wait = parse_wait(raw.as_deref())?;
+    let wait = parse_wait(query)?;
     let draft = body.parse()?;
     let event = EventId::generate();
     let trace = trace::traceparent(&tracing::Span::current());
@@ -301,16 +499,28 @@ async fn update(
 /// The longest `?wait=` a client may ask for: a request holds a connection meanwhile.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// The query of a write; other parameters are ignored.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct WaitParam {
+    /// How long to wait for the processing, at most 30 s: `5s`, `500ms`… Empty: no wait.
+    #[param(pattern = r"^\s*(0|([12]?[0-9]|30)s|[0-9]{1,4}ms)?\s*$")]
+    wait: Option<String>,
+}
+
 /// `?wait=5s` (or `500ms`, `1m`…): how long a write waits for its processing.
-fn parse_wait(raw: Option<&str>) -> Result<Option<Duration>, ApiError> {
-    let Some(value) = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .find(|(key, _)| key == "wait")
-        .map(|(_, value)| value.trim().to_owned())
+fn parse_wait(
+    query: Result<Query<WaitParam>, QueryRejection>,
+) -> Result<Option<Duration>, ApiError> {
+    let Query(WaitParam { wait }) = query?;
+    let Some(value) = wait
+        .as_deref()
+        .map(str::trim)
         .filter(|value| !value.is_empty())
     else {
         return Ok(None);
     };
-    humantime::parse_duration(&value)
+    humantime::parse_duration(value)
         .ok()
         .filter(|wait| *wait <= MAX_WAIT)
         .map(Some)
@@ -362,18 +572,45 @@ async fn wait_for_processing(
     }
 }
 
+/// Delete a game
+#[utoipa::path(
+    delete,
+    path = "/api/games/{id}",
+    tag = "games",
+    params(Id),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No game with this id"),
+    )
+)]
 async fn remove(State(ctx): State<ApiContext>, Id(id): Id) -> Result<StatusCode, ApiError> {
     ctx.store.delete_game(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProcessComplete {
+    /// `completed` or `failed`.
+    #[schema(pattern = "^(completed|failed)$")]
     status: String,
 }
 
+/// Set a game's processing status
+///
 /// The original consumer's callback: `{"status": "completed" | "failed"}`.
+#[utoipa::path(
+    put,
+    path = "/api/games/{id}/process-complete",
+    tag = "games",
+    params(Id),
+    request_body = ProcessComplete,
+    responses(
+        (status = 200, description = "The game with its new status", body = Game),
+        (status = 404, description = "No game with this id"),
+        (status = 422, description = "`status` is neither completed nor failed"),
+    )
+)]
 async fn process_complete(
     State(ctx): State<ApiContext>,
     Id(id): Id,
@@ -386,8 +623,24 @@ async fn process_complete(
     Ok(axum::Json(ctx.store.set_status(id, status).await?))
 }
 
-/// `PUT /api/games/{id}/cover`: the raw image as the body, its type in Content-Type.
-/// The format is checked here, so a non-image never reaches the worker.
+/// Upload a game's cover
+///
+/// The raw image as the body, its type in Content-Type: PNG, JPEG, GIF, WebP or BMP.
+/// The format is checked here, so a non-image never reaches the worker, which derives
+/// the thumbnail.
+#[utoipa::path(
+    put,
+    path = "/api/games/{id}/cover",
+    tag = "games",
+    params(Id),
+    request_body(content = Vec<u8>, content_type = "image/*",
+        description = "The image's bytes"),
+    responses(
+        (status = 200, description = "The game, `pending` until its thumbnail is made",
+            body = Game),
+        (status = 404, description = "No game with this id"),
+    )
+)]
 async fn upload_cover(
     State(ctx): State<ApiContext>,
     Id(id): Id,
@@ -417,6 +670,18 @@ async fn upload_cover(
     Ok(axum::Json(ctx.store.set_cover(id, &cover).await?))
 }
 
+/// A game's thumbnail
+#[utoipa::path(
+    get,
+    path = "/api/games/{id}/thumbnail",
+    tag = "games",
+    params(Id),
+    responses(
+        (status = 200, description = "The thumbnail, a PNG", content_type = "image/png",
+            body = Vec<u8>),
+        (status = 404, description = "No game with this id, or no thumbnail yet"),
+    )
+)]
 async fn thumbnail(State(ctx): State<ApiContext>, Id(id): Id) -> Result<Response, ApiError> {
     let thumbnail = ctx
         .store
@@ -433,12 +698,24 @@ async fn thumbnail(State(ctx): State<ApiContext>, Id(id): Id) -> Result<Response
         .into_response())
 }
 
+/// A game's processing attempts
+///
+/// Every attempt, oldest first, with its outcome, error, worker and trace id.
+#[utoipa::path(
+    get,
+    path = "/api/games/{id}/history",
+    tag = "games",
+    params(Id),
+    responses(
+        (status = 200, description = "The attempts", body = Vec<Attempt>),
+        (status = 404, description = "No game with this id"),
+    )
+)]
 async fn history(State(ctx): State<ApiContext>, Id(id): Id) -> Result<Response, ApiError> {
-    let attempts = ctx.store.history(id).await?;
-    if attempts.is_empty() {
-        existing(&ctx, id).await?;
-    }
-    Ok(axum::Json(attempts).into_response())
+    // A deleted game's attempts stay in the database, but the game is gone: 404, as
+    // for the game itself.
+    existing(&ctx, id).await?;
+    Ok(axum::Json(ctx.store.history(id).await?).into_response())
 }
 
 #[cfg(test)]

@@ -2,37 +2,59 @@
 //! (database and broker reachable) for orchestrators, and `/metrics` for Prometheus.
 //! Every role serves them: the API on its address, a worker on `--listen`.
 
+use super::ApiContext;
 use crate::broker::Broker;
 use crate::storage::Store;
 use crate::telemetry::metrics;
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::Response;
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What the probes ask.
 #[derive(Clone)]
-struct Probed {
-    store: Arc<dyn Store>,
-    broker: Arc<dyn Broker>,
+pub struct Probed {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
 }
 
-pub fn router(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics::render))
-        .with_state(Probed { store, broker })
+impl FromRef<ApiContext> for Probed {
+    fn from_ref(ctx: &ApiContext) -> Self {
+        Self {
+            store: ctx.store.clone(),
+            broker: ctx.broker.clone(),
+        }
+    }
 }
 
-#[derive(Serialize)]
+/// The probes, for any state they can be drawn from: the API's, or a worker's own.
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Probed: FromRef<S>,
+{
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(alive))
+        .routes(routes!(ready))
+        .routes(routes!(scrape))
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Health {
+    /// `ok`, or `degraded` while the database or the broker cannot be reached.
+    #[schema(pattern = "^(ok|degraded)$")]
     status: &'static str,
+    /// `connected` or `disconnected`.
+    #[schema(pattern = "^(connected|disconnected)$")]
     database: &'static str,
+    /// `connected` or `disconnected`: the broker, whichever it is.
+    #[schema(pattern = "^(connected|disconnected)$")]
     rabbitmq: &'static str,
     /// `embedded` or `rabbitmq`: which broker answers as `rabbitmq` above.
     broker: &'static str,
@@ -66,13 +88,43 @@ async fn check(ctx: &Probed) -> (StatusCode, Health) {
     (status, health)
 }
 
+/// Health, as the original reported it
+///
 /// Always 200, as the original: the body says what is down.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "What is up and what is down", body = Health)))]
 async fn health(State(ctx): State<Probed>) -> axum::Json<Health> {
     axum::Json(check(&ctx).await.1)
 }
 
+/// Readiness
+///
 /// 503 while the database or the broker cannot be reached.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "The database or the broker is down", body = Health),
+    ))]
 async fn ready(State(ctx): State<Probed>) -> (StatusCode, axum::Json<Health>) {
     let (status, health) = check(&ctx).await;
     (status, axum::Json(health))
+}
+
+/// Liveness
+///
+/// 200 while the process serves requests, whatever its dependencies.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
+async fn alive() -> &'static str {
+    "ok"
+}
+
+/// Prometheus metrics
+///
+/// This process's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The exposition", content_type = "text/plain",
+        body = String)))]
+async fn scrape() -> Response {
+    metrics::render().await
 }

@@ -5,36 +5,50 @@ use super::ApiContext;
 use super::error::ApiError;
 use super::extract::Json;
 use crate::broker::Headers;
+use crate::domain::number::{optional_whole_number, whole_number};
 use crate::domain::{GameAction, GameData, GameEvent, ValidationError, timestamp_now};
 use crate::producer::{self, Outgoing, SendError};
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api/messages", post(send_message))
-        .route("/api/messages/game-event", post(send_game_event))
-        .route("/api/messages/custom", post(send_custom))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(send_message))
+        .routes(routes!(send_game_event))
+        .routes(routes!(send_custom))
 }
 
 type Created = (StatusCode, axum::Json<Value>);
 
 /// The original producer's body: `gameId` and `action` required, `gameData` optional.
-#[derive(Deserialize)]
+/// Other fields are ignored, as the original producer ignored them.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct GameEventBody {
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    #[schema(value_type = i64, required = true, minimum = 1)]
     game_id: Option<i64>,
+    #[schema(value_type = GameAction, required = true)]
     action: Option<GameAction>,
     game_data: Option<GameData>,
 }
 
-/// `POST /api/messages/game-event`: a game event straight to `game_events`, answered
-/// as the original producer answered.
+/// Send a game event
+///
+/// A game event straight to `game_events`, answered as the original producer answered.
+#[utoipa::path(post, path = "/api/messages/game-event", tag = "messages",
+    request_body = GameEventBody,
+    responses(
+        (status = 201, description = "Sent: the broker has confirmed it", body = Object),
+        (status = 422, description = "`gameId` is not a positive integer"),
+    ))]
 async fn send_game_event(
     State(ctx): State<ApiContext>,
     Json(body): Json<GameEventBody>,
@@ -69,12 +83,33 @@ async fn send_game_event(
     })))
 }
 
-#[derive(Deserialize)]
+/// Other fields are ignored, as the original producer ignored them.
+#[derive(Deserialize, ToSchema)]
 struct CustomBody {
+    #[schema(schema_with = some_message, required = true)]
     message: Option<Value>,
 }
 
-/// `POST /api/messages/custom`: `{"message": …}` to `custom_messages`.
+/// Any JSON value but `null` and the empty string.
+fn some_message() -> Schema {
+    let not_text = SchemaType::Array(vec![Type::Object, Type::Array, Type::Boolean, Type::Number]);
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(not_text))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1)),
+        )
+        .description(Some("Any JSON value but null and the empty string"))
+        .into()
+}
+
+/// Send a custom message
+///
+/// `{"message": …}` to `custom_messages`, in the original producer's envelope.
+#[utoipa::path(post, path = "/api/messages/custom", tag = "messages",
+    request_body = CustomBody,
+    responses((status = 201, description = "Sent: the broker has confirmed it", body = Object)))]
 async fn send_custom(
     State(ctx): State<ApiContext>,
     Json(body): Json<CustomBody>,
@@ -91,27 +126,55 @@ async fn send_custom(
 }
 
 /// Ours: a custom message to any exchange and routing key, with its options.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct MessageBody {
+    /// `catalog.custom` by default; `""` is the default exchange, which routes by
+    /// queue name. At most 255 bytes.
+    #[schema(max_length = 255)]
     exchange: Option<String>,
+    /// `custom.message` by default. At most 255 bytes.
+    #[schema(max_length = 255)]
     routing_key: Option<String>,
+    /// The message, sent in the original producer's envelope.
+    #[schema(schema_with = some_message)]
     message: Value,
-    #[serde(default)]
+    /// 0 (the default) to 10: higher is delivered first from a priority queue.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(maximum = 10)]
     priority: u8,
+    /// Deliver after this many milliseconds, at most 24 hours.
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    #[schema(maximum = 86_400_000)]
     delay_ms: Option<u64>,
+    /// AMQP headers: strings, integers or booleans.
     #[serde(default)]
+    #[schema(value_type = HashMap<String, crate::broker::HeaderValue>)]
     headers: Headers,
+    /// Whether the message survives a broker restart (`true` by default).
     persistent: Option<bool>,
     /// Wait this long for the consumer's reply (request/reply), at most 30 s.
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    #[schema(minimum = 1, maximum = 30_000)]
     wait_ms: Option<u64>,
 }
 
 /// The longest `waitMs`: the HTTP request stays open meanwhile.
 const MAX_WAIT_MS: u64 = 30_000;
 
-/// `POST /api/messages`: answers the message id once the broker confirmed it; with
-/// `waitMs`, also the consumer's reply, or 504 when none came in time.
+/// Send a message
+///
+/// To any exchange and routing key. Answers the message id once the broker has
+/// confirmed it; with `waitMs`, also the consumer's reply, or 504 when none came in time.
+#[utoipa::path(post, path = "/api/messages", tag = "messages",
+    request_body = MessageBody,
+    responses(
+        (status = 201, description = "Sent, and answered when `waitMs` was given",
+            body = Object),
+        (status = 404, description = "No such exchange"),
+        (status = 422, description = "A field is refused"),
+        (status = 504, description = "No reply within `waitMs`"),
+    ))]
 async fn send_message(
     State(ctx): State<ApiContext>,
     Json(body): Json<MessageBody>,

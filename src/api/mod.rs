@@ -2,7 +2,9 @@
 //!
 //! One module per resource, each with its own `router()`, merged here with the layers
 //! every route shares: tracing, CORS, body limit, timeout, and the logging of internal
-//! errors (inside the trace span, so the log line carries the route).
+//! errors (inside the trace span, so the log line carries the route). Every route is
+//! registered from its handler's `#[utoipa::path]` declaration, so the router and
+//! `/openapi.json` come from one source (see [`openapi`]).
 
 mod audit;
 mod dlq;
@@ -11,6 +13,7 @@ pub mod extract;
 mod games;
 mod health;
 mod messages;
+pub mod openapi;
 mod processing;
 mod queues;
 mod reference;
@@ -35,6 +38,7 @@ use std::time::Duration;
 use stream::LiveFeed;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -89,9 +93,9 @@ impl ApiContext {
     }
 }
 
-/// The API and the web UI, ready to serve.
-pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
-    let api = Router::new()
+/// Every route of the API with its declaration: the router and its document.
+fn routes() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::with_openapi(openapi::declared())
         .merge(games::router())
         .merge(reference::router())
         .merge(processing::router())
@@ -100,9 +104,15 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         .merge(dlq::router())
         .merge(audit::router())
         .merge(queues::router())
-        .route("/api/{*rest}", axum::routing::any(unknown_route))
-        .with_state(ctx.clone());
-    api.merge(health::router(ctx.store, ctx.broker))
+        .merge(health::router())
+        .merge(openapi::router())
+}
+
+/// The API and the web UI, ready to serve.
+pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
+    let (api, _) = routes().split_for_parts();
+    api.route("/api/{*rest}", axum::routing::any(unknown_route))
+        .with_state(ctx)
         .merge(crate::web::router())
         .layer(axum::middleware::map_response(log_internal_error))
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
@@ -135,7 +145,10 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
 /// What a worker serves on `--listen`: `/metrics`, `/healthz`, `/readyz` (and the
 /// original's `/health`), counted like the API's requests.
 pub fn probes(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Router {
-    health::router(store, broker)
+    let (probes, _) = health::router()
+        .with_state(health::Probed { store, broker })
+        .split_for_parts();
+    probes
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }

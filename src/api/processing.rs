@@ -4,30 +4,43 @@
 use super::ApiContext;
 use super::error::ApiError;
 use crate::storage::{PendingGame, StatusCounts, TaskView};
-use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api/processing", get(pending))
-        .route("/api/tasks", get(tasks))
-        .route("/api/tasks/counts", get(counts))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(pending))
+        .routes(routes!(tasks))
+        .routes(routes!(counts))
 }
 
-/// Games by processing status over the whole catalog: the Processing page's counters.
+/// Games by processing status
+///
+/// Counted over the whole catalog: the Processing page's counters.
+#[utoipa::path(get, path = "/api/tasks/counts", tag = "processing",
+    responses((status = 200, description = "The counts", body = StatusCounts)))]
 async fn counts(State(ctx): State<ApiContext>) -> Result<axum::Json<StatusCounts>, ApiError> {
     Ok(axum::Json(ctx.store.status_counts().await?))
 }
 
-/// Games still pending, newest first, in the original's exact shape
-/// `[{id, title, processing_status}]`.
+/// Games still pending
+///
+/// Newest first, in the original's exact shape `[{id, title, processing_status}]`.
+#[utoipa::path(get, path = "/api/processing", tag = "processing",
+    responses((status = 200, description = "The pending games", body = Vec<PendingGame>)))]
 async fn pending(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<PendingGame>>, ApiError> {
     Ok(axum::Json(ctx.store.pending_games().await?))
 }
 
-/// The most recently changed games with attempts, last error and duration;
-/// `?limit=` (1..=500, default 100).
+/// Recent processing
+///
+/// The most recently changed games with their attempts, last error and duration.
+/// Other parameters are ignored.
+#[utoipa::path(get, path = "/api/tasks", tag = "processing",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500,
+        description = "At most this many games (100 by default)")),
+    responses((status = 200, description = "The games", body = Vec<TaskView>)))]
 async fn tasks(
     State(ctx): State<ApiContext>,
     RawQuery(raw): RawQuery,

@@ -3,33 +3,36 @@
 use super::ApiContext;
 use super::error::ApiError;
 use super::extract::{Id, Json};
+use crate::domain::number::optional_whole_number;
 use crate::domain::{
     Genre, GenreDraft, GenreName, Platform, PlatformDraft, PlatformName, ReleaseYear,
 };
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
 use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api/platforms", get(platforms).post(create_platform))
-        .route(
-            "/api/platforms/{id}",
-            put(update_platform).delete(delete_platform),
-        )
-        .route("/api/genres", get(genres).post(create_genre))
-        .route("/api/genres/{id}", put(update_genre).delete(delete_genre))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(platforms, create_platform))
+        .routes(routes!(update_platform, delete_platform))
+        .routes(routes!(genres, create_genre))
+        .routes(routes!(update_genre, delete_genre))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PlatformBody {
+    /// 1 to 50 characters once trimmed.
+    #[schema(min_length = 1, max_length = 50)]
     name: String,
     #[serde(default)]
     manufacturer: Option<String>,
-    #[serde(default)]
+    /// From 1950 to the current year.
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    #[schema(minimum = 1950)]
     release_year: Option<i64>,
 }
 
@@ -47,9 +50,11 @@ impl PlatformBody {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct GenreBody {
+    /// 1 to 50 characters once trimmed.
+    #[schema(min_length = 1, max_length = 50)]
     name: String,
     #[serde(default)]
     description: Option<String>,
@@ -70,10 +75,21 @@ fn optional_text(value: Option<String>) -> Option<String> {
         .filter(|text| !text.is_empty())
 }
 
+/// Every platform
+#[utoipa::path(get, path = "/api/platforms", tag = "reference",
+    responses((status = 200, description = "The platforms", body = Vec<Platform>)))]
 async fn platforms(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Platform>>, ApiError> {
     Ok(axum::Json(ctx.store.platforms().await?))
 }
 
+/// Create a platform
+#[utoipa::path(post, path = "/api/platforms", tag = "reference",
+    request_body = PlatformBody,
+    responses(
+        (status = 201, description = "Created", body = Platform),
+        (status = 409, description = "A platform of this name exists"),
+        (status = 422, description = "A field is refused"),
+    ))]
 async fn create_platform(
     State(ctx): State<ApiContext>,
     Json(body): Json<PlatformBody>,
@@ -82,6 +98,15 @@ async fn create_platform(
     Ok((StatusCode::CREATED, axum::Json(platform)))
 }
 
+/// Update a platform
+#[utoipa::path(put, path = "/api/platforms/{id}", tag = "reference",
+    params(Id), request_body = PlatformBody,
+    responses(
+        (status = 200, description = "Updated", body = Platform),
+        (status = 404, description = "No platform with this id"),
+        (status = 409, description = "Another platform has this name"),
+        (status = 422, description = "A field is refused"),
+    ))]
 async fn update_platform(
     State(ctx): State<ApiContext>,
     Id(id): Id,
@@ -92,6 +117,14 @@ async fn update_platform(
     ))
 }
 
+/// Delete a platform
+#[utoipa::path(delete, path = "/api/platforms/{id}", tag = "reference",
+    params(Id),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No platform with this id"),
+        (status = 409, description = "Games still name this platform"),
+    ))]
 async fn delete_platform(
     State(ctx): State<ApiContext>,
     Id(id): Id,
@@ -100,10 +133,21 @@ async fn delete_platform(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every genre
+#[utoipa::path(get, path = "/api/genres", tag = "reference",
+    responses((status = 200, description = "The genres", body = Vec<Genre>)))]
 async fn genres(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Genre>>, ApiError> {
     Ok(axum::Json(ctx.store.genres().await?))
 }
 
+/// Create a genre
+#[utoipa::path(post, path = "/api/genres", tag = "reference",
+    request_body = GenreBody,
+    responses(
+        (status = 201, description = "Created", body = Genre),
+        (status = 409, description = "A genre of this name exists"),
+        (status = 422, description = "A field is refused"),
+    ))]
 async fn create_genre(
     State(ctx): State<ApiContext>,
     Json(body): Json<GenreBody>,
@@ -112,6 +156,15 @@ async fn create_genre(
     Ok((StatusCode::CREATED, axum::Json(genre)))
 }
 
+/// Update a genre
+#[utoipa::path(put, path = "/api/genres/{id}", tag = "reference",
+    params(Id), request_body = GenreBody,
+    responses(
+        (status = 200, description = "Updated", body = Genre),
+        (status = 404, description = "No genre with this id"),
+        (status = 409, description = "Another genre has this name"),
+        (status = 422, description = "A field is refused"),
+    ))]
 async fn update_genre(
     State(ctx): State<ApiContext>,
     Id(id): Id,
@@ -122,6 +175,14 @@ async fn update_genre(
     ))
 }
 
+/// Delete a genre
+#[utoipa::path(delete, path = "/api/genres/{id}", tag = "reference",
+    params(Id),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No genre with this id"),
+        (status = 409, description = "Games still name this genre"),
+    ))]
 async fn delete_genre(State(ctx): State<ApiContext>, Id(id): Id) -> Result<StatusCode, ApiError> {
     ctx.store.delete_genre(id).await?;
     Ok(StatusCode::NO_CONTENT)

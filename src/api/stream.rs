@@ -9,10 +9,8 @@ use super::ApiContext;
 use crate::broker::{Broker, Consumer, Delivery, topology};
 use crate::domain::{EventId, GameEvent, GameProcessed, ProcessingStatus};
 use crate::shutdown::Shutdown;
-use axum::Router;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use std::convert::Infallible;
@@ -21,13 +19,16 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new().route("/api/stream", get(stream))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
 /// One update, as sent to browsers: the SSE event name is the routing key.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveEvent {
     #[serde(skip)]
@@ -118,8 +119,15 @@ impl LiveFeed {
     }
 }
 
-/// `GET /api/stream`: one SSE event per game update. Ends when the server shuts down,
-/// so open streams never hold a graceful shutdown open.
+/// Live updates
+///
+/// Server-Sent Events, one per game update, named by routing key (`game.created`,
+/// `game.processed`…), with a `LiveEvent` as data; `resync` when this stream fell
+/// behind. Ends when the server shuts down, so open streams never hold a graceful
+/// shutdown open.
+#[utoipa::path(get, path = "/api/stream", tag = "games",
+    responses((status = 200, description = "The event stream", content_type = "text/event-stream",
+        body = LiveEvent)))]
 async fn stream(
     State(ctx): State<ApiContext>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

@@ -33,7 +33,7 @@ pub const QUEUES: [&str; 4] = [
 pub const REPLAY_COUNT: &str = "x-replay-count";
 
 /// A dead-lettered message, as `GET /api/dlq` and `retrocat dlq list` show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// The message id, or a digest of the body for messages sent without one.
@@ -98,8 +98,10 @@ pub async fn replay(
         return Ok(None);
     };
     let Some(queue) = found.queue.clone() else {
-        return Err(BrokerError::Other(format!(
-            "message {id} does not say which queue it died in ({} header)",
+        // `unrouted` holds such messages: no queue refused them, none took them.
+        return Err(BrokerError::NotFound(format!(
+            "message {id} does not say which queue it died in ({} header): there is no \
+             queue to replay it to",
             headers::DEAD_LETTER_QUEUE
         )));
     };

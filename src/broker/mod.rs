@@ -45,10 +45,10 @@ pub mod headers {
 }
 
 /// A header value: the subset of AMQP field types retrocat uses.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum HeaderValue {
-    Int(i64),
+    Int(#[serde(deserialize_with = "crate::domain::number::whole_number")] i64),
     Bool(bool),
     Str(String),
 }

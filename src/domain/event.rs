@@ -5,12 +5,15 @@
 //! Decoding is lenient where the original was (no `eventId`, no `version`, no
 //! `timestamp`), and strict where processing depends on it (`gameId`, `action`).
 
+use super::number::optional_whole_number;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
 /// Identifies one event across redeliveries: the inbox records it once processed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct EventId(String);
 
@@ -44,7 +47,7 @@ impl fmt::Display for EventId {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GameAction {
     Create,
@@ -66,13 +69,16 @@ impl GameAction {
 }
 
 /// The game's fields as the original event carried them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GameData {
     pub title: Option<String>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub platform_id: Option<i64>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub genre_id: Option<i64>,
     pub developer: Option<String>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
     pub release_year: Option<i32>,
     pub year_category: Option<String>,
     pub description: Option<String>,

@@ -145,7 +145,7 @@ pub struct GameDraft {
 }
 
 /// Where a game's background processing stands. The names are the original's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessingStatus {
     Pending,

@@ -4,6 +4,7 @@
 mod catalog;
 mod event;
 mod game;
+pub mod number;
 
 pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName};
 pub use event::{
@@ -16,9 +17,10 @@ pub use game::{
 };
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A game as the API shows it: the original API's camelCase fields, plus ours.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Game {
     pub id: i64,
@@ -40,7 +42,7 @@ pub struct Game {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Platform {
     pub id: i64,
@@ -49,7 +51,7 @@ pub struct Platform {
     pub release_year: Option<i32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Genre {
     pub id: i64,

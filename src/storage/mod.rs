@@ -196,7 +196,7 @@ impl PageRequest {
     pub const MAX_LIMIT: u32 = 500;
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GamePage {
     pub items: Vec<Game>,
@@ -211,7 +211,7 @@ pub struct Cover {
 }
 
 /// One game still waiting for processing, in the original's `/api/processing` shape.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PendingGame {
     pub id: i64,
     pub title: String,
@@ -219,7 +219,7 @@ pub struct PendingGame {
 }
 
 /// How many games stand at each processing status (`GET /api/tasks/counts`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub pending: u64,
     pub processing: u64,
@@ -240,7 +240,7 @@ impl StatusCounts {
 }
 
 /// A game's processing at a glance (`GET /api/tasks`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     pub game_id: i64,
@@ -256,13 +256,14 @@ pub struct TaskView {
 
 /// A message as a subscriber received it: an entry of the audit log, or a custom
 /// message the custom-message consumer took.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceivedMessage {
     pub subscriber: String,
     pub message_id: String,
     pub exchange: String,
     pub routing_key: String,
+    #[schema(value_type = HashMap<String, crate::broker::HeaderValue>)]
     pub headers: crate::broker::Headers,
     /// The body as JSON; a body that is not JSON is shown as a string.
     pub body: serde_json::Value,
@@ -270,7 +271,7 @@ pub struct ReceivedMessage {
 }
 
 /// How one processing attempt ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AttemptOutcome {
     Completed,
@@ -283,7 +284,7 @@ pub enum AttemptOutcome {
 }
 
 /// One processing attempt (`GET /api/games/{id}/history`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub event_id: String,

@@ -46,7 +46,7 @@ pub const WATCHED: [&str; 8] = [
 
 /// One row of `GET /api/queues`: a queue of the topology, or the outbox. A count the
 /// source cannot give is `null`, never a guess.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueView {
     pub name: String,
@@ -277,7 +277,7 @@ fn held(stats: QueueStats) -> u64 {
 }
 
 /// `GET /api/queues/history`: the Queues page's charts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct History {
     pub interval_seconds: u64,
@@ -285,7 +285,7 @@ pub struct History {
 }
 
 /// One second of the charts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryPoint {
     /// Milliseconds since the Unix epoch.
     pub at: i64,
@@ -297,7 +297,7 @@ pub struct HistoryPoint {
     pub latency: Latency,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Latency {
     /// Seconds; `null` when no game finished.
     pub p50: Option<f64>,

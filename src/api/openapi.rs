@@ -1,0 +1,150 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of the HTTP API.
+//!
+//! Every route is registered by utoipa-axum's `routes!` from its handler's
+//! `#[utoipa::path]` declaration, which gives both the path the router serves and the
+//! operation the document lists: the two cannot drift apart (`tests/openapi.rs` checks
+//! the running server against the document, and runs schemathesis on it).
+//!
+//! Every error is answered as `application/problem+json`. A declaration names the
+//! errors particular to its route (404: no such game); [`document`] gives each error
+//! the `Problem` body, and adds those a route gives by its kind: 400, 413 and 415 where
+//! it takes a body, 400 where it takes parameters, and 500 and 503 under `/api/`, where
+//! it reaches the database or the broker.
+
+use super::ApiContext;
+use super::error::{FieldError, Problem};
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::sync::LazyLock;
+use utoipa::OpenApi;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
+use utoipa::openapi::{Content, RefOr, Required, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "retrocat",
+        description = "The Retro Gaming Catalog: games, their background processing, and \
+                       the messages, queues and dead letters behind it."
+    ),
+    tags(
+        (name = "games", description = "The catalog, and each game's processing"),
+        (name = "reference", description = "Platforms and genres"),
+        (name = "processing", description = "Where the catalog's processing stands"),
+        (name = "messages", description = "Messages sent, and what subscribers received"),
+        (name = "dead letters", description = "Messages that could not be processed"),
+        (name = "queues", description = "The queues and the outbox"),
+        (name = "operations", description = "Probes, metrics and this document"),
+    ),
+    components(schemas(Problem, FieldError))
+)]
+struct Declared;
+
+/// What the routes do not declare: the API's title, tags and shared schemas.
+pub(super) fn declared() -> utoipa::openapi::OpenApi {
+    Declared::openapi()
+}
+
+pub(super) fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
+}
+
+/// This document
+///
+/// The OpenAPI 3.1 document of every route.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The document", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        document()
+            .to_json()
+            .expect("an OpenAPI document always serializes")
+    });
+    ([(header::CONTENT_TYPE, "application/json")], JSON.as_str())
+}
+
+/// An optional query parameter.
+pub(super) fn query_param(name: &str, description: &str, schema: Schema) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// `schema`, or a blank value, which the API reads as the parameter's absence.
+pub(super) fn blank_or(schema: impl Into<Schema>) -> Schema {
+    let blank = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^\s*$"));
+    OneOfBuilder::new().item(schema.into()).item(blank).into()
+}
+
+/// The document of every route the API serves.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut document = super::routes().into_openapi();
+    complete_errors(&mut document);
+    document
+}
+
+/// Adds the errors each route gives by its kind, and gives every error its body.
+fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in document.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let takes_body = operation.request_body.is_some();
+            let takes_parameters = operation
+                .parameters
+                .as_ref()
+                .is_some_and(|parameters| !parameters.is_empty());
+            let responses = &mut operation.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| Response::new(description).into());
+            };
+            if takes_body {
+                add(
+                    "400",
+                    "The body is malformed: not JSON, or not of this shape",
+                );
+                add(
+                    "413",
+                    "The body is larger than the server takes (--max-body-bytes)",
+                );
+                add("415", "The body is not of the type this route takes");
+            }
+            if takes_parameters {
+                add("400", "A parameter is malformed");
+            }
+            if path.starts_with("/api/") {
+                add("500", "The server failed to answer; the error was logged");
+                add(
+                    "503",
+                    "The database or the broker cannot be reached: try again",
+                );
+            }
+            for (status, response) in responses.iter_mut() {
+                let is_error = status.starts_with('4') || status.starts_with('5');
+                if let (true, RefOr::T(response)) = (is_error, response)
+                    && response.content.is_empty()
+                {
+                    let problem = Content::new(Some(Ref::from_schema_name("Problem")));
+                    response
+                        .content
+                        .insert("application/problem+json".into(), problem.into());
+                }
+            }
+        }
+    }
+}
