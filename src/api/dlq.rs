@@ -88,7 +88,8 @@ async fn list(
     params(MessageId, Params),
     responses(
         (status = 200, description = "The message replayed", body = DeadLetter),
-        (status = 404, description = "No such message among the oldest 10,000"),
+        (status = 404, description = "No such message among the oldest 10,000, or it names \
+            no queue to replay it to (a message of `unrouted`)"),
     ))]
 async fn replay(
     State(ctx): State<ApiContext>,

@@ -117,7 +117,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| ApiError::bad_field("id", e.body_text()))?;
-        match raw.parse().ok().as_ref().and_then(whole) {
+        // `5`, `+5`, `007`; and `5.0`, a whole number as JSON Schema counts it.
+        let id = raw
+            .parse::<i64>()
+            .ok()
+            .or_else(|| raw.parse().ok().as_ref().and_then(whole));
+        match id {
             Some(id) if id > 0 => Ok(Id(id)),
             _ => Err(ApiError::bad_field(
                 "id",

@@ -285,7 +285,7 @@ impl IntoParams for ListQuery {
             ),
             query_param(
                 "sort",
-                "`title`, `releaseYear` or `createdAt` (the default, newest first); a leading `-` reverses",
+                "`title` (the default), `releaseYear` or `createdAt`; a leading `-` reverses",
                 blank_or(pattern(r"^-?(title|releaseYear|createdAt)$")),
             ),
             query_param(
@@ -420,7 +420,7 @@ async fn existing(ctx: &ApiContext, id: i64) -> Result<Game, ApiError> {
         (status = 201, description = "Created; processed too when `wait` was given",
             body = Game, headers(("Location" = String, description = "The game's URL"))),
         (status = 202, description = "Created, still processing when `wait` ran out",
-            body = Game),
+            body = Game, headers(("Location" = String, description = "The game's URL"))),
         (status = 422, description = "A field is refused, or names no such platform or genre"),
     )
 )]
@@ -508,7 +508,7 @@ struct WaitParam {
     wait: Option<String>,
 }
 
-/// `?wait=5s` (or `500ms`, `1m`…): how long a write waits for its processing.
+/// `?wait=5s` (or `500ms`…): how long a write waits for its processing.
 fn parse_wait(
     query: Result<Query<WaitParam>, QueryRejection>,
 ) -> Result<Option<Duration>, ApiError> {

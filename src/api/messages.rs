@@ -90,6 +90,20 @@ struct CustomBody {
     message: Option<Value>,
 }
 
+/// Any JSON value but `null`.
+fn not_null() -> Schema {
+    let any = vec![
+        Type::Object,
+        Type::Array,
+        Type::Boolean,
+        Type::Number,
+        Type::String,
+    ];
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(any))
+        .into()
+}
+
 /// Any JSON value but `null` and the empty string.
 fn some_message() -> Schema {
     let not_text = SchemaType::Array(vec![Type::Object, Type::Array, Type::Boolean, Type::Number]);
@@ -136,8 +150,8 @@ struct MessageBody {
     /// `custom.message` by default. At most 255 bytes.
     #[schema(max_length = 255)]
     routing_key: Option<String>,
-    /// The message, sent in the original producer's envelope.
-    #[schema(schema_with = some_message)]
+    /// The message, sent in the original producer's envelope: any JSON value but null.
+    #[schema(schema_with = not_null)]
     message: Value,
     /// 0 (the default) to 10: higher is delivered first from a priority queue.
     #[serde(default, deserialize_with = "whole_number")]

@@ -122,8 +122,8 @@ impl LiveFeed {
 /// Live updates
 ///
 /// Server-Sent Events, one per game update, named by routing key (`game.created`,
-/// `game.processed`…), with a `LiveEvent` as data; `resync` when this stream fell
-/// behind. Ends when the server shuts down, so open streams never hold a graceful
+/// `game.processed`…), with a `LiveEvent` as data; `resync`, with `{"missed": n}`,
+/// when this stream fell behind by n events. Ends when the server shuts down, so open streams never hold a graceful
 /// shutdown open.
 #[utoipa::path(get, path = "/api/stream", tag = "games",
     responses((status = 200, description = "The event stream", content_type = "text/event-stream",
