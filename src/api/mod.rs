@@ -108,6 +108,11 @@ fn routes() -> OpenApiRouter<ApiContext> {
         .merge(openapi::router())
 }
 
+/// The longest a request may take. Above the longest wait a client may ask for (30 s,
+/// `?wait=` and `waitMs`), so that a wait that runs out is answered as documented (202,
+/// 504) rather than cut off by this timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
+
 /// The API and the web UI, ready to serve.
 pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
     let (api, _) = routes().split_for_parts();
@@ -118,7 +123,7 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
+            REQUEST_TIMEOUT,
         ))
         .layer(cors(&http.cors_origins))
         .layer(axum::middleware::from_fn(metrics::track_http))
