@@ -1,30 +1,25 @@
 //! `/api/games`: the catalog, with the original API's routes and shapes.
 
+mod body;
+mod list;
+
 use super::ApiContext;
-use super::error::{ApiError, FieldError};
+use super::error::ApiError;
 use super::extract::{Id, Json, body_bytes};
-use super::openapi::{blank_or, query_param};
 use crate::broker::{BrokerError, topology};
-use crate::domain::number::whole;
-use crate::domain::{
-    Developer, EventId, Game, GameAction, GameDraft, GameTitle, ImageUrl, ProcessingStatus,
-    ReleaseYear, ValidationError,
-};
-use crate::storage::{
-    Attempt, Cover, GamePage, GameQuery, GameSort, GameUpdate, NewGame, OutboxMessage, PageRequest,
-};
+use crate::domain::{EventId, Game, GameAction, ProcessingStatus, ValidationError};
+use crate::storage::{Attempt, Cover, GameUpdate, NewGame, OutboxMessage};
 use crate::telemetry::trace;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use body::GameBody;
+use list::{GameList, ListQuery};
+use serde::Deserialize;
 use std::time::Duration;
-use utoipa::openapi::path::{Parameter, ParameterIn};
-use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,155 +31,6 @@ pub fn router() -> OpenApiRouter<ApiContext> {
         .routes(routes!(upload_cover))
         .routes(routes!(thumbnail))
         .routes(routes!(history))
-}
-
-/// The body of `POST` and `PUT /api/games`. Ids and the year may arrive as numbers or
-/// as numeric strings: the original page sent its `<select>` values as strings.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct GameBody {
-    /// 1 to 100 characters once trimmed.
-    #[schema(min_length = 1, max_length = 100)]
-    title: String,
-    #[serde(deserialize_with = "lenient_int")]
-    #[schema(schema_with = positive_id)]
-    platform_id: i64,
-    #[serde(deserialize_with = "lenient_int")]
-    #[schema(schema_with = positive_id)]
-    genre_id: i64,
-    /// 1 to 100 characters once trimmed.
-    #[schema(min_length = 1, max_length = 100)]
-    developer: String,
-    /// From 1950 to the current year.
-    #[serde(deserialize_with = "lenient_int")]
-    #[schema(schema_with = release_year)]
-    release_year: i64,
-    /// Accepted for compatibility and ignored: the server derives the decade.
-    #[serde(default)]
-    #[allow(dead_code)]
-    #[schema(value_type = Option<serde_json::Value>)]
-    year_category: Option<serde::de::IgnoredAny>,
-    /// At most 5000 characters once trimmed.
-    #[serde(default)]
-    #[schema(max_length = 5000)]
-    description: Option<String>,
-    /// An absolute http or https URL of at most 255 characters; empty for none.
-    #[serde(default)]
-    #[schema(max_length = 255)]
-    image_url: Option<String>,
-}
-
-impl GameBody {
-    /// Validates every field, reporting all refusals at once.
-    fn parse(self) -> Result<GameDraft, ApiError> {
-        let platform_id = positive("platformId", self.platform_id);
-        let genre_id = positive("genreId", self.genre_id);
-        let title = GameTitle::parse(&self.title);
-        let developer = Developer::parse(&self.developer);
-        let release_year = ReleaseYear::parse(self.release_year);
-        let image_url = match self.image_url.as_deref().map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(url) => ImageUrl::parse(url).map(Some),
-        };
-        let description = self.description.unwrap_or_default().trim().to_owned();
-        let description = if description.chars().count() > 5000 {
-            Err(ValidationError::new(
-                "description",
-                "must be at most 5000 characters",
-            ))
-        } else {
-            Ok(description)
-        };
-        let errors: Vec<FieldError> = [
-            platform_id.as_ref().err(),
-            genre_id.as_ref().err(),
-            title.as_ref().err(),
-            developer.as_ref().err(),
-            release_year.as_ref().err(),
-            image_url.as_ref().err(),
-            description.as_ref().err(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|e| FieldError {
-            field: e.field.into(),
-            reason: e.reason.clone(),
-        })
-        .collect();
-        if !errors.is_empty() {
-            let detail = errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.reason))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(ApiError::Unprocessable { detail, errors });
-        }
-        Ok(GameDraft {
-            title: title?,
-            platform_id: platform_id?,
-            genre_id: genre_id?,
-            developer: developer?,
-            release_year: release_year?,
-            description: description?,
-            image_url: image_url?,
-        })
-    }
-}
-
-fn positive(field: &'static str, value: i64) -> Result<i64, ValidationError> {
-    if value > 0 {
-        Ok(value)
-    } else {
-        Err(ValidationError::new(field, "must be a positive id"))
-    }
-}
-
-/// What [`lenient_int`] takes, in the document: an integer from `minimum`, or a string
-/// of its digits.
-fn lenient_int_schema(minimum: i64, description: &str) -> Schema {
-    let number = ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .minimum(Some(minimum))
-        .maximum(Some(i64::MAX));
-    let digits = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some(r"^\s*\+?0*[1-9][0-9]{0,17}\s*$"));
-    OneOfBuilder::new()
-        .item(number)
-        .item(digits)
-        .description(Some(description))
-        .into()
-}
-
-fn positive_id() -> Schema {
-    lenient_int_schema(1, "A positive id, as a number or a string of digits")
-}
-
-fn release_year() -> Schema {
-    lenient_int_schema(
-        crate::domain::ReleaseYear::EARLIEST.into(),
-        "From 1950 to the current year, as a number or a string of digits",
-    )
-}
-
-/// An integer, or a string holding one (`3` or `"3"`); anything else is refused.
-fn lenient_int<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrString {
-        Number(serde_json::Number),
-        String(String),
-    }
-    match IntOrString::deserialize(deserializer) {
-        Ok(IntOrString::Number(number)) => {
-            whole(&number).ok_or_else(|| serde::de::Error::custom("expected an integer"))
-        }
-        Ok(IntOrString::String(text)) => text
-            .trim()
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("expected an integer, got {text:?}"))),
-        Err(_) => Err(serde::de::Error::custom("expected an integer")),
-    }
 }
 
 /// The catalog's games, filtered
@@ -213,174 +59,6 @@ async fn list(
     } else {
         GameList::All(page.items)
     }))
-}
-
-/// The answer of `GET /api/games`: an array without pagination, a page with it.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-enum GameList {
-    All(Vec<Game>),
-    Page(GamePage),
-}
-
-/// The filters of `GET /api/games`, validated.
-struct ListQuery(GameQuery);
-
-impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parse_list_query(parts.uri.query().unwrap_or("")).map(Self)
-    }
-}
-
-/// The parameters [`parse_list_query`] reads. A blank value is as if it were absent.
-impl IntoParams for ListQuery {
-    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let text = |max: usize| {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .max_length(Some(max))
-        };
-        let pattern = |pattern: &str| {
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some(pattern))
-        };
-        let integer = |minimum: i64, maximum: i64| {
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(minimum))
-                .maximum(Some(maximum))
-        };
-        let statuses = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(ProcessingStatus::ALL.map(ProcessingStatus::as_str)));
-        let max_limit = PageRequest::MAX_LIMIT.into();
-        vec![
-            query_param(
-                "search",
-                "A substring of the title or the developer, case-insensitive",
-                text(100).into(),
-            ),
-            query_param(
-                "platformId",
-                "Games of this platform",
-                blank_or(integer(1, i64::MAX)),
-            ),
-            query_param(
-                "genreId",
-                "Games of this genre",
-                blank_or(integer(1, i64::MAX)),
-            ),
-            query_param(
-                "yearCategory",
-                "Games of this decade, such as `1980s`",
-                blank_or(pattern(r"^-?[0-9]*0s$")),
-            ),
-            query_param(
-                "status",
-                "Games at this processing status",
-                blank_or(statuses),
-            ),
-            query_param(
-                "sort",
-                "`title` (the default), `releaseYear` or `createdAt`; a leading `-` reverses",
-                blank_or(pattern(r"^-?(title|releaseYear|createdAt)$")),
-            ),
-            query_param(
-                "limit",
-                "A page of at most this many games (50 by default)",
-                blank_or(integer(1, max_limit)),
-            ),
-            query_param(
-                "cursor",
-                "The previous page's `nextCursor`",
-                ObjectBuilder::new().schema_type(Type::String).into(),
-            ),
-        ]
-    }
-}
-
-fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
-    let mut query = GameQuery::default();
-    let mut limit = None;
-    let mut cursor = None;
-    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
-        let value = value.trim();
-        if value.is_empty() {
-            continue;
-        }
-        match key.as_ref() {
-            "search" => {
-                if value.chars().count() > 100 {
-                    return Err(ApiError::bad_field(
-                        "search",
-                        "must be at most 100 characters",
-                    ));
-                }
-                query.search = Some(value.to_owned());
-            }
-            "platformId" => query.platform_id = Some(query_id("platformId", value)?),
-            "genreId" => query.genre_id = Some(query_id("genreId", value)?),
-            "yearCategory" => {
-                let decade = value
-                    .strip_suffix('s')
-                    .and_then(|year| year.parse::<i32>().ok())
-                    .filter(|year| year % 10 == 0);
-                if decade.is_none() {
-                    return Err(ApiError::bad_field(
-                        "yearCategory",
-                        "must be a decade such as 1980s",
-                    ));
-                }
-                query.year_category = Some(value.to_owned());
-            }
-            "status" => {
-                query.status = Some(ProcessingStatus::parse(value).ok_or_else(|| {
-                    ApiError::bad_field(
-                        "status",
-                        "must be one of pending, processing, completed, failed",
-                    )
-                })?)
-            }
-            "sort" => {
-                query.sort = GameSort::parse(value).ok_or_else(|| {
-                    ApiError::bad_field("sort", format!("must be one of {}", GameSort::NAMES))
-                })?
-            }
-            "limit" => {
-                let max = PageRequest::MAX_LIMIT;
-                limit = Some(
-                    value
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|n| (1..=max).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::bad_field("limit", format!("must be between 1 and {max}"))
-                        })?,
-                );
-            }
-            "cursor" => cursor = Some(value.to_owned()),
-            // Unknown parameters are ignored, as the original did (cache busters…).
-            _ => {}
-        }
-    }
-    if limit.is_some() || cursor.is_some() {
-        query.page = Some(PageRequest {
-            limit: limit.unwrap_or(PageRequest::DEFAULT_LIMIT),
-            cursor,
-        });
-    }
-    Ok(query)
-}
-
-fn query_id(field: &'static str, value: &str) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_field(field, "must be a positive integer"))
 }
 
 /// One game
@@ -716,35 +394,4 @@ async fn history(State(ctx): State<ApiContext>, Id(id): Id) -> Result<Response, 
     // for the game itself.
     existing(&ctx, id).await?;
     Ok(axum::Json(ctx.store.history(id).await?).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn list_query_without_paging_is_a_plain_list() {
-        let query = parse_list_query("search=mario&platformId=2&yearCategory=1980s").unwrap();
-        assert_eq!(query.search.as_deref(), Some("mario"));
-        assert_eq!(query.platform_id, Some(2));
-        assert_eq!(query.page, None);
-    }
-
-    #[test]
-    fn list_query_refuses_bad_values_naming_them() {
-        for (raw, field) in [
-            ("platformId=abc", "platformId"),
-            ("genreId=-1", "genreId"),
-            ("yearCategory=eighties", "yearCategory"),
-            ("status=done", "status"),
-            ("sort=rating", "sort"),
-            ("limit=0", "limit"),
-            ("limit=100000", "limit"),
-        ] {
-            match parse_list_query(raw) {
-                Err(ApiError::BadRequest { errors, .. }) => assert_eq!(errors[0].field, field),
-                other => panic!("{raw}: expected a 400, got {other:?}"),
-            }
-        }
-    }
 }

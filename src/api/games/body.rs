@@ -1,0 +1,157 @@
+//! The body of `POST` and `PUT /api/games`, validated into a [`GameDraft`].
+
+use crate::api::error::{ApiError, FieldError};
+use crate::domain::number::whole;
+use crate::domain::{Developer, GameDraft, GameTitle, ImageUrl, ReleaseYear, ValidationError};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+
+/// The body of `POST` and `PUT /api/games`. Ids and the year may arrive as numbers or
+/// as numeric strings: the original page sent its `<select>` values as strings.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct GameBody {
+    /// 1 to 100 characters once trimmed.
+    #[schema(min_length = 1, max_length = 100)]
+    title: String,
+    #[serde(deserialize_with = "lenient_int")]
+    #[schema(schema_with = positive_id)]
+    platform_id: i64,
+    #[serde(deserialize_with = "lenient_int")]
+    #[schema(schema_with = positive_id)]
+    genre_id: i64,
+    /// 1 to 100 characters once trimmed.
+    #[schema(min_length = 1, max_length = 100)]
+    developer: String,
+    /// From 1950 to the current year.
+    #[serde(deserialize_with = "lenient_int")]
+    #[schema(schema_with = release_year)]
+    release_year: i64,
+    /// Accepted for compatibility and ignored: the server derives the decade.
+    #[serde(default)]
+    #[allow(dead_code)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    year_category: Option<serde::de::IgnoredAny>,
+    /// At most 5000 characters once trimmed.
+    #[serde(default)]
+    #[schema(max_length = 5000)]
+    description: Option<String>,
+    /// An absolute http or https URL of at most 255 characters; empty for none.
+    #[serde(default)]
+    #[schema(max_length = 255)]
+    image_url: Option<String>,
+}
+
+impl GameBody {
+    /// Validates every field, reporting all refusals at once.
+    pub(super) fn parse(self) -> Result<GameDraft, ApiError> {
+        let platform_id = positive("platformId", self.platform_id);
+        let genre_id = positive("genreId", self.genre_id);
+        let title = GameTitle::parse(&self.title);
+        let developer = Developer::parse(&self.developer);
+        let release_year = ReleaseYear::parse(self.release_year);
+        let image_url = match self.image_url.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) => ImageUrl::parse(url).map(Some),
+        };
+        let description = self.description.unwrap_or_default().trim().to_owned();
+        let description = if description.chars().count() > 5000 {
+            Err(ValidationError::new(
+                "description",
+                "must be at most 5000 characters",
+            ))
+        } else {
+            Ok(description)
+        };
+        let errors: Vec<FieldError> = [
+            platform_id.as_ref().err(),
+            genre_id.as_ref().err(),
+            title.as_ref().err(),
+            developer.as_ref().err(),
+            release_year.as_ref().err(),
+            image_url.as_ref().err(),
+            description.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|e| FieldError {
+            field: e.field.into(),
+            reason: e.reason.clone(),
+        })
+        .collect();
+        if !errors.is_empty() {
+            let detail = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ApiError::Unprocessable { detail, errors });
+        }
+        Ok(GameDraft {
+            title: title?,
+            platform_id: platform_id?,
+            genre_id: genre_id?,
+            developer: developer?,
+            release_year: release_year?,
+            description: description?,
+            image_url: image_url?,
+        })
+    }
+}
+
+fn positive(field: &'static str, value: i64) -> Result<i64, ValidationError> {
+    if value > 0 {
+        Ok(value)
+    } else {
+        Err(ValidationError::new(field, "must be a positive id"))
+    }
+}
+
+/// What [`lenient_int`] takes, in the document: an integer from `minimum`, or a string
+/// of its digits.
+fn lenient_int_schema(minimum: i64, description: &str) -> Schema {
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(minimum))
+        .maximum(Some(i64::MAX));
+    let digits = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^\s*\+?0*[1-9][0-9]{0,17}\s*$"));
+    OneOfBuilder::new()
+        .item(number)
+        .item(digits)
+        .description(Some(description))
+        .into()
+}
+
+fn positive_id() -> Schema {
+    lenient_int_schema(1, "A positive id, as a number or a string of digits")
+}
+
+fn release_year() -> Schema {
+    lenient_int_schema(
+        crate::domain::ReleaseYear::EARLIEST.into(),
+        "From 1950 to the current year, as a number or a string of digits",
+    )
+}
+
+/// An integer, or a string holding one (`3` or `"3"`); anything else is refused.
+fn lenient_int<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Number(serde_json::Number),
+        String(String),
+    }
+    match IntOrString::deserialize(deserializer) {
+        Ok(IntOrString::Number(number)) => {
+            whole(&number).ok_or_else(|| serde::de::Error::custom("expected an integer"))
+        }
+        Ok(IntOrString::String(text)) => text
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected an integer, got {text:?}"))),
+        Err(_) => Err(serde::de::Error::custom("expected an integer")),
+    }
+}

@@ -1,0 +1,212 @@
+//! The query of `GET /api/games`: the original's filters, `status`, `sort` and
+//! pagination, validated into a [`GameQuery`] and documented by the same type.
+
+use crate::api::error::ApiError;
+use crate::api::openapi::{blank_or, query_param};
+use crate::domain::{Game, ProcessingStatus};
+use crate::storage::{GamePage, GameQuery, GameSort, PageRequest};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::Serialize;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
+
+/// The answer of `GET /api/games`: an array without pagination, a page with it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum GameList {
+    All(Vec<Game>),
+    Page(GamePage),
+}
+
+/// The filters of `GET /api/games`, validated.
+pub(super) struct ListQuery(pub(super) GameQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for ListQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parse_list_query(parts.uri.query().unwrap_or("")).map(Self)
+    }
+}
+
+/// The parameters [`parse_list_query`] reads. A blank value is as if it were absent.
+impl IntoParams for ListQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let text = |max: usize| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(max))
+        };
+        let pattern = |pattern: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern))
+        };
+        let integer = |minimum: i64, maximum: i64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(minimum))
+                .maximum(Some(maximum))
+        };
+        let statuses = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ProcessingStatus::ALL.map(ProcessingStatus::as_str)));
+        let max_limit = PageRequest::MAX_LIMIT.into();
+        vec![
+            query_param(
+                "search",
+                "A substring of the title or the developer, case-insensitive",
+                text(100).into(),
+            ),
+            query_param(
+                "platformId",
+                "Games of this platform",
+                blank_or(integer(1, i64::MAX)),
+            ),
+            query_param(
+                "genreId",
+                "Games of this genre",
+                blank_or(integer(1, i64::MAX)),
+            ),
+            query_param(
+                "yearCategory",
+                "Games of this decade, such as `1980s`",
+                blank_or(pattern(r"^-?[0-9]*0s$")),
+            ),
+            query_param(
+                "status",
+                "Games at this processing status",
+                blank_or(statuses),
+            ),
+            query_param(
+                "sort",
+                "`title` (the default), `releaseYear` or `createdAt`; a leading `-` reverses",
+                blank_or(pattern(r"^-?(title|releaseYear|createdAt)$")),
+            ),
+            query_param(
+                "limit",
+                "A page of at most this many games (50 by default)",
+                blank_or(integer(1, max_limit)),
+            ),
+            query_param(
+                "cursor",
+                "The previous page's `nextCursor`",
+                ObjectBuilder::new().schema_type(Type::String).into(),
+            ),
+        ]
+    }
+}
+
+fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
+    let mut query = GameQuery::default();
+    let mut limit = None;
+    let mut cursor = None;
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        match key.as_ref() {
+            "search" => {
+                if value.chars().count() > 100 {
+                    return Err(ApiError::bad_field(
+                        "search",
+                        "must be at most 100 characters",
+                    ));
+                }
+                query.search = Some(value.to_owned());
+            }
+            "platformId" => query.platform_id = Some(query_id("platformId", value)?),
+            "genreId" => query.genre_id = Some(query_id("genreId", value)?),
+            "yearCategory" => {
+                let decade = value
+                    .strip_suffix('s')
+                    .and_then(|year| year.parse::<i32>().ok())
+                    .filter(|year| year % 10 == 0);
+                if decade.is_none() {
+                    return Err(ApiError::bad_field(
+                        "yearCategory",
+                        "must be a decade such as 1980s",
+                    ));
+                }
+                query.year_category = Some(value.to_owned());
+            }
+            "status" => {
+                query.status = Some(ProcessingStatus::parse(value).ok_or_else(|| {
+                    ApiError::bad_field(
+                        "status",
+                        "must be one of pending, processing, completed, failed",
+                    )
+                })?)
+            }
+            "sort" => {
+                query.sort = GameSort::parse(value).ok_or_else(|| {
+                    ApiError::bad_field("sort", format!("must be one of {}", GameSort::NAMES))
+                })?
+            }
+            "limit" => {
+                let max = PageRequest::MAX_LIMIT;
+                limit = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=max).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_field("limit", format!("must be between 1 and {max}"))
+                        })?,
+                );
+            }
+            "cursor" => cursor = Some(value.to_owned()),
+            // Unknown parameters are ignored, as the original did (cache busters…).
+            _ => {}
+        }
+    }
+    if limit.is_some() || cursor.is_some() {
+        query.page = Some(PageRequest {
+            limit: limit.unwrap_or(PageRequest::DEFAULT_LIMIT),
+            cursor,
+        });
+    }
+    Ok(query)
+}
+
+fn query_id(field: &'static str, value: &str) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_field(field, "must be a positive integer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query_without_paging_is_a_plain_list() {
+        let query = parse_list_query("search=mario&platformId=2&yearCategory=1980s").unwrap();
+        assert_eq!(query.search.as_deref(), Some("mario"));
+        assert_eq!(query.platform_id, Some(2));
+        assert_eq!(query.page, None);
+    }
+
+    #[test]
+    fn list_query_refuses_bad_values_naming_them() {
+        for (raw, field) in [
+            ("platformId=abc", "platformId"),
+            ("genreId=-1", "genreId"),
+            ("yearCategory=eighties", "yearCategory"),
+            ("status=done", "status"),
+            ("sort=rating", "sort"),
+            ("limit=0", "limit"),
+            ("limit=100000", "limit"),
+        ] {
+            match parse_list_query(raw) {
+                Err(ApiError::BadRequest { errors, .. }) => assert_eq!(errors[0].field, field),
+                other => panic!("{raw}: expected a 400, got {other:?}"),
+            }
+        }
+    }
+}
