@@ -8,7 +8,6 @@ use crate::storage::Store;
 use crate::telemetry::metrics;
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
-use axum::response::Response;
 use serde::Serialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -41,7 +40,7 @@ where
         .routes(routes!(health))
         .routes(routes!(alive))
         .routes(routes!(ready))
-        .routes(routes!(scrape))
+        .routes(routes!(metrics::render))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -117,14 +116,4 @@ async fn ready(State(ctx): State<Probed>) -> (StatusCode, axum::Json<Health>) {
     responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
 async fn alive() -> &'static str {
     "ok"
-}
-
-/// Prometheus metrics
-///
-/// This process's metrics in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "The exposition", content_type = "text/plain",
-        body = String)))]
-async fn scrape() -> Response {
-    metrics::render().await
 }

@@ -97,7 +97,12 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version is in the label");
 }
 
-/// `GET /metrics`: the Prometheus text format.
+/// Prometheus metrics
+///
+/// This process's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "The exposition", content_type = "text/plain",
+        body = String)))]
 pub async fn render() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
