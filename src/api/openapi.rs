@@ -148,3 +148,41 @@ fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::text::{LINES_PATTERN, ONE_LINE_PATTERN};
+    use serde_json::Value;
+
+    /// Text fields spell out, as their `pattern`, the rule `domain::text` checks: a
+    /// pattern written by hand on a field that said something else would fail here.
+    #[test]
+    fn text_fields_state_the_control_character_rule_as_checked() {
+        fn patterns<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::String(pattern)) = map.get("pattern") {
+                        found.push(pattern);
+                    }
+                    map.values().for_each(|value| patterns(value, found));
+                }
+                Value::Array(values) => values.iter().for_each(|value| patterns(value, found)),
+                _ => {}
+            }
+        }
+        let document = serde_json::to_value(super::document()).unwrap();
+        let mut found = Vec::new();
+        patterns(&document, &mut found);
+        let text: Vec<&str> = found
+            .into_iter()
+            .filter(|pattern| pattern.contains(r"\u0000"))
+            .collect();
+        assert!(text.len() >= 9, "every text field and search: {text:?}");
+        for pattern in text {
+            assert!(
+                [ONE_LINE_PATTERN, LINES_PATTERN].contains(&pattern),
+                "{pattern}"
+            );
+        }
+    }
+}

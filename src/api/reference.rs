@@ -4,8 +4,10 @@ use super::ApiContext;
 use super::error::ApiError;
 use super::extract::{Id, Json};
 use crate::domain::number::optional_whole_number;
+use crate::domain::text;
 use crate::domain::{
     Genre, GenreDraft, GenreName, Platform, PlatformDraft, PlatformName, ReleaseYear,
+    manufacturer_name,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,10 +27,17 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PlatformBody {
-    /// 1 to 50 characters once trimmed.
-    #[schema(min_length = 1, max_length = 50)]
+    /// 1 to 50 characters once trimmed, on one line.
+    #[serde(deserialize_with = "text::one_line")]
+    #[schema(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
-    #[serde(default)]
+    /// At most 50 characters once trimmed, on one line.
+    #[serde(default, deserialize_with = "text::one_line")]
+    #[schema(max_length = 50, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     manufacturer: Option<String>,
     /// From 1950 to the current year.
     #[serde(default, deserialize_with = "optional_whole_number")]
@@ -40,7 +49,9 @@ impl PlatformBody {
     fn parse(self) -> Result<PlatformDraft, ApiError> {
         Ok(PlatformDraft {
             name: PlatformName::parse(&self.name)?,
-            manufacturer: optional_text(self.manufacturer),
+            manufacturer: optional_text(self.manufacturer)
+                .map(|manufacturer| manufacturer_name(&manufacturer))
+                .transpose()?,
             release_year: self
                 .release_year
                 .map(ReleaseYear::parse)
@@ -53,10 +64,17 @@ impl PlatformBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct GenreBody {
-    /// 1 to 50 characters once trimmed.
-    #[schema(min_length = 1, max_length = 50)]
+    /// 1 to 50 characters once trimmed, on one line.
+    #[serde(deserialize_with = "text::one_line")]
+    #[schema(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
-    #[serde(default)]
+    /// Line breaks and tabs allowed.
+    #[serde(default, deserialize_with = "text::lines")]
+    #[schema(pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$")]
     description: Option<String>,
 }
 

@@ -7,6 +7,11 @@ fn reference_name(field: &'static str, value: &str) -> Result<String, Validation
     bounded_text(field, value, 50)
 }
 
+/// A platform's manufacturer: 1–50 characters (the original's VARCHAR(50)).
+pub fn manufacturer_name(value: &str) -> Result<String, ValidationError> {
+    reference_name("manufacturer", value)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlatformName(String);
 

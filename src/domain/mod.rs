@@ -5,8 +5,9 @@ mod catalog;
 mod event;
 mod game;
 pub mod number;
+pub mod text;
 
-pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName};
+pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName, manufacturer_name};
 pub use event::{
     CustomKind, CustomMessage, EventId, GameAction, GameData, GameEvent, GameProcessed,
     PoisonMessage, WorkMessage, timestamp_now,

@@ -2,6 +2,7 @@
 
 use crate::api::error::{ApiError, FieldError};
 use crate::domain::number::whole;
+use crate::domain::text;
 use crate::domain::{Developer, GameDraft, GameTitle, ImageUrl, ReleaseYear, ValidationError};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -12,8 +13,13 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct GameBody {
-    /// 1 to 100 characters once trimmed.
-    #[schema(min_length = 1, max_length = 100)]
+    /// 1 to 100 characters once trimmed, on one line.
+    #[serde(deserialize_with = "text::one_line")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     title: String,
     #[serde(deserialize_with = "lenient_int")]
     #[schema(schema_with = positive_id)]
@@ -21,8 +27,13 @@ pub(super) struct GameBody {
     #[serde(deserialize_with = "lenient_int")]
     #[schema(schema_with = positive_id)]
     genre_id: i64,
-    /// 1 to 100 characters once trimmed.
-    #[schema(min_length = 1, max_length = 100)]
+    /// 1 to 100 characters once trimmed, on one line.
+    #[serde(deserialize_with = "text::one_line")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     developer: String,
     /// From 1950 to the current year.
     #[serde(deserialize_with = "lenient_int")]
@@ -33,13 +44,16 @@ pub(super) struct GameBody {
     #[allow(dead_code)]
     #[schema(value_type = Option<serde_json::Value>)]
     year_category: Option<serde::de::IgnoredAny>,
-    /// At most 5000 characters once trimmed.
-    #[serde(default)]
-    #[schema(max_length = 5000)]
+    /// At most 5000 characters once trimmed; line breaks and tabs allowed.
+    #[serde(default, deserialize_with = "text::lines")]
+    #[schema(
+        max_length = 5000,
+        pattern = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$"
+    )]
     description: Option<String>,
     /// An absolute http or https URL of at most 255 characters; empty for none.
-    #[serde(default)]
-    #[schema(max_length = 255)]
+    #[serde(default, deserialize_with = "text::one_line")]
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     image_url: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 
 use crate::api::error::ApiError;
 use crate::api::openapi::{blank_or, query_param};
+use crate::domain::text::{ONE_LINE_PATTERN, check_one_line};
 use crate::domain::{Game, ProcessingStatus};
 use crate::storage::{GamePage, GameQuery, GameSort, PageRequest};
 use axum::extract::FromRequestParts;
@@ -58,7 +59,7 @@ impl IntoParams for ListQuery {
             query_param(
                 "search",
                 "A substring of the title or the developer, case-insensitive",
-                text(100).into(),
+                text(100).pattern(Some(ONE_LINE_PATTERN)).into(),
             ),
             query_param(
                 "platformId",
@@ -110,6 +111,7 @@ fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
         }
         match key.as_ref() {
             "search" => {
+                check_one_line(value).map_err(|reason| ApiError::bad_field("search", reason))?;
                 if value.chars().count() > 100 {
                     return Err(ApiError::bad_field(
                         "search",
@@ -202,6 +204,8 @@ mod tests {
             ("sort=rating", "sort"),
             ("limit=0", "limit"),
             ("limit=100000", "limit"),
+            ("search=mario%00", "search"),
+            ("search=a%1B%5B2Jb", "search"),
         ] {
             match parse_list_query(raw) {
                 Err(ApiError::BadRequest { errors, .. }) => assert_eq!(errors[0].field, field),
