@@ -1,10 +1,13 @@
 //! What a careless client or an attacker sends gets a clear answer and changes nothing:
-//! control characters in text, text longer than its column.
+//! control characters in text, text longer than its column, credentials in a URL.
 
 mod common;
 
-use common::{Backend, Roles, TestApp, game_body, on_every_backend, with};
+use common::processes::{Deployment, free_port, http_client};
+use common::{Backend, Roles, TestApp, eventually, game_body, on_every_backend, with};
 use serde_json::{Value, json};
+use sqlx::Connection;
+use std::time::Duration;
 
 /// The catalog as a client sees it, to compare before and after refused requests.
 async fn catalog(app: &TestApp) -> (Value, Value, Value) {
@@ -98,6 +101,94 @@ async fn a_manufacturer_longer_than_its_column_gets_a_422(backend: Backend) {
     assert_eq!(problem["errors"][0]["field"], "manufacturer", "{problem}");
     assert_eq!(catalog(&app).await, before);
     app.stop().await;
+}
+
+/// A password in a cover URL is refused at write and never repeated: not in the 422,
+/// not in the logs. A row that holds one anyway (written before the rule) fails its
+/// fetch for good, and neither its history, its dead letter nor the logs show it (the
+/// game itself still reads as it was written).
+#[tokio::test]
+async fn credentials_in_a_cover_url_never_appear_in_answers_or_logs() {
+    const PASSWORD: &str = "s3cret-pw";
+    let deployment = Deployment::on(Backend::Sqlite)
+        .await
+        .with_env("RUST_LOG", "debug")
+        .with_env("RETROCAT_ALLOW_PRIVATE_FETCH", "true")
+        .with_env("RETROCAT_RETRY_BASE_DELAY", "2s")
+        .with_env("RETROCAT_MAX_ATTEMPTS", "2");
+    let serve = deployment
+        .start_http("serve", "serve", free_port(), &[])
+        .await;
+    let client = http_client();
+    let with_password = format!("http://user:{PASSWORD}@127.0.0.1:9/cover.png");
+
+    let body = with(game_body("Locked"), "imageUrl", json!(with_password));
+    let refused = client
+        .post(serve.url("/api/games"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let problem = refused.text().await.unwrap();
+    assert!(
+        problem.contains("imageUrl") && !problem.contains(PASSWORD),
+        "{problem}"
+    );
+
+    // A port where nothing listens: the first fetch fails for a while, and the row
+    // takes a password before the retry, as a row written before the rule would.
+    let body = with(
+        game_body("Legacy"),
+        "imageUrl",
+        json!("http://127.0.0.1:9/c.png"),
+    );
+    let game: Value = client
+        .post(serve.url("/api/games"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = game["id"].as_i64().unwrap();
+    let history = format!("/api/games/{id}/history");
+    eventually("the first attempt", Duration::from_secs(30), || async {
+        let attempts = serve.get_json(&history).await;
+        (!attempts.as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let mut db = sqlx::SqliteConnection::connect(deployment.database_url())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE games SET image_url = ? WHERE id = ?")
+        .bind(&with_password)
+        .bind(id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    eventually("the game failed", Duration::from_secs(30), || async {
+        let game = serve.get_json(&format!("/api/games/{id}")).await;
+        (game["processingStatus"] == "failed").then_some(())
+    })
+    .await;
+    let shown = [
+        serve.get_json(&history).await.to_string(),
+        serve.get_json("/api/dlq").await.to_string(),
+    ];
+    assert!(
+        shown[0].contains("credentials"),
+        "the refusal says why: {}",
+        shown[0]
+    );
+    for answer in shown {
+        assert!(!answer.contains(PASSWORD), "{answer}");
+    }
+    let log = serve.log();
+    assert!(log.contains("127.0.0.1:9"), "the log shows the fetches");
+    assert!(!log.contains(PASSWORD), "the password is in the log");
+    serve.stop().await;
 }
 
 on_every_backend!(

@@ -124,11 +124,38 @@ impl ImageUrl {
                 "must be an absolute http or https URL",
             ));
         }
+        if has_credentials(&url) {
+            return Err(ValidationError::new(
+                "imageUrl",
+                "must not carry credentials (user:password@): covers are fetched anonymously",
+            ));
+        }
         Ok(Self(value))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Whether `url` carries a user name or a password (`user:password@`).
+pub fn has_credentials(url: &reqwest::Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
+}
+
+/// `url` as logs, errors and a game's history may show it: without the credentials it
+/// carries (`user:password@`), which only a row written before they were refused, or a
+/// redirect, could hold. A URL that does not parse and holds an `@` is not shown.
+pub fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if has_credentials(&parsed) => {
+            // An http(s) URL with a host takes both; another keeps what it had.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.into()
+        }
+        Err(_) if url.contains('@') => "(a URL that does not parse)".into(),
+        _ => url.to_owned(),
     }
 }
 
@@ -214,5 +241,30 @@ mod tests {
         assert!(ImageUrl::parse("ftp://example.com/a.png").is_err());
         assert!(ImageUrl::parse("/relative.png").is_err());
         assert!(ImageUrl::parse("javascript:alert(1)").is_err());
+    }
+
+    #[test]
+    fn credentials_in_a_cover_url_are_refused_and_never_shown() {
+        for url in [
+            "http://user:pw@example.com/a.png",
+            "https://user@example.com/a.png",
+        ] {
+            let error = ImageUrl::parse(url).unwrap_err();
+            assert_eq!(error.field, "imageUrl");
+            assert!(!error.to_string().contains("pw"), "{error}");
+        }
+        assert_eq!(
+            redacted_url("http://user:pw@example.com/a.png?x=1"),
+            "http://example.com/a.png?x=1"
+        );
+        assert_eq!(
+            redacted_url("https://example.com/a.png"),
+            "https://example.com/a.png"
+        );
+        assert_eq!(
+            redacted_url("http://user:pw@"),
+            "(a URL that does not parse)"
+        );
+        assert_eq!(redacted_url("not a url"), "not a url");
     }
 }

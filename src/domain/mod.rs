@@ -14,7 +14,7 @@ pub use event::{
 };
 pub use game::{
     Developer, GameDraft, GameTitle, ImageUrl, ProcessingStatus, ReleaseYear, ValidationError,
-    year_category,
+    has_credentials, redacted_url, year_category,
 };
 
 use serde::Serialize;

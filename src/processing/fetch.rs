@@ -6,8 +6,9 @@
 //! port. Unless [`FetchConfig::allow_private`] is set, [`CoverFetcher`] only talks to
 //! globally routable addresses:
 //!
-//! 1. Only `http` and `https`; a host written as an IP address is vetted before any
-//!    request is made.
+//! 1. Only `http` and `https`, without credentials (`user:password@`, which the API
+//!    refuses at write and which no error may repeat); a host written as an IP address
+//!    is vetted before any request is made.
 //! 2. A host name is resolved by our own resolver, plugged into reqwest: it resolves with
 //!    [`tokio::net::lookup_host`], refuses the host if *any* address is not public, and
 //!    hands reqwest only the addresses it vetted. reqwest connects to exactly those, so
@@ -30,6 +31,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{ACCEPT, LOCATION};
 use reqwest::{Response, Url, redirect};
 use url::Host;
+
+use crate::domain::{has_credentials, redacted_url};
 
 /// Limits for one fetch.
 #[derive(Clone, Debug)]
@@ -134,7 +137,8 @@ impl CoverFetcher {
     /// Fetches `url` and returns its body, following redirects, within the configured
     /// time and size limits and refusing non-public targets unless allowed.
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
-        let url = Url::parse(url).map_err(|err| FetchError::InvalidUrl(format!("{url}: {err}")))?;
+        let url = Url::parse(url)
+            .map_err(|err| FetchError::InvalidUrl(format!("{}: {err}", redacted_url(url))))?;
         tokio::time::timeout(self.config.timeout, self.follow(url))
             .await
             .map_err(|_| FetchError::Timeout)?
@@ -179,10 +183,9 @@ fn redirect_target(current: &Url, response: &Response) -> Result<Option<Url>, Fe
     let location = location
         .to_str()
         .map_err(|_| FetchError::InvalidUrl(format!("redirect from {current}: not ASCII")))?;
-    current
-        .join(location)
-        .map(Some)
-        .map_err(|err| FetchError::InvalidUrl(format!("redirect to {location}: {err}")))
+    current.join(location).map(Some).map_err(|err| {
+        FetchError::InvalidUrl(format!("redirect to {}: {err}", redacted_url(location)))
+    })
 }
 
 /// Reads the body, refusing it as soon as it is known to exceed `limit`: from
@@ -204,14 +207,21 @@ async fn read_body(mut response: Response, limit: usize) -> Result<Bytes, FetchE
     Ok(body.freeze())
 }
 
-/// The check every hop passes before it is requested: the scheme, and the host when it
-/// is an IP address. A host name is vetted by [`VettingResolver`] when reqwest connects,
+/// The check every hop passes before it is requested: the scheme, no credentials (a
+/// cover is fetched anonymously, and a password must not reach an error message), and
+/// the host when it is an IP address. A host name is vetted by [`VettingResolver`] when reqwest connects,
 /// so that the addresses checked are the addresses used.
 fn vet_url(url: &Url, allow_private: bool) -> Result<(), FetchError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FetchError::Refused(format!(
             "scheme {} is not allowed, only http and https",
             url.scheme()
+        )));
+    }
+    if has_credentials(url) {
+        return Err(FetchError::Refused(format!(
+            "{}: a URL with credentials is not fetched",
+            redacted_url(url.as_str())
         )));
     }
     let ip = match url.host() {
@@ -544,6 +554,7 @@ mod tests {
             ("ftp://example.com/cover.png", "Refused"),
             ("file:///etc/passwd", "Refused"),
             ("data:image/png;base64,AAAA", "Refused"),
+            ("http://user:secret@example.com/cover.png", "Refused"),
         ];
 
         for (url, expected) in cases {
@@ -556,6 +567,7 @@ mod tests {
             };
             assert_eq!(kind, expected, "{url}: {err}");
             assert!(err.is_permanent(), "{url}");
+            assert!(!err.to_string().contains("secret"), "{err}");
         }
     }
 

@@ -19,7 +19,7 @@ use super::thumbnail::{Thumbnail, make_thumbnail};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
 };
-use crate::domain::{EventId, GameAction, WorkMessage};
+use crate::domain::{EventId, GameAction, WorkMessage, redacted_url};
 use crate::shutdown::Shutdown;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
@@ -432,7 +432,7 @@ impl Worker {
                 .map(|cover| bytes::Bytes::from(cover.bytes))
         } else if let Some(url) = &item.image_url {
             Some(self.fetcher.fetch(url).await.map_err(|e| {
-                let message = format!("fetching {url}: {e}");
+                let message = format!("fetching {}: {e}", redacted_url(url));
                 if e.is_permanent() {
                     Failure::Permanent(message)
                 } else {
