@@ -2,7 +2,7 @@
 
 use crate::bench::BenchArgs;
 use crate::broker::{HeaderValue, dead_letters, topology};
-use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
+use crate::config::{HttpArgs, ProducerArgs, StorageArgs, WorkerArgs};
 use crate::producer::Outgoing;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -114,7 +114,8 @@ pub struct PublishArgs {
     /// The message: JSON, or plain text (sent as a string); - reads it from stdin.
     pub message: String,
 
-    /// Exchange to publish to; "" is the default exchange (routing key = queue name).
+    /// Exchange to publish to, one of --publish-exchanges; "" is the default exchange
+    /// (routing key = queue name), never into retrocat's own queues.
     #[arg(long, default_value = topology::CUSTOM_EXCHANGE)]
     pub exchange: String,
 
@@ -144,6 +145,9 @@ pub struct PublishArgs {
     /// it has recorded the message. Not with --delay.
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "delay")]
     pub wait: Option<Duration>,
+
+    #[command(flatten)]
+    pub producer: ProducerArgs,
 }
 
 impl PublishArgs {

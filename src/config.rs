@@ -10,6 +10,7 @@ use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
 use crate::processing::retry::RetryPolicy;
 use crate::processing::worker::WorkerConfig;
+use crate::producer::PublishPolicy;
 use crate::storage::PoolConfig;
 use clap::Args;
 use std::net::SocketAddr;
@@ -74,6 +75,13 @@ pub struct StorageArgs {
     #[arg(long, env = "RETROCAT_MESSAGE_KEYS", hide_env_values = true, global = true,
           value_parser = parse_message_keys)]
     pub message_keys: Option<Arc<MessageKeys>>,
+
+    /// Dead-letter plain (unsealed) messages that reach a work queue (game_events,
+    /// catalog.rpc, custom_messages) instead of processing them, so that only holders of
+    /// a key of RETROCAT_MESSAGE_KEYS get work done. Needs RETROCAT_MESSAGE_KEYS. Off by
+    /// default: the original system's clients send plain JSON.
+    #[arg(long, env = "RETROCAT_REQUIRE_SEALED", global = true)]
+    pub require_sealed: bool,
 }
 
 fn parse_message_keys(spec: &str) -> Result<Arc<MessageKeys>, String> {
@@ -90,6 +98,19 @@ fn parse_positive_duration(value: &str) -> Result<Duration, String> {
 }
 
 impl StorageArgs {
+    /// The message keys, if any, checked against `--require-sealed`: refusing plain
+    /// messages with no key to seal ours would refuse every message.
+    pub fn sealing(&self) -> Result<Option<Arc<MessageKeys>>, String> {
+        match (&self.message_keys, self.require_sealed) {
+            (None, true) => Err("--require-sealed (RETROCAT_REQUIRE_SEALED) needs message \
+                 keys to seal with: set RETROCAT_MESSAGE_KEYS (or --message-keys) to \
+                 ID:BASE64KEY, a 32-byte key such as `openssl rand -base64 32` gives, or \
+                 turn --require-sealed off"
+                .into()),
+            (keys, _) => Ok(keys.clone()),
+        }
+    }
+
     pub fn topology(&self) -> TopologyConfig {
         TopologyConfig {
             queue_type: self.queue_type,
@@ -130,6 +151,38 @@ pub struct HttpArgs {
     /// the broker's confirms at once.
     #[arg(long, env = "RETROCAT_RELAY_BATCH", default_value_t = 500)]
     pub relay_batch: u32,
+
+    #[command(flatten)]
+    pub producer: ProducerArgs,
+}
+
+/// What clients may publish to through `POST /api/messages` and `retrocat publish`.
+#[derive(Args, Clone, Debug)]
+pub struct ProducerArgs {
+    /// Exchanges that POST /api/messages and `retrocat publish` may send to
+    /// (comma-separated); "" or amq.default names the default exchange, which still
+    /// never delivers to retrocat's own queues. Each exchange listed is open to every
+    /// routing key: catalog.events or catalog.dlx would let clients forge events or
+    /// dead letters. The original producer's routes are not limited by it.
+    #[arg(long, env = "RETROCAT_PUBLISH_EXCHANGES", value_delimiter = ',',
+          default_value = crate::broker::topology::CUSTOM_EXCHANGE,
+          value_parser = parse_exchange)]
+    pub publish_exchanges: Vec<String>,
+}
+
+/// An exchange name as AMQP takes it: at most 255 bytes (spaces around it dropped).
+fn parse_exchange(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.len() > 255 {
+        return Err("an exchange name has at most 255 bytes".into());
+    }
+    Ok(name.to_owned())
+}
+
+impl ProducerArgs {
+    pub fn policy(&self) -> PublishPolicy {
+        PublishPolicy::new(&self.publish_exchanges)
+    }
 }
 
 impl HttpArgs {
@@ -270,5 +323,22 @@ mod tests {
             assert!(error.contains(args[0]), "{args:?}: {error}");
             assert!(error.contains(reason), "{args:?}: {error}");
         }
+    }
+
+    #[test]
+    fn require_sealed_without_message_keys_is_refused_with_what_to_do() {
+        let error = parse(&["--require-sealed"])
+            .unwrap()
+            .storage
+            .sealing()
+            .unwrap_err();
+        assert!(error.contains("set RETROCAT_MESSAGE_KEYS"), "{error}");
+        let key = "a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let sealed = parse(&["--require-sealed", "--message-keys", key]).unwrap();
+        assert!(sealed.storage.require_sealed);
+        assert!(sealed.storage.sealing().unwrap().is_some());
+        let plain = parse(&[]).unwrap();
+        assert!(!plain.storage.require_sealed);
+        assert!(plain.storage.sealing().unwrap().is_none());
     }
 }

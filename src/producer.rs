@@ -5,8 +5,16 @@
 //! sender's choosing, and game events straight to `game_events` as the original
 //! producer did. The HTTP routes (`/api/messages…`) and `retrocat publish` both go
 //! through [`send`], so both validate the same way and publish the same bytes.
+//!
+//! Where a client chooses the destination and the headers (`POST /api/messages`,
+//! `retrocat publish`), [`PublishPolicy`] is checked first: only the exchanges of
+//! `--publish-exchanges`, never a header retrocat or the broker sets, never one of
+//! retrocat's own queues through the default exchange. The original producer's routes
+//! choose their destination themselves, as the original did, and are not subject to it.
 
-use crate::broker::{Broker, BrokerError, Headers, Message, Properties, Publish, topology};
+use crate::broker::{
+    Broker, BrokerError, Headers, Message, Properties, Publish, headers, topology,
+};
 use crate::domain::{CustomKind, CustomMessage, EventId, GameEvent, timestamp_now};
 use std::time::Duration;
 
@@ -86,6 +94,121 @@ impl Outgoing {
     }
 }
 
+/// What a client may send to: the exchanges it may name (`--publish-exchanges`,
+/// [`topology::CUSTOM_EXCHANGE`] by default), and what no client may use whatever the
+/// exchanges: a reserved header, or one of retrocat's queues through the default
+/// exchange. An exchange listed is trusted with every routing key: listing
+/// `catalog.events` or `catalog.dlx` would let clients inject events or dead letters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishPolicy {
+    /// `""` is the default exchange.
+    exchanges: Vec<String>,
+}
+
+/// Another name of the default exchange (`""`), for where an empty value is awkward to
+/// write: a comma-separated flag, an environment variable, a form.
+const DEFAULT_EXCHANGE_ALIAS: &str = "amq.default";
+
+impl Default for PublishPolicy {
+    fn default() -> Self {
+        Self::new([topology::CUSTOM_EXCHANGE])
+    }
+}
+
+impl PublishPolicy {
+    /// Clients may publish to `exchanges`; `""` or `amq.default` names the default one.
+    pub fn new<Name: AsRef<str>>(exchanges: impl IntoIterator<Item = Name>) -> Self {
+        let mut names: Vec<String> = Vec::new();
+        for name in exchanges {
+            let name = default_as_empty(name.as_ref().trim()).to_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Self { exchanges: names }
+    }
+
+    /// Admits a client's message, with `amq.default` written `""`; or refuses it
+    /// before anything is sent: a reserved header ([`headers::is_reserved`]) with a
+    /// [`SendError::ReservedHeaders`], an exchange not listed, or the default exchange
+    /// straight into an internal queue ([`topology::is_internal_queue`]) with a
+    /// [`Refused`].
+    pub fn admit(&self, mut outgoing: Outgoing) -> Result<Outgoing, SendError> {
+        let reserved: Vec<String> = outgoing
+            .headers
+            .keys()
+            .filter(|name| headers::is_reserved(name))
+            .cloned()
+            .collect();
+        if !reserved.is_empty() {
+            return Err(SendError::ReservedHeaders(reserved));
+        }
+        outgoing.exchange = default_as_empty(&outgoing.exchange).to_owned();
+        let exchange = outgoing.exchange.as_str();
+        if !self.exchanges.iter().any(|allowed| allowed == exchange) {
+            return Err(Refused {
+                field: "exchange",
+                reason: format!(
+                    "{} is not an exchange clients may publish to; allowed: {} \
+                     (--publish-exchanges)",
+                    exchange_name(exchange),
+                    self.allowed()
+                ),
+            }
+            .into());
+        }
+        if exchange.is_empty() && topology::is_internal_queue(&outgoing.routing_key) {
+            return Err(Refused {
+                field: "routingKey",
+                reason: format!(
+                    "`{}` is a queue of retrocat's own (or the broker's): the default \
+                     exchange may not deliver to it; publish to an exchange instead",
+                    outgoing.routing_key
+                ),
+            }
+            .into());
+        }
+        Ok(outgoing)
+    }
+
+    /// The exchanges clients may publish to, for messages: `catalog.custom, "" (the
+    /// default exchange)`.
+    pub fn allowed(&self) -> String {
+        let names: Vec<String> = self
+            .exchanges
+            .iter()
+            .map(|name| exchange_name(name))
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// Why the headers `names` were refused, naming them.
+pub fn reserved_reason(names: &[String]) -> String {
+    let verb = if names.len() == 1 { "is" } else { "are" };
+    format!(
+        "{} {verb} reserved for retrocat and the broker (retries, dead letters, \
+         encryption), not for clients",
+        names.join(", ")
+    )
+}
+
+fn default_as_empty(exchange: &str) -> &str {
+    if exchange == DEFAULT_EXCHANGE_ALIAS {
+        ""
+    } else {
+        exchange
+    }
+}
+
+fn exchange_name(exchange: &str) -> String {
+    if exchange.is_empty() {
+        r#""" (the default exchange)"#.to_owned()
+    } else {
+        exchange.to_owned()
+    }
+}
+
 /// Validates and publishes a custom message, returning its message id once the broker
 /// has confirmed it.
 pub async fn send(broker: &dyn Broker, outgoing: Outgoing) -> Result<String, SendError> {
@@ -162,6 +285,9 @@ pub async fn send_game_event(broker: &dyn Broker, event: GameEvent) -> Result<St
 pub enum SendError {
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// Headers only retrocat and the broker may set ([`headers::is_reserved`]), named.
+    #[error("headers: {}", reserved_reason(.0))]
+    ReservedHeaders(Vec<String>),
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -215,5 +341,83 @@ mod tests {
         for (outgoing, field) in cases {
             assert_eq!(outgoing.validate().unwrap_err().field, field);
         }
+    }
+
+    fn to(exchange: &str, routing_key: &str) -> Outgoing {
+        Outgoing {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            ..Outgoing::custom("hello".into())
+        }
+    }
+
+    #[test]
+    fn clients_publish_to_the_listed_exchanges_only() {
+        let policy = PublishPolicy::default();
+        assert!(policy.admit(Outgoing::custom("hello".into())).is_ok());
+        for exchange in [
+            "catalog.events",
+            "catalog.dlx",
+            "no.such",
+            "",
+            "amq.default",
+        ] {
+            let Err(SendError::Refused(refused)) = policy.admit(to(exchange, "orders")) else {
+                panic!("{exchange:?} was let through");
+            };
+            assert_eq!(refused.field, "exchange");
+            assert!(
+                refused.reason.contains("allowed: catalog.custom"),
+                "{refused}"
+            );
+        }
+        let wider = PublishPolicy::new(["catalog.custom", " orders ", "amq.default"]);
+        assert_eq!(
+            wider.allowed(),
+            r#"catalog.custom, orders, "" (the default exchange)"#
+        );
+        for (exchange, routing_key) in [("orders", "x"), ("", "my_queue"), ("amq.default", "q")] {
+            let admitted = wider.admit(to(exchange, routing_key)).unwrap();
+            assert_eq!(admitted.exchange, exchange.replace("amq.default", ""));
+        }
+    }
+
+    #[test]
+    fn the_default_exchange_never_reaches_retrocats_queues() {
+        let policy = PublishPolicy::new([""]);
+        for queue in [
+            "game_events",
+            "game_events.dlq",
+            "catalog.rpc",
+            "audit",
+            "amq.x",
+        ] {
+            for exchange in ["", "amq.default"] {
+                let Err(SendError::Refused(refused)) = policy.admit(to(exchange, queue)) else {
+                    panic!("{exchange:?} into {queue} was let through");
+                };
+                assert_eq!(refused.field, "routingKey");
+                assert!(refused.reason.contains(queue), "{refused}");
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_headers_are_refused_by_name_whatever_the_exchange() {
+        let policy = PublishPolicy::default();
+        let mut forged = Outgoing::custom("hello".into());
+        forged.headers.insert("X-Retry-Count".into(), 41.into());
+        forged
+            .headers
+            .insert("x-dead-letter-reason".into(), "forged".into());
+        forged.headers.insert("x-origin".into(), "test".into());
+        let Err(error @ SendError::ReservedHeaders(_)) = policy.admit(forged) else {
+            panic!("reserved headers were let through");
+        };
+        assert_eq!(
+            error.to_string(),
+            "headers: X-Retry-Count, x-dead-letter-reason are reserved for retrocat and \
+             the broker (retries, dead letters, encryption), not for clients"
+        );
     }
 }

@@ -44,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Publish(args) => {
             let outgoing = args.outgoing().context("reading the message")?;
+            let outgoing = args.producer.policy().admit(outgoing)?;
             let broker = connect_declared_broker(&cli.storage).await?;
             match args.wait {
                 None => println!("{}", producer::send(broker.as_ref(), outgoing).await?),
@@ -106,6 +107,8 @@ pub struct Components {
 
 impl Components {
     pub async fn connect(storage: &StorageArgs) -> anyhow::Result<Self> {
+        // Bad configuration fails before anything is opened or migrated.
+        storage.sealing().map_err(anyhow::Error::msg)?;
         let store = connect_store(&storage.database_url, storage.pool()).await?;
         let broker = connect_broker(storage).await?;
         topology::declare(broker.as_ref(), storage.topology())
@@ -144,14 +147,25 @@ pub async fn connect_store(url: &str, pool: PoolConfig) -> anyhow::Result<Arc<dy
 /// The broker `RABBITMQ_URL` names, or the embedded one; sealing bodies when
 /// `RETROCAT_MESSAGE_KEYS` is set.
 async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
+    // Checked before connecting: a configuration error says so, not a broker's.
+    storage.sealing().map_err(anyhow::Error::msg)?;
     let broker = connect_plain_broker(storage).await?;
-    Ok(match &storage.message_keys {
-        Some(keys) => Arc::new(SealedBroker::new(broker, keys.clone())),
+    sealed(storage, broker)
+}
+
+/// `broker` with bodies sealed and opened by `RETROCAT_MESSAGE_KEYS`, and plain messages
+/// refused with `--require-sealed`; `broker` itself without keys.
+pub fn sealed(storage: &StorageArgs, broker: Arc<dyn Broker>) -> anyhow::Result<Arc<dyn Broker>> {
+    Ok(match storage.sealing().map_err(anyhow::Error::msg)? {
+        Some(keys) => {
+            Arc::new(SealedBroker::new(broker, keys).requiring_sealed(storage.require_sealed))
+        }
         None => broker,
     })
 }
 
-async fn connect_plain_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
+/// The broker `RABBITMQ_URL` names, or the embedded one, as it is: no sealing.
+pub async fn connect_plain_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
     if let Some(url) = &storage.rabbitmq_url {
         return Ok(Arc::new(connect_rabbitmq(url).await?));
     }
@@ -268,7 +282,8 @@ pub async fn run_api(
         live,
         queues,
         shutdown.clone(),
-    );
+    )
+    .with_publish_policy(http.producer.policy());
     let app = api::router(ctx, http);
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");

@@ -3,9 +3,12 @@
 
 mod common;
 
+use common::brokers::{Sealing, TestBroker, on_every_broker};
 use common::{TestApp, flaky_cover_server, game_body, with};
+use retrocat::broker::sealed::MessageKeys;
 use retrocat::broker::{Message, Properties, Publish, topology};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -150,3 +153,101 @@ async fn retrocat_dlq_lists_and_purges_from_the_command_line() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no message"));
 }
+
+/// The key this test's system seals and opens with, and one it has never had.
+const KEY: &str = "now:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const LOST_KEY: &str = "lost:HxscGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQAfHh0=";
+
+/// A dead letter of `game_events`, sealed with `keys`.
+fn sealed_dead_letter(keys: &MessageKeys, id: &str) -> Message {
+    let mut message = Message {
+        body: json!({ "gameId": 1, "action": "process" })
+            .to_string()
+            .into(),
+        properties: Properties::json(id),
+    };
+    message.properties.mark_dead_lettered(
+        "attempt 5: fetching a cover: 503",
+        topology::GAME_EVENTS_QUEUE,
+    );
+    keys.seal(&mut message);
+    message
+}
+
+/// Dead letters whose bodies this system cannot open (one sealed with a key it lost, one
+/// tampered with) are listed with the reason, stay where they are however often they are
+/// listed, are refused a replay (which would seal them twice), and can be purged.
+async fn an_unopenable_dead_letter_is_listed_with_its_reason_and_stays(broker: TestBroker) {
+    let sealing = Sealing {
+        keys: Some(KEY),
+        ..Sealing::default()
+    };
+    let (app, plain) = broker.spawn(sealing, &[]).await;
+    let lost = sealed_dead_letter(&MessageKeys::parse(LOST_KEY).unwrap(), "lost-key");
+    let mut tampered = sealed_dead_letter(&MessageKeys::parse(KEY).unwrap(), "tampered");
+    let mut bytes = tampered.body.to_vec();
+    *bytes.last_mut().unwrap() ^= 1;
+    tampered.body = bytes.into();
+    plain
+        .publish(
+            [lost, tampered]
+                .map(|message| Publish::to_queue(topology::GAME_EVENTS_DLQ, message))
+                .to_vec(),
+        )
+        .await
+        .unwrap();
+
+    for read in ["first", "second"] {
+        let listed = dead_letters(&app, 2).await;
+        let reasons: BTreeMap<&str, &str> = listed
+            .iter()
+            .map(|dead| {
+                assert_eq!(dead["queue"], topology::GAME_EVENTS_QUEUE, "{dead}");
+                assert!(dead["reason"].as_str().unwrap().contains("503"), "{dead}");
+                let unopenable = dead["unopenable"].as_str().unwrap_or_else(|| {
+                    panic!("{read} list: an unopenable dead letter says why: {dead}")
+                });
+                (dead["id"].as_str().unwrap(), unopenable)
+            })
+            .collect();
+        assert!(
+            reasons["lost-key"].contains("unknown key id \"lost\""),
+            "{read} list: {reasons:?}"
+        );
+        assert!(
+            reasons["tampered"].contains("tampered"),
+            "{read} list: {reasons:?}"
+        );
+    }
+
+    let replay = app
+        .client
+        .post(app.url("/api/dlq/lost-key/replay"))
+        .send()
+        .await
+        .unwrap();
+    let status = replay.status();
+    assert_eq!(replay.headers()["content-type"], "application/problem+json");
+    let problem: Value = replay.json().await.unwrap();
+    assert_eq!(status, 409, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cannot be replayed") && detail.contains("RETROCAT_MESSAGE_KEYS"),
+        "{problem}"
+    );
+    dead_letters(&app, 2).await;
+
+    for id in ["lost-key", "tampered"] {
+        let purged = app
+            .client
+            .delete(app.url(&format!("/api/dlq/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(purged.status(), 204, "purge {id}");
+    }
+    dead_letters(&app, 0).await;
+    app.stop().await;
+}
+
+on_every_broker!(an_unopenable_dead_letter_is_listed_with_its_reason_and_stays);

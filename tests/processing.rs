@@ -4,6 +4,7 @@
 mod common;
 
 use chrono::Utc;
+use common::brokers::{Sealing, TestBroker, on_every_broker};
 use common::{Backend, Roles, TestApp, TestDatabase, game_body, on_every_backend, png, with};
 use retrocat::broker::{Consumer, Delivery, Message, Properties, Publish, headers, topology};
 use retrocat::domain::{EventId, GenreDraft, GenreName};
@@ -871,3 +872,89 @@ on_every_backend!(
     a_finish_behind_another_claim_of_its_event_waits_and_writes_nothing,
     concurrent_migrate_processes_seed_the_catalog_once,
 );
+
+/// With `--require-sealed`, a plain message (a client without the keys) is dead-lettered
+/// with the reason, unprocessed, while sealed ones (the relay's) are processed.
+async fn with_require_sealed_a_plain_message_is_dead_lettered_unprocessed(broker: TestBroker) {
+    let sealing = Sealing {
+        keys: Some("k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        require_sealed: true,
+    };
+    let (app, plain) = broker.spawn(sealing, &[]).await;
+    let game = app.create_game(&game_body("Sealed")).await;
+    let id = game["id"].as_i64().unwrap();
+    app.wait_for_status(id, "completed", 1).await;
+
+    let message = Message {
+        body: json!({ "gameId": id, "action": "process" })
+            .to_string()
+            .into(),
+        properties: Properties::json("plain-process"),
+    };
+    plain
+        .publish(vec![Publish::to_queue(
+            topology::GAME_EVENTS_QUEUE,
+            message,
+        )])
+        .await
+        .unwrap();
+    let listed = common::eventually(
+        "the plain message dead-lettered",
+        Duration::from_secs(10),
+        || async {
+            let listed = app.get_json("/api/dlq").await;
+            (listed.as_array().unwrap().len() == 1).then_some(listed)
+        },
+    )
+    .await;
+    let dead = &listed[0];
+    assert_eq!(dead["id"], "plain-process");
+    assert_eq!(dead["queue"], topology::GAME_EVENTS_QUEUE);
+    assert_eq!(dead["reason"], retrocat::broker::sealed::PLAIN_REFUSED);
+    assert!(dead["body"].as_str().unwrap().contains("process"), "{dead}");
+    assert_eq!(
+        outcomes(&history(&app, &game["id"]).await),
+        ["completed"],
+        "the plain message was not processed"
+    );
+    app.stop().await;
+}
+
+on_every_broker!(with_require_sealed_a_plain_message_is_dead_lettered_unprocessed);
+
+/// `--require-sealed` without message keys would refuse every message: the process
+/// says what to set and exits at start, before it opens anything.
+#[test]
+fn require_sealed_without_message_keys_stops_the_worker_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
+        .arg("worker")
+        .current_dir(dir.path())
+        .env("RETROCAT_REQUIRE_SEALED", "true")
+        .env_remove("RETROCAT_MESSAGE_KEYS")
+        .env_remove("RABBITMQ_URL")
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run retrocat");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            worker.kill().unwrap();
+            panic!("the worker started with --require-sealed and no keys");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("set RETROCAT_MESSAGE_KEYS"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was opened or created: {stderr}"
+    );
+}

@@ -4,9 +4,13 @@
 
 mod common;
 
+use common::brokers::{Sealing, TestBroker, on_every_broker};
 use common::{Backend, Roles, TestApp, game_body, on_every_backend, with};
-use retrocat::broker::{Message, Properties, Publish, topology};
+use retrocat::broker::{Message, Properties, Publish, dead_letters, topology};
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Completed attempts in a game's history.
 async fn completions(app: &TestApp, id: i64) -> usize {
@@ -155,3 +159,66 @@ async fn a_waiting_request_is_processed_ahead_of_a_backlog_of_ten_thousand_event
         "only {left} of {BACKLOG} events were still queued: the request waited its turn"
     );
 }
+
+/// A cover server whose `/cover.png` answers 404 after `delay`: a cover that fails for
+/// good, slowly enough that both copies of an event are fetching it at once. Returns
+/// the URL and the count of fetches.
+async fn slow_missing_cover(delay: Duration) -> (String, Arc<AtomicUsize>) {
+    use axum::{Router, http::StatusCode, routing::get};
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    let app = Router::new().route(
+        "/cover.png",
+        get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(delay).await;
+                StatusCode::NOT_FOUND
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/cover.png"), fetches)
+}
+
+/// The request on `catalog.rpc` and the event on `game_events` are two copies of one
+/// event, processed at once; when its cover fails for good, each copy fails, and the
+/// event still has one dead letter, in one dead-letter queue.
+async fn a_create_that_waits_and_fails_for_good_has_one_dead_letter(broker: TestBroker) {
+    let (app, _) = broker.spawn(Sealing::default(), &[]).await;
+    let (url, fetches) = slow_missing_cover(Duration::from_millis(800)).await;
+    let body = with(game_body("Lost cover"), "imageUrl", json!(url));
+    let response = app.post_json("/api/games?wait=10s", &body).await;
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    app.wait_for_status(id, "failed", 1).await;
+    common::eventually(
+        "both copies fetched the cover",
+        Duration::from_secs(10),
+        || {
+            let fetches = fetches.load(Ordering::SeqCst);
+            async move { (fetches >= 2).then_some(()) }
+        },
+    )
+    .await;
+    // Both settled: the slower copy's fetch ends `delay` after it started.
+    app.wait_until_idle().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut dead = Vec::new();
+    for queue in dead_letters::QUEUES {
+        let listed = app.get_json(&format!("/api/dlq?queue={queue}")).await;
+        for letter in listed.as_array().unwrap() {
+            dead.push((queue, letter["reason"].clone()));
+        }
+    }
+    assert_eq!(dead.len(), 1, "one dead letter for the event: {dead:?}");
+    assert!(dead[0].1.as_str().unwrap().contains("404"), "{dead:?}");
+    app.stop().await;
+}
+
+on_every_broker!(a_create_that_waits_and_fails_for_good_has_one_dead_letter);

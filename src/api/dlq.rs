@@ -2,7 +2,7 @@
 
 use super::ApiContext;
 use super::error::ApiError;
-use crate::broker::dead_letters::{self, DeadLetter};
+use crate::broker::dead_letters::{self, DeadLetter, DeadLetterError};
 use crate::broker::topology;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -67,7 +67,8 @@ type ParamsQuery = Result<Query<Params>, QueryRejection>;
 
 /// Dead letters
 ///
-/// The oldest messages of a dead-letter queue, left in it: reading never removes.
+/// The oldest messages of a dead-letter queue, left in it: reading never removes. One
+/// whose sealed body cannot be opened is listed too, with `unopenable` saying why.
 #[utoipa::path(get, path = "/api/dlq", tag = "dead letters", params(Params),
     responses((status = 200, description = "The messages, oldest first", body = Vec<DeadLetter>)))]
 async fn list(
@@ -83,13 +84,17 @@ async fn list(
 /// Replay a dead letter
 ///
 /// Sends the message back to the queue it died in, with a fresh retry count, and
-/// removes it from the dead-letter queue once the broker has confirmed the copy.
+/// removes it from the dead-letter queue once the broker has confirmed the copy. A
+/// message whose sealed body cannot be opened is refused and left in place: sent back,
+/// no consumer could read it.
 #[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dead letters",
     params(MessageId, Params),
     responses(
         (status = 200, description = "The message replayed", body = DeadLetter),
         (status = 404, description = "No such message among the oldest 10,000, or it names \
             no queue to replay it to (a message of `unrouted`)"),
+        (status = 409, description = "Its sealed body cannot be opened (`unopenable`): \
+            left in place, to purge or to replay once its key is back"),
     ))]
 async fn replay(
     State(ctx): State<ApiContext>,
@@ -129,4 +134,15 @@ fn not_found(queue: &str, id: &str) -> ApiError {
         "no message {id} among the oldest {} of {queue}",
         dead_letters::MAX_SCAN
     ))
+}
+
+impl From<DeadLetterError> for ApiError {
+    fn from(error: DeadLetterError) -> Self {
+        match error {
+            DeadLetterError::Broker(error) => error.into(),
+            unopenable @ DeadLetterError::Unopenable { .. } => {
+                Self::Conflict(unopenable.to_string())
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The producer's routes: the original message-producer's two (it ran on port 3001;
-//! here they share the API's port) and ours, which reaches any exchange.
+//! here they share the API's port), which send where the original sent, and ours, which
+//! reaches the exchanges `--publish-exchanges` lists ([`producer::PublishPolicy`]).
 
 use super::ApiContext;
 use super::error::ApiError;
@@ -143,8 +144,9 @@ async fn send_custom(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct MessageBody {
-    /// `catalog.custom` by default; `""` is the default exchange, which routes by
-    /// queue name. At most 255 bytes.
+    /// `catalog.custom` by default; one of the server's `--publish-exchanges`
+    /// (`catalog.custom` unless configured). `""` is the default exchange, which routes
+    /// by queue name, never into retrocat's own queues. At most 255 bytes.
     #[schema(max_length = 255)]
     exchange: Option<String>,
     /// `custom.message` by default. At most 255 bytes.
@@ -161,7 +163,9 @@ struct MessageBody {
     #[serde(default, deserialize_with = "optional_whole_number")]
     #[schema(maximum = 86_400_000)]
     delay_ms: Option<u64>,
-    /// AMQP headers: strings, integers or booleans.
+    /// AMQP headers: strings, integers or booleans. Those retrocat and the broker set
+    /// (`x-dead-letter-*`, `x-retry-count`, `x-replay-count`, `x-encryption`,
+    /// `x-key-id`, `x-unopenable`, `x-death`, in any case) are refused.
     #[serde(default)]
     #[schema(value_type = HashMap<String, crate::broker::HeaderValue>)]
     headers: Headers,
@@ -178,15 +182,22 @@ const MAX_WAIT_MS: u64 = 30_000;
 
 /// Send a message
 ///
-/// To any exchange and routing key. Answers the message id once the broker has
-/// confirmed it; with `waitMs`, also the consumer's reply, or 504 when none came in time.
+/// To an exchange the server allows (`--publish-exchanges`, `catalog.custom` by
+/// default) and any routing key. Answers the message id once the broker has confirmed
+/// it; with `waitMs`, also the consumer's reply, or 504 when none came in time.
 #[utoipa::path(post, path = "/api/messages", tag = "messages",
     request_body = MessageBody,
     responses(
         (status = 201, description = "Sent, and answered when `waitMs` was given",
             body = Object),
+        (status = 400, description = "The body is malformed, or names a header reserved \
+            for retrocat and the broker (`x-dead-letter-*`, `x-retry-count`, \
+            `x-replay-count`, `x-encryption`, `x-key-id`, `x-unopenable`, `x-death`): \
+            the answer names it"),
         (status = 404, description = "No such exchange"),
-        (status = 422, description = "A field is refused"),
+        (status = 422, description = "A field is refused: among them an exchange the \
+            server does not allow (the answer lists those it does), or the default \
+            exchange straight into one of retrocat's queues"),
         (status = 504, description = "No reply within `waitMs`"),
     ))]
 async fn send_message(
@@ -203,6 +214,7 @@ async fn send_message(
         persistent: body.persistent.unwrap_or(true),
         ..defaults
     };
+    let outgoing = ctx.publish_policy.admit(outgoing)?;
     let (exchange, routing_key) = (outgoing.exchange.clone(), outgoing.routing_key.clone());
     let Some(wait_ms) = body.wait_ms else {
         let message_id = producer::send(ctx.broker.as_ref(), outgoing).await?;
@@ -236,6 +248,9 @@ impl From<SendError> for ApiError {
         match error {
             SendError::Refused(refused) => {
                 ValidationError::new(refused.field, refused.reason).into()
+            }
+            SendError::ReservedHeaders(names) => {
+                ApiError::bad_field("headers", producer::reserved_reason(&names))
             }
             SendError::Broker(error) => error.into(),
         }

@@ -24,6 +24,7 @@ use crate::broker::headers::TRACEPARENT;
 use crate::config::HttpArgs;
 use crate::domain::Game;
 use crate::processing::group_commit::GroupCommit;
+use crate::producer::PublishPolicy;
 use crate::shutdown::Shutdown;
 use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
 use crate::telemetry::queues::QueueWatch;
@@ -49,6 +50,8 @@ pub struct ApiContext {
     pub shutdown: Shutdown,
     /// The queues, sampled in the background.
     pub queues: QueueWatch,
+    /// Where `POST /api/messages` may send, and what it may not (`--publish-exchanges`).
+    pub publish_policy: PublishPolicy,
     /// Creates and updates, group-committed: those in flight together share one
     /// transaction.
     creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
@@ -87,9 +90,17 @@ impl ApiContext {
             live,
             shutdown,
             queues,
+            publish_policy: PublishPolicy::default(),
             creates: Arc::new(creates),
             updates: Arc::new(updates),
         }
+    }
+
+    /// The context with clients publishing by `policy` rather than the default
+    /// (`catalog.custom` only).
+    pub fn with_publish_policy(mut self, policy: PublishPolicy) -> Self {
+        self.publish_policy = policy;
+        self
     }
 }
 

@@ -1,19 +1,30 @@
 //! Inspecting and acting on a dead-letter queue: list, replay, purge.
 //!
 //! Built on the [`Broker`] trait alone, so it works the same on both brokers: the
-//! messages are taken as deliveries and, unless acted on, left unsettled, which puts
-//! them back where they were. Reading a DLQ this way marks its messages redelivered,
+//! messages are taken as deliveries and, unless acted on, requeued, which puts them
+//! back where they were. Reading a DLQ this way marks its messages redelivered,
 //! which nothing downstream relies on. Two operators acting on the same DLQ at the same
 //! moment may each see part of it; neither loses a message.
+//!
+//! A dead letter whose sealed body this process cannot open (a key no longer in
+//! `RETROCAT_MESSAGE_KEYS`, tampered bytes, or no keys at all) is listed too, with
+//! [`DeadLetter::unopenable`] saying why and its body in base64. It can be purged, but
+//! not replayed: sent back, its body would be sealed again over the old seal, and no
+//! consumer could ever read it. [`replay`] refuses it with
+//! [`DeadLetterError::Unopenable`]; put its key back in the list to replay it.
 
 use super::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
 use crate::domain::EventId;
+use base64::Engine as _;
 use serde::Serialize;
 use std::time::Duration;
 
 /// How long to wait for the next message the queue said it holds; past it, someone
 /// else took it.
 const NEXT_DELIVERY: Duration = Duration::from_secs(2);
+
+/// How long a search that missed waits before it looks once more (see [`find`]).
+const SCAN_AGAIN_AFTER: Duration = Duration::from_millis(250);
 
 /// How many of the oldest messages replay and purge look through for the one named:
 /// each is held, unsettled, until the search ends, so the search is bounded.
@@ -45,13 +56,22 @@ pub struct DeadLetter {
     /// Attempts made before it was dead-lettered (`x-retry-count` + 1).
     pub attempts: i64,
     pub replays: i64,
-    /// The body as text (lossy for binary bodies).
+    /// Why its sealed body cannot be opened here; absent for a readable one. Such a
+    /// dead letter can be purged, not replayed.
+    pub unopenable: Option<String>,
+    /// The body as text (lossy for binary bodies); still sealed, in base64, when it
+    /// cannot be opened.
     pub body: String,
 }
 
 impl DeadLetter {
     fn of(message: &Message) -> Self {
         let properties = &message.properties;
+        let unopenable = unopenable(message);
+        let body = match unopenable {
+            Some(_) => base64::engine::general_purpose::STANDARD.encode(&message.body),
+            None => String::from_utf8_lossy(&message.body).into_owned(),
+        };
         Self {
             id: id_of(message),
             queue: properties
@@ -65,9 +85,36 @@ impl DeadLetter {
                 .map(str::to_owned),
             attempts: properties.header_int(headers::RETRY_COUNT).unwrap_or(0) + 1,
             replays: properties.header_int(REPLAY_COUNT).unwrap_or(0),
-            body: String::from_utf8_lossy(&message.body).into_owned(),
+            unopenable,
+            body,
         }
     }
+}
+
+/// Why `message` is still sealed: the reason the sealing layer gave, or, where no keys
+/// are set (the body still names its cipher), that there is nothing to open it with.
+fn unopenable(message: &Message) -> Option<String> {
+    let properties = &message.properties;
+    if let Some(reason) = properties.header_str(headers::UNOPENABLE) {
+        return Some(reason.to_owned());
+    }
+    properties
+        .header_str(headers::ENCRYPTION)
+        .map(|cipher| format!("sealed ({cipher}), and RETROCAT_MESSAGE_KEYS is not set to open it"))
+}
+
+/// Why a dead letter could not be acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Its body cannot be opened, so it is left where it is (see the module's comment).
+    #[error(
+        "message {id} cannot be replayed: {reason}. Sent back, it would be sealed again \
+         over its old seal and no consumer could read it. Add its key to \
+         RETROCAT_MESSAGE_KEYS and replay it, or purge it"
+    )]
+    Unopenable { id: String, reason: String },
 }
 
 fn id_of(message: &Message) -> String {
@@ -88,22 +135,31 @@ pub async fn list(
 }
 
 /// Sends the message `id` back to the queue it died in, with its retry count reset, and
-/// removes it from `dlq`. `Ok(None)` when `dlq` holds no such message.
+/// removes it from `dlq`. `Ok(None)` when `dlq` holds no such message. One that cannot
+/// be opened is refused, and stays in `dlq`.
 pub async fn replay(
     broker: &dyn Broker,
     dlq: &str,
     id: &str,
-) -> Result<Option<DeadLetter>, BrokerError> {
+) -> Result<Option<DeadLetter>, DeadLetterError> {
     let Some((found, delivery)) = find(broker, dlq, id).await? else {
         return Ok(None);
     };
+    if let Some(reason) = found.unopenable.clone() {
+        put_back(vec![delivery]).await;
+        return Err(DeadLetterError::Unopenable {
+            id: id.to_owned(),
+            reason,
+        });
+    }
     let Some(queue) = found.queue.clone() else {
         // `unrouted` holds such messages: no queue refused them, none took them.
         return Err(BrokerError::NotFound(format!(
             "message {id} does not say which queue it died in ({} header): there is no \
              queue to replay it to",
             headers::DEAD_LETTER_QUEUE
-        )));
+        ))
+        .into());
     };
     let mut message = delivery.message.clone();
     let headers = &mut message.properties.headers;
@@ -138,13 +194,22 @@ pub async fn purge(
     Ok(Some(found))
 }
 
+/// The dead letter `id` of `dlq`, held. A message being put back by a reader just
+/// before (a list, on RabbitMQ) is not counted ready for a moment: a scan that misses is
+/// made once more, shortly after, before saying there is no such message.
 async fn find(
     broker: &dyn Broker,
     dlq: &str,
     id: &str,
 ) -> Result<Option<(DeadLetter, Delivery)>, BrokerError> {
-    let taken = take(broker, dlq, MAX_SCAN, |message| id_of(message) == id).await?;
-    Ok(taken.seen.into_iter().last().zip(taken.found))
+    for pause in [Duration::ZERO, SCAN_AGAIN_AFTER] {
+        tokio::time::sleep(pause).await;
+        let taken = take(broker, dlq, MAX_SCAN, |message| id_of(message) == id).await?;
+        if let Some(found) = taken.seen.into_iter().last().zip(taken.found) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 struct Taken {
@@ -185,6 +250,19 @@ async fn take(
         held.push(delivery);
     }
     drop(consumer);
-    drop(held);
+    put_back(held).await;
     Ok(taken)
+}
+
+/// Requeues deliveries taken only to be read, each in its place, and waits until the
+/// broker has been told: dropped unsettled they would go back too, but on RabbitMQ
+/// only once a background task got to it, so that a replay or purge right after a
+/// list could miss them. A failed requeue is no loss: the delivery goes back with its
+/// channel.
+async fn put_back(held: Vec<Delivery>) {
+    for delivery in held {
+        if let Err(error) = delivery.nack(true).await {
+            tracing::debug!(%error, "dead letter left to go back with its channel");
+        }
+    }
 }

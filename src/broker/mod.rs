@@ -42,6 +42,67 @@ pub mod headers {
     pub const ENCRYPTION: &str = "x-encryption";
     /// The id of the key a sealed body was encrypted with.
     pub const KEY_ID: &str = "x-key-id";
+    /// Why a delivery's sealed body could not be opened, on a delivery handed on as it
+    /// is (see `broker::sealed`): set by the consuming process, never carried on the
+    /// broker.
+    pub const UNOPENABLE: &str = "x-unopenable";
+
+    /// Whether `name` is a header only retrocat and the broker may set, never a client
+    /// (`POST /api/messages`, `retrocat publish`). Each one is believed by whoever reads
+    /// it: the dead-letter headers and the retry and replay counts make a message pass
+    /// for a real dead letter (listed with its attempts, replayed where it says it came
+    /// from), and the encryption markers choose how a body is opened. Compared without
+    /// case, as a client could not tell `X-Retry-Count` from `x-retry-count`.
+    ///
+    /// The prefix `x-dead-letter` covers `x-dead-letter-*` and [`DEAD_LETTERED_AT`]
+    /// alike; `x-death`, `x-first-death-*` and `x-last-death-*` are RabbitMQ's own
+    /// record of a dead-lettering.
+    pub fn is_reserved(name: &str) -> bool {
+        const EXACT: [&str; 6] = [
+            RETRY_COUNT,
+            super::dead_letters::REPLAY_COUNT,
+            ENCRYPTION,
+            KEY_ID,
+            UNOPENABLE,
+            "x-death",
+        ];
+        const PREFIXES: [&str; 3] = ["x-dead-letter", "x-first-death-", "x-last-death-"];
+        let name = name.to_ascii_lowercase();
+        EXACT.contains(&name.as_str()) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn what_retrocat_and_the_broker_set_is_reserved_in_any_case() {
+            for name in [
+                DEAD_LETTER_REASON,
+                DEAD_LETTER_QUEUE,
+                DEAD_LETTERED_AT,
+                "x-dead-letter-anything",
+                "X-Retry-Count",
+                "x-replay-count",
+                "X-KEY-ID",
+                ENCRYPTION,
+                UNOPENABLE,
+                "x-death",
+                "x-first-death-queue",
+            ] {
+                assert!(is_reserved(name), "{name}");
+            }
+            for name in [
+                TRACEPARENT,
+                "x-origin",
+                "x-retry",
+                "retry-count",
+                "x-deathly",
+            ] {
+                assert!(!is_reserved(name), "{name}");
+            }
+        }
+    }
 }
 
 /// A header value: the subset of AMQP field types retrocat uses.

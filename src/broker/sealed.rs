@@ -5,13 +5,23 @@
 //! the ciphertext and its tag. The key's id travels in the `x-key-id` header so keys can
 //! rotate: the first key of `RETROCAT_MESSAGE_KEYS` seals, every listed key opens. The
 //! message id is authenticated with the body, so a ciphertext cannot be passed off as
-//! another message. A delivery that cannot be opened (unknown key, tampered bytes) never
-//! reaches the consumer: it goes to its queue's dead-letter queue with the reason.
+//! another message.
+//!
+//! Nothing is dropped. A delivery that cannot be opened (unknown key, tampered bytes)
+//! goes to its queue's dead-letter queue with the reason. A queue without one (a
+//! dead-letter queue itself, `unrouted`, a subscriber's queue) cannot send it anywhere,
+//! and dropping it would lose what may be the only copy: its consumer gets it as it is,
+//! still sealed, with the reason in the [`headers::UNOPENABLE`] header (so
+//! `GET /api/dlq` lists it, and it stays in the queue).
 //!
 //! Off by default: consumers that expect plain JSON, such as the original system's,
 //! cannot read sealed messages. Plain messages are still delivered as they are, so those
-//! clients' messages keep working; encryption here keeps payloads confidential on the
-//! broker, it does not authenticate producers.
+//! clients' messages keep working; encryption then keeps payloads confidential on the
+//! broker, it does not authenticate producers. With `--require-sealed`
+//! ([`SealedBroker::requiring_sealed`]) it does: a plain message that reaches a queue with
+//! a dead-letter queue (`game_events`, `catalog.rpc`, `custom_messages`: the queues whose
+//! messages cause work) is dead-lettered unprocessed, so only holders of a key get work
+//! done.
 
 use super::{
     Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec,
@@ -138,13 +148,20 @@ impl MessageKeys {
     }
 }
 
+/// Why `--require-sealed` refused a plain message, in its dead letter.
+pub const PLAIN_REFUSED: &str = "plain message refused: --require-sealed \
+    (RETROCAT_REQUIRE_SEALED) accepts only messages sealed with a key of RETROCAT_MESSAGE_KEYS";
+
 /// Any broker, with every body sealed on the way in and opened on the way out.
 pub struct SealedBroker {
     inner: Arc<dyn Broker>,
     keys: Arc<MessageKeys>,
-    /// Queues declared without a dead-letter queue: an unreadable message there is
-    /// dropped (with a warning) rather than requeued forever.
-    without_dlq: Mutex<HashSet<String>>,
+    /// Queues declared (by this process) with a dead-letter queue: where a message that
+    /// cannot be opened, or a refused plain one, is dead-lettered. Any other queue's
+    /// consumer gets it as it is, marked (see the module's comment).
+    with_dlq: Mutex<HashSet<String>>,
+    /// Dead-letter plain messages on queues with a dead-letter queue.
+    require_sealed: bool,
 }
 
 impl SealedBroker {
@@ -152,8 +169,16 @@ impl SealedBroker {
         Self {
             inner,
             keys,
-            without_dlq: Mutex::default(),
+            with_dlq: Mutex::default(),
+            require_sealed: false,
         }
+    }
+
+    /// With `require`, a plain message on a queue with a dead-letter queue is
+    /// dead-lettered with [`PLAIN_REFUSED`] instead of delivered (`--require-sealed`).
+    pub fn requiring_sealed(mut self, require: bool) -> Self {
+        self.require_sealed = require;
+        self
     }
 }
 
@@ -169,11 +194,11 @@ impl Broker for SealedBroker {
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
         self.inner.declare_queue(spec).await?;
-        let mut without_dlq = self.without_dlq.lock().expect("queue set lock");
-        if spec.dead_letter_queue.is_none() {
-            without_dlq.insert(spec.name.clone());
+        let mut with_dlq = self.with_dlq.lock().expect("queue set lock");
+        if spec.dead_letter_queue.is_some() {
+            with_dlq.insert(spec.name.clone());
         } else {
-            without_dlq.remove(&spec.name);
+            with_dlq.remove(&spec.name);
         }
         Ok(())
     }
@@ -215,13 +240,16 @@ impl Broker for SealedBroker {
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, BrokerError> {
         let mut inner = self.inner.consume(queue, prefetch).await?;
-        let keys = self.keys.clone();
-        let has_dlq = !self
-            .without_dlq
-            .lock()
-            .expect("queue set lock")
-            .contains(queue);
-        let queue = queue.to_owned();
+        let opener = Opener {
+            keys: self.keys.clone(),
+            has_dlq: self
+                .with_dlq
+                .lock()
+                .expect("queue set lock")
+                .contains(queue),
+            require_sealed: self.require_sealed,
+            queue: queue.to_owned(),
+        };
         let (sender, receiver) = mpsc::channel(usize::from(prefetch.max(1)));
         tokio::spawn(async move {
             loop {
@@ -229,14 +257,12 @@ impl Broker for SealedBroker {
                     next = inner.next() => next,
                     () = sender.closed() => break,
                 };
-                let Some(mut delivery) = next else { break };
-                match keys.open(&mut delivery.message) {
-                    Ok(()) => {
-                        if sender.send(delivery).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(reason) => set_aside(delivery, &reason, &queue, has_dlq).await,
+                let Some(delivery) = next else { break };
+                let Some(delivery) = opener.open(delivery).await else {
+                    continue;
+                };
+                if sender.send(delivery).await.is_err() {
+                    break;
                 }
             }
         });
@@ -256,18 +282,44 @@ impl Broker for SealedBroker {
     }
 }
 
-/// Takes an unreadable delivery out of the way: to the dead-letter queue with the
-/// reason, or, for a queue without one, dropped with a warning.
-async fn set_aside(delivery: Delivery, reason: &str, queue: &str, has_dlq: bool) {
-    let settled = if has_dlq {
-        tracing::warn!(%queue, %reason, "undecryptable message dead-lettered");
-        delivery.dead_letter(reason).await
-    } else {
-        tracing::warn!(%queue, %reason, "undecryptable message dropped: its queue has no dead-letter queue");
-        delivery.nack(false).await
-    };
-    if let Err(error) = settled {
-        tracing::warn!(%queue, %error, "could not set an undecryptable message aside; it will come back");
+/// Opens the deliveries of one consumer.
+struct Opener {
+    keys: Arc<MessageKeys>,
+    has_dlq: bool,
+    require_sealed: bool,
+    queue: String,
+}
+
+impl Opener {
+    /// The delivery, opened; or, when it cannot be opened or is a refused plain one,
+    /// `None` once it is dead-lettered, or the delivery as it is, marked with the reason,
+    /// on a queue without a dead-letter queue. Never dropped: a read must not lose data.
+    async fn open(&self, mut delivery: Delivery) -> Option<Delivery> {
+        let message = &mut delivery.message;
+        // Only this layer says why a body could not be opened; a sender cannot.
+        message.properties.headers.remove(headers::UNOPENABLE);
+        let plain = message.properties.header_str(headers::ENCRYPTION).is_none();
+        let refused = if plain && self.require_sealed && self.has_dlq {
+            Err(PLAIN_REFUSED.to_owned())
+        } else {
+            self.keys.open(message)
+        };
+        let Err(reason) = refused else {
+            return Some(delivery);
+        };
+        let queue = &self.queue;
+        if !self.has_dlq {
+            tracing::warn!(%queue, %reason, "message handed on unopened: its queue has no dead-letter queue");
+            let headers = &mut delivery.message.properties.headers;
+            headers.insert(headers::UNOPENABLE.into(), reason.into());
+            return Some(delivery);
+        }
+        tracing::warn!(%queue, %reason, "message dead-lettered unopened");
+        if let Err(error) = delivery.dead_letter(&reason).await {
+            // Unsettled, it goes back to the queue: delivered again, never lost.
+            tracing::warn!(%queue, %error, "could not dead-letter an unopened message; it will come back");
+        }
+        None
     }
 }
 

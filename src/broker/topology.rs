@@ -48,6 +48,36 @@ pub const AUDIT_QUEUE: &str = "audit";
 pub const UNROUTED_EXCHANGE: &str = "catalog.unrouted";
 pub const UNROUTED_QUEUE: &str = "unrouted";
 
+/// The prefix of each API instance's live-feed queue (`live_feed.<instance>`).
+pub const LIVE_FEED_PREFIX: &str = "live_feed.";
+
+/// Whether `queue` is one of retrocat's own queues, or a queue of the broker's: the
+/// queues above with their dead-letter queues, the subscribers' `audit.NAME`, the live
+/// feeds, the delay queues (`<target>.delay.<ms>`), every `catalog.*` name, and the
+/// broker's `amq.*` names (direct reply-to among them). Through the default exchange a
+/// client could drop anything into such a queue (a forged event, dead letter or reply),
+/// so the producer refuses it ([`crate::producer::PublishPolicy`]).
+pub fn is_internal_queue(queue: &str) -> bool {
+    const OWNED: [&str; 5] = [
+        GAME_EVENTS_QUEUE,
+        CUSTOM_QUEUE,
+        AUDIT_QUEUE,
+        UNROUTED_QUEUE,
+        "catalog",
+    ];
+    let queue = queue.to_ascii_lowercase();
+    let owned = |name: &str| {
+        queue == name
+            || queue
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    OWNED.into_iter().any(owned)
+        || queue.starts_with(LIVE_FEED_PREFIX)
+        || queue.starts_with("amq.")
+        || queue.contains(".delay.")
+}
+
 /// How the topology is declared.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TopologyConfig {
@@ -135,8 +165,45 @@ pub async fn declare_subscriber(broker: &dyn Broker, name: &str) -> Result<(), B
 /// Declares this API instance's own live-feed queue, bound to every game event, so each
 /// instance streams every update whichever worker produced it.
 pub async fn declare_live_feed(broker: &dyn Broker, instance: &str) -> Result<String, BrokerError> {
-    let queue = format!("live_feed.{instance}");
+    let queue = format!("{LIVE_FEED_PREFIX}{instance}");
     broker.declare_queue(&QueueSpec::exclusive(&queue)).await?;
     broker.bind_queue(&queue, EVENTS_EXCHANGE, "game.#").await?;
     Ok(queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrocats_queues_and_the_brokers_are_internal_and_others_are_not() {
+        for queue in [
+            GAME_EVENTS_QUEUE,
+            GAME_EVENTS_DLQ,
+            CUSTOM_QUEUE,
+            CUSTOM_DLQ,
+            RPC_QUEUE,
+            RPC_DLQ,
+            AUDIT_QUEUE,
+            "audit.archive",
+            UNROUTED_QUEUE,
+            "live_feed.0190aa",
+            "game_events.delay.1000",
+            "catalog.custom.custom.message.delay.300",
+            "orders.delay.50",
+            "amq.rabbitmq.reply-to.g1h2AA",
+            "Game_Events",
+        ] {
+            assert!(is_internal_queue(queue), "{queue}");
+        }
+        for queue in [
+            "orders",
+            "game_events_archive",
+            "auditing",
+            "catalogue",
+            "test.tap",
+        ] {
+            assert!(!is_internal_queue(queue), "{queue}");
+        }
+    }
 }

@@ -355,7 +355,15 @@ impl Worker {
                     let failed = ProcessingResult::Failed {
                         error: reason.clone(),
                     };
-                    self.finishes.call(record(item.version, failed)).await?;
+                    let finished = self.finishes.call(record(item.version, failed)).await?;
+                    if finished == FinishOutcome::AlreadyProcessed {
+                        // Another copy of the event settled it first: the request on
+                        // `catalog.rpc` and the event on `game_events`, in flight at
+                        // once, both failing. That copy was dead-lettered if it failed;
+                        // this one is acknowledged, so an event has one dead letter.
+                        delivery.ack().await?;
+                        return Ok(Outcome::Duplicate);
+                    }
                     delivery.dead_letter(&reason).await?;
                     tracing::warn!(game_id = item.game_id, %reason, "processing failed for good; dead-lettered");
                     self.end_to_end.finished(event.timestamp.as_deref());

@@ -4,6 +4,8 @@
 //! that read like the API.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
+/// The system on either broker, with message keys, and the broker unsealed beside it.
+pub mod brokers;
 /// The binary as separate OS processes, and what they did to the database.
 pub mod processes;
 /// A vhost per test on the machine's RabbitMQ, and a plain AMQP client.
@@ -273,6 +275,7 @@ pub fn storage_in(dir: &std::path::Path, database_url: String) -> StorageArgs {
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
         message_keys: None,
+        require_sealed: false,
     }
 }
 
@@ -309,12 +312,39 @@ impl TestApp {
     }
 
     pub async fn spawn_on_with(backend: Backend, roles: Roles, extra: &[&str]) -> Self {
+        Self::spawn_on_broker(backend, None, roles, extra).await
+    }
+
+    /// `roles` on `backend` and the RabbitMQ at `rabbitmq_url` (a test's
+    /// [`rabbitmq::Vhost`]), or the embedded broker for `None`.
+    pub async fn spawn_on_broker(
+        backend: Backend,
+        rabbitmq_url: Option<&str>,
+        roles: Roles,
+        extra: &[&str],
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = TempDir::new().expect("temp dir");
         let (database_url, database) = backend.fresh_database(dir.path()).await;
-        let parts = Components::connect(&storage_in(dir.path(), database_url))
+        let storage = StorageArgs {
+            rabbitmq_url: rabbitmq_url.map(str::to_owned),
+            ..storage_in(dir.path(), database_url)
+        };
+        let parts = Components::connect(&storage)
             .await
             .expect("database and broker");
+        Self::spawn_parts(parts, dir, database, roles, extra).await
+    }
+
+    /// `roles` on `parts`, connected and declared by the test (a broker set up its own
+    /// way), with `extra` serve arguments; `dir` and `database` last as long as the app.
+    pub async fn spawn_parts(
+        parts: Components,
+        dir: TempDir,
+        database: Option<TestDatabase>,
+        roles: Roles,
+        extra: &[&str],
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
