@@ -9,6 +9,7 @@ use crate::broker::topology::TopologyConfig;
 use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
 use crate::processing::retry::RetryPolicy;
+use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::WorkerConfig;
 use crate::producer::PublishPolicy;
 use crate::storage::PoolConfig;
@@ -18,7 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the catalog and the messages live; shared by every role.
+/// Where the catalog and the messages live, and what a cover may take to decode; shared
+/// by every role.
 #[derive(Args, Clone, Debug)]
 pub struct StorageArgs {
     /// Catalog database: sqlite://PATH (default), postgres://… or mysql://… (MariaDB too)
@@ -82,6 +84,14 @@ pub struct StorageArgs {
     /// default: the original system's clients send plain JSON.
     #[arg(long, env = "RETROCAT_REQUIRE_SEALED", global = true)]
     pub require_sealed: bool,
+
+    /// Most memory decoding one cover image may take, in bytes, decoded pixels included:
+    /// checked from the image's header at upload (422 above it) and before the worker
+    /// decodes one. Decodes run one per core at most.
+    #[arg(long, env = "RETROCAT_MAX_IMAGE_MEMORY", global = true,
+          default_value_t = DecodeBudget::default().max_bytes,
+          value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
+    pub max_image_memory: u64,
 }
 
 fn parse_message_keys(spec: &str) -> Result<Arc<MessageKeys>, String> {
@@ -108,6 +118,12 @@ impl StorageArgs {
                  turn --require-sealed off"
                 .into()),
             (keys, _) => Ok(keys.clone()),
+        }
+    }
+
+    pub fn decode_budget(&self) -> DecodeBudget {
+        DecodeBudget {
+            max_bytes: self.max_image_memory,
         }
     }
 

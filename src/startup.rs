@@ -11,7 +11,8 @@ use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
 use crate::processing::subscriber::Subscriber;
-use crate::processing::worker::Worker;
+use crate::processing::thumbnail::DecodeBudget;
+use crate::processing::worker::{Worker, WorkerConfig};
 use crate::producer;
 use crate::shutdown::Shutdown;
 use crate::storage::{
@@ -103,6 +104,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub struct Components {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
+    /// What decoding one cover may take: checked at upload and in the worker.
+    pub decode_budget: DecodeBudget,
 }
 
 impl Components {
@@ -114,7 +117,11 @@ impl Components {
         topology::declare(broker.as_ref(), storage.topology())
             .await
             .context("declaring the broker topology")?;
-        Ok(Self { store, broker })
+        Ok(Self {
+            store,
+            broker,
+            decode_budget: storage.decode_budget(),
+        })
     }
 }
 
@@ -283,7 +290,8 @@ pub async fn run_api(
         queues,
         shutdown.clone(),
     )
-    .with_publish_policy(http.producer.policy());
+    .with_publish_policy(http.producer.policy())
+    .with_decode_budget(parts.decode_budget);
     let app = api::router(ctx, http);
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");
@@ -337,7 +345,10 @@ pub async fn run_worker(
         parts.store.clone(),
         parts.broker.clone(),
         CoverFetcher::new(args.fetch()),
-        args.worker(),
+        WorkerConfig {
+            decode_budget: parts.decode_budget,
+            ..args.worker()
+        },
     );
     let worker = Arc::new(worker);
     let (store, broker, prefetch) = (&parts.store, &parts.broker, args.prefetch.max(1));

@@ -143,16 +143,7 @@ async fn credentials_in_a_cover_url_never_appear_in_answers_or_logs() {
         "imageUrl",
         json!("http://127.0.0.1:9/c.png"),
     );
-    let game: Value = client
-        .post(serve.url("/api/games"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = game["id"].as_i64().unwrap();
+    let id = serve.create_game(&body).await["id"].as_i64().unwrap();
     let history = format!("/api/games/{id}/history");
     eventually("the first attempt", Duration::from_secs(30), || async {
         let attempts = serve.get_json(&history).await;
@@ -188,6 +179,59 @@ async fn credentials_in_a_cover_url_never_appear_in_answers_or_logs() {
     let log = serve.log();
     assert!(log.contains("127.0.0.1:9"), "the log shows the fetches");
     assert!(!log.contains(PASSWORD), "the password is in the log");
+    serve.stop().await;
+}
+
+/// 20 uploads at once of an 8000×2000 cover (a small file, 46 MiB decoded) are each
+/// refused from the image's header, and 20 at once of a 4000×2000 one (23 MiB decoded,
+/// within the budget) are all made into thumbnails, decoded one per core at a time:
+/// the process's peak resident memory stays under 200 MB throughout.
+#[tokio::test]
+async fn concurrent_large_covers_keep_the_process_under_200_mb() {
+    let deployment = Deployment::on(Backend::Sqlite).await;
+    let serve = deployment
+        .start_http("serve", "serve", free_port(), &[])
+        .await;
+    let client = http_client();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let game = serve.create_game(&game_body(&format!("Large {n}"))).await;
+        ids.push(game["id"].as_i64().unwrap());
+    }
+    let upload = |id: i64, cover: Vec<u8>| {
+        let request = client
+            .put(serve.url(&format!("/api/games/{id}/cover")))
+            .header("content-type", "image/png")
+            .body(cover);
+        async move { request.send().await.unwrap() }
+    };
+
+    let huge = common::png(8000, 2000);
+    let refused =
+        futures::future::join_all(ids[..20].iter().map(|&id| upload(id, huge.clone()))).await;
+    for response in refused {
+        assert_eq!(response.status(), 422);
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "cover", "{problem}");
+    }
+
+    let large = common::png(4000, 2000);
+    let taken =
+        futures::future::join_all(ids[20..].iter().map(|&id| upload(id, large.clone()))).await;
+    assert!(taken.iter().all(|response| response.status() == 200));
+    for &id in &ids[20..] {
+        eventually("a thumbnail of each", Duration::from_secs(120), || async {
+            let game = serve.get_json(&format!("/api/games/{id}")).await;
+            (game["processingStatus"] == "completed").then_some(())
+        })
+        .await;
+    }
+    let peak = serve.peak_resident_bytes();
+    assert!(
+        peak < 200_000_000,
+        "peak resident memory {} MB",
+        peak / 1_000_000
+    );
     serve.stop().await;
 }
 

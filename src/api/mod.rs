@@ -24,6 +24,7 @@ use crate::broker::headers::TRACEPARENT;
 use crate::config::HttpArgs;
 use crate::domain::Game;
 use crate::processing::group_commit::GroupCommit;
+use crate::processing::thumbnail::DecodeBudget;
 use crate::producer::PublishPolicy;
 use crate::shutdown::Shutdown;
 use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
@@ -52,6 +53,8 @@ pub struct ApiContext {
     pub queues: QueueWatch,
     /// Where `POST /api/messages` may send, and what it may not (`--publish-exchanges`).
     pub publish_policy: PublishPolicy,
+    /// What decoding an uploaded cover may take (`--max-image-memory`).
+    pub decode_budget: DecodeBudget,
     /// Creates and updates, group-committed: those in flight together share one
     /// transaction.
     creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
@@ -91,6 +94,7 @@ impl ApiContext {
             shutdown,
             queues,
             publish_policy: PublishPolicy::default(),
+            decode_budget: DecodeBudget::default(),
             creates: Arc::new(creates),
             updates: Arc::new(updates),
         }
@@ -100,6 +104,12 @@ impl ApiContext {
     /// (`catalog.custom` only).
     pub fn with_publish_policy(mut self, policy: PublishPolicy) -> Self {
         self.publish_policy = policy;
+        self
+    }
+
+    /// The context with uploads checked against `budget` rather than the default.
+    pub fn with_decode_budget(mut self, budget: DecodeBudget) -> Self {
+        self.decode_budget = budget;
         self
     }
 }

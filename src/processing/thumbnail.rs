@@ -2,21 +2,68 @@
 //!
 //! A cover comes from a user upload or from an arbitrary URL, so its bytes are hostile
 //! until proven otherwise: the format is guessed from the content (never from a file
-//! name), and decoding runs under [`Limits`] so that a small file claiming to be a huge
-//! image (a decompression bomb) is refused before its pixels are allocated.
+//! name), and its size is read from its header and checked against the
+//! [`DecodeBudget`] before any pixel is allocated, so that a small file claiming to be a
+//! huge image (a decompression bomb) is refused: at upload, and again in the worker,
+//! which decodes under the same [`Limits`]. Decodes run one per core at most
+//! ([`render`]), so covers arriving together cannot multiply the budget.
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::LazyLock;
 
-use image::{DynamicImage, ImageError, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+use tokio::sync::Semaphore;
 
 /// Widest or tallest image we agree to decode. Covers are a few hundred pixels across;
 /// this leaves room for scans while keeping a single row's allocation small.
 pub const MAX_DIMENSION: u32 = 8192;
 
-/// Most memory the decoder may allocate for one image. The decoded pixels count towards
-/// it, so an 8192×8192 RGBA image (256 MiB) is refused even though each side is allowed.
-pub const MAX_ALLOC_BYTES: u64 = 64 * 1024 * 1024;
+/// Most memory decoding one cover may take (`--max-image-memory`). The decoded pixels
+/// count towards it: at the default, 32 MiB, a 4096×2048 RGBA image fits and an
+/// 8000×2000 one (over 61 MiB) is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeBudget {
+    pub max_bytes: u64,
+}
+
+impl Default for DecodeBudget {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl DecodeBudget {
+    /// Refuses, from its header alone, an image this budget would not decode: what the
+    /// upload checks before storing a cover. `Ok` for an image within the budget.
+    pub fn check(&self, image: &[u8]) -> Result<(), ThumbnailError> {
+        let decoder = reader(image)?.into_decoder().map_err(classify)?;
+        let (width, height) = decoder.dimensions();
+        let bytes = decoder.total_bytes();
+        if width > MAX_DIMENSION || height > MAX_DIMENSION || bytes > self.max_bytes {
+            return Err(ThumbnailError::TooLarge(format!(
+                "{width}×{height} pixels, {} MiB decoded: a cover may be at most \
+                 {MAX_DIMENSION}×{MAX_DIMENSION} pixels and {} MiB decoded \
+                 (--max-image-memory)",
+                bytes.div_ceil(MIB),
+                self.max_bytes / MIB
+            )));
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(MAX_DIMENSION);
+        limits.max_image_height = Some(MAX_DIMENSION);
+        limits.max_alloc = Some(self.max_bytes);
+        limits
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
 
 /// A PNG-encoded thumbnail and its size in pixels.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,12 +92,8 @@ pub enum ThumbnailError {
     Unsupported(ImageError),
     #[error("image is corrupt or truncated: {0}")]
     Corrupt(ImageError),
-    #[error(
-        "image is too large to decode (at most {max}×{max} pixels and {mib} MiB decoded): {0}",
-        max = MAX_DIMENSION,
-        mib = MAX_ALLOC_BYTES / (1024 * 1024)
-    )]
-    TooLarge(ImageError),
+    #[error("image is too large to decode: {0}")]
+    TooLarge(String),
     #[error("could not encode the thumbnail as PNG: {0}")]
     Encode(ImageError),
 }
@@ -61,9 +104,14 @@ pub enum ThumbnailError {
 /// enlarged. A `max_side` of 0 is treated as 1.
 ///
 /// This is CPU-bound work that can take tens of milliseconds on a large cover: async
-/// callers must run it with `tokio::task::spawn_blocking`, not on a runtime worker.
-pub fn make_thumbnail(image: &[u8], max_side: u32) -> Result<Thumbnail, ThumbnailError> {
-    let decoded = decode(image)?;
+/// callers use [`render`], which runs it off the runtime, one per core at most.
+pub fn make_thumbnail(
+    image: &[u8],
+    max_side: u32,
+    budget: DecodeBudget,
+) -> Result<Thumbnail, ThumbnailError> {
+    budget.check(image)?;
+    let decoded = decode(image, budget)?;
     let max_side = max_side.max(1);
     let scaled = if decoded.width() <= max_side && decoded.height() <= max_side {
         decoded
@@ -88,24 +136,43 @@ pub fn make_thumbnail(image: &[u8], max_side: u32) -> Result<Thumbnail, Thumbnai
     })
 }
 
-/// Decodes under [`MAX_DIMENSION`] and [`MAX_ALLOC_BYTES`]. The reader checks the
-/// dimensions from the header before allocating the pixel buffer, which is what stops
-/// a decompression bomb.
-fn decode(image: &[u8]) -> Result<DynamicImage, ThumbnailError> {
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_DIMENSION);
-    limits.max_image_height = Some(MAX_DIMENSION);
-    limits.max_alloc = Some(MAX_ALLOC_BYTES);
+/// [`make_thumbnail`] on a blocking thread, once one of the decodes allowed at once
+/// (one per core: more would not finish sooner, and each holds up to a budget) is free.
+pub async fn render(
+    image: impl AsRef<[u8]> + Send + 'static,
+    max_side: u32,
+    budget: DecodeBudget,
+) -> Result<Result<Thumbnail, ThumbnailError>, tokio::task::JoinError> {
+    static DECODES: LazyLock<Semaphore> = LazyLock::new(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))
+    });
+    let _decoding = DECODES
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    tokio::task::spawn_blocking(move || make_thumbnail(image.as_ref(), max_side, budget)).await
+}
 
-    let mut reader = ImageReader::new(Cursor::new(image))
+/// Decodes under the budget's [`Limits`], which also hold for what the header did not
+/// say (a GIF's frames).
+fn decode(image: &[u8], budget: DecodeBudget) -> Result<DynamicImage, ThumbnailError> {
+    let mut reader = reader(image)?;
+    reader.limits(budget.limits());
+    reader.decode().map_err(classify)
+}
+
+fn reader(image: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, ThumbnailError> {
+    ImageReader::new(Cursor::new(image))
         .with_guessed_format()
-        .map_err(|err| ThumbnailError::Corrupt(ImageError::IoError(err)))?;
-    reader.limits(limits);
-    reader.decode().map_err(|err| match err {
-        ImageError::Limits(_) => ThumbnailError::TooLarge(err),
+        .map_err(|err| ThumbnailError::Corrupt(ImageError::IoError(err)))
+}
+
+fn classify(err: ImageError) -> ThumbnailError {
+    match err {
+        ImageError::Limits(_) => ThumbnailError::TooLarge(err.to_string()),
         ImageError::Unsupported(_) => ThumbnailError::Unsupported(err),
         _ => ThumbnailError::Corrupt(err),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +203,7 @@ mod tests {
     fn png_is_scaled_down_and_encoded_as_png() {
         let source = encoded(gradient(400, 400), ImageFormat::Png);
 
-        let thumb = make_thumbnail(&source, 100).unwrap();
+        let thumb = make_thumbnail(&source, 100, DecodeBudget::default()).unwrap();
 
         assert_eq!((thumb.width, thumb.height), (100, 100));
         let output = decode_png(&thumb.png);
@@ -147,7 +214,7 @@ mod tests {
     fn jpeg_is_recognised_by_its_content() {
         let source = encoded(gradient(300, 200), ImageFormat::Jpeg);
 
-        let thumb = make_thumbnail(&source, 150).unwrap();
+        let thumb = make_thumbnail(&source, 150, DecodeBudget::default()).unwrap();
 
         assert_eq!((thumb.width, thumb.height), (150, 100));
         assert_eq!(
@@ -169,8 +236,8 @@ mod tests {
         for format in formats {
             let source = encoded(gradient(64, 48), format);
 
-            let thumb =
-                make_thumbnail(&source, 32).unwrap_or_else(|err| panic!("{format:?}: {err}"));
+            let thumb = make_thumbnail(&source, 32, DecodeBudget::default())
+                .unwrap_or_else(|err| panic!("{format:?}: {err}"));
 
             assert_eq!((thumb.width, thumb.height), (32, 24), "{format:?}");
         }
@@ -180,7 +247,7 @@ mod tests {
     fn wide_image_keeps_its_aspect_ratio() {
         let source = encoded(gradient(1000, 250), ImageFormat::Png);
 
-        let thumb = make_thumbnail(&source, 200).unwrap();
+        let thumb = make_thumbnail(&source, 200, DecodeBudget::default()).unwrap();
 
         assert_eq!((thumb.width, thumb.height), (200, 50));
     }
@@ -189,7 +256,7 @@ mod tests {
     fn tall_image_keeps_its_aspect_ratio() {
         let source = encoded(gradient(120, 480), ImageFormat::Bmp);
 
-        let thumb = make_thumbnail(&source, 240).unwrap();
+        let thumb = make_thumbnail(&source, 240, DecodeBudget::default()).unwrap();
 
         assert_eq!((thumb.width, thumb.height), (60, 240));
     }
@@ -198,7 +265,7 @@ mod tests {
     fn small_image_is_not_upscaled() {
         let source = encoded(gradient(40, 30), ImageFormat::Png);
 
-        let thumb = make_thumbnail(&source, 256).unwrap();
+        let thumb = make_thumbnail(&source, 256, DecodeBudget::default()).unwrap();
 
         assert_eq!((thumb.width, thumb.height), (40, 30));
     }
@@ -207,7 +274,12 @@ mod tests {
     fn transparency_is_kept() {
         let source = DynamicImage::ImageRgba8(RgbaImage::from_pixel(64, 64, Rgba([0, 255, 0, 0])));
 
-        let thumb = make_thumbnail(&encoded(source, ImageFormat::Png), 32).unwrap();
+        let thumb = make_thumbnail(
+            &encoded(source, ImageFormat::Png),
+            32,
+            DecodeBudget::default(),
+        )
+        .unwrap();
 
         let output = decode_png(&thumb.png);
         assert!(output.color().has_alpha());
@@ -229,13 +301,16 @@ mod tests {
         ];
 
         for (name, bytes) in cases {
-            assert!(make_thumbnail(bytes, 64).is_err(), "{name} must be refused");
+            assert!(
+                make_thumbnail(bytes, 64, DecodeBudget::default()).is_err(),
+                "{name} must be refused"
+            );
         }
     }
 
     #[test]
     fn unrecognised_bytes_are_unsupported() {
-        let err = make_thumbnail(b"GIF? no, just text", 64).unwrap_err();
+        let err = make_thumbnail(b"GIF? no, just text", 64, DecodeBudget::default()).unwrap_err();
 
         assert!(matches!(err, ThumbnailError::Unsupported(_)), "{err}");
     }
@@ -245,7 +320,7 @@ mod tests {
         let mut png = encoded(gradient(64, 64), ImageFormat::Png);
         png.truncate(png.len() - 20);
 
-        let err = make_thumbnail(&png, 64).unwrap_err();
+        let err = make_thumbnail(&png, 64, DecodeBudget::default()).unwrap_err();
 
         assert!(matches!(err, ThumbnailError::Corrupt(_)), "{err}");
     }
@@ -262,12 +337,12 @@ mod tests {
         let crc = crc32(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
 
-        let err = make_thumbnail(&png, 64).unwrap_err();
+        let err = make_thumbnail(&png, 64, DecodeBudget::default()).unwrap_err();
 
         assert!(matches!(err, ThumbnailError::TooLarge(_)), "{err}");
     }
 
-    /// Within the side limits but over the allocation limit: 8000×3000 RGBA is 96 MB.
+    /// Within the side limits but over the budget: 8000×3000 RGBA is 96 MB.
     #[test]
     fn image_over_the_allocation_limit_is_refused() {
         let mut png = encoded(
@@ -279,9 +354,34 @@ mod tests {
         let crc = crc32(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
 
-        let err = make_thumbnail(&png, 64).unwrap_err();
+        let err = make_thumbnail(&png, 64, DecodeBudget::default()).unwrap_err();
 
         assert!(matches!(err, ThumbnailError::TooLarge(_)), "{err}");
+    }
+
+    /// The upload's check reads the size from the header, says it, and follows the
+    /// budget: an 8000×2000 RGBA image (61 MiB decoded) is refused by the default 32 MiB
+    /// and taken by 64 MiB.
+    #[test]
+    fn the_budget_is_checked_from_the_header() {
+        let mut png = encoded(
+            DynamicImage::ImageRgba8(RgbaImage::new(1, 1)),
+            ImageFormat::Png,
+        );
+        png[16..20].copy_from_slice(&8000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&2000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+
+        let err = DecodeBudget::default().check(&png).unwrap_err();
+        assert!(
+            err.to_string().contains("8000×2000 pixels, 62 MiB decoded"),
+            "{err}"
+        );
+        let roomy = DecodeBudget {
+            max_bytes: 64 * 1024 * 1024,
+        };
+        assert!(roomy.check(&png).is_ok());
     }
 
     /// The PNG chunk CRC (CRC-32/ISO-HDLC), so a forged header is not rejected as
@@ -306,7 +406,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = make_thumbnail(&bytes, 64);
+            let _ = make_thumbnail(&bytes, 64, DecodeBudget::default());
         }
 
         /// Arbitrary bytes behind a real signature get past format detection and into
@@ -319,7 +419,7 @@ mod tests {
             tail in proptest::collection::vec(any::<u8>(), 0..2048),
         ) {
             let bytes = [signature, &tail].concat();
-            let _ = make_thumbnail(&bytes, 64);
+            let _ = make_thumbnail(&bytes, 64, DecodeBudget::default());
         }
     }
 }

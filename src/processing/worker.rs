@@ -15,7 +15,7 @@ use super::group_commit::GroupCommit;
 pub use super::outcome::Outcome;
 use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::retry::{Failure, RetryPolicy};
-use super::thumbnail::{Thumbnail, make_thumbnail};
+use super::thumbnail::{DecodeBudget, Thumbnail, render};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
 };
@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub simulate_work: Duration,
     /// Thumbnails fit in a square of this side, in pixels.
     pub thumbnail_side: u32,
+    /// What decoding one cover may take (`--max-image-memory`).
+    pub decode_budget: DecodeBudget,
     /// How long in-flight deliveries may take to finish after shutdown is requested.
     pub shutdown_grace: Duration,
     /// Names this worker in the attempts it records.
@@ -63,6 +65,7 @@ impl Default for WorkerConfig {
             retry: RetryPolicy::default(),
             simulate_work: Duration::ZERO,
             thumbnail_side: 160,
+            decode_budget: DecodeBudget::default(),
             shutdown_grace: Duration::from_secs(10),
             worker_id: default_worker_id(),
         }
@@ -453,8 +456,7 @@ impl Worker {
         let Some(image) = image else {
             return Ok(None);
         };
-        let side = self.config.thumbnail_side;
-        let thumbnail = tokio::task::spawn_blocking(move || make_thumbnail(&image, side))
+        let thumbnail = render(image, self.config.thumbnail_side, self.config.decode_budget)
             .await
             .map_err(|e| Failure::Transient(format!("thumbnail task failed: {e}")))?
             .map_err(|e| Failure::Permanent(format!("cover image: {e}")))?;

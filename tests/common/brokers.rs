@@ -54,7 +54,11 @@ impl TestBroker {
         topology::declare(broker.as_ref(), storage.topology())
             .await
             .expect("topology");
-        let parts = Components { store, broker };
+        let parts = Components {
+            store,
+            broker,
+            decode_budget: storage.decode_budget(),
+        };
         let app = TestApp::spawn_parts(parts, dir, database, Roles::Serve, extra).await;
         (app, plain)
     }

@@ -276,6 +276,7 @@ pub fn storage_in(dir: &std::path::Path, database_url: String) -> StorageArgs {
         queue_type: Default::default(),
         message_keys: None,
         require_sealed: false,
+        max_image_memory: retrocat::processing::thumbnail::DecodeBudget::default().max_bytes,
     }
 }
 

@@ -229,6 +229,37 @@ pub struct Process {
 }
 
 impl Process {
+    /// The most resident memory the process has held so far (`VmHWM`), in bytes.
+    pub fn peak_resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("the process's status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
+    }
+
+    /// Creates a game through this process's API and returns its JSON; panics unless
+    /// the API answered 201.
+    pub async fn create_game(&self, body: &Value) -> Value {
+        let response = http_client()
+            .post(self.url("/api/games"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/games");
+        assert_eq!(
+            response.status(),
+            201,
+            "create: {}",
+            response.text().await.unwrap()
+        );
+        response.json().await.expect("the game")
+    }
+
     /// `http://127.0.0.1:PORT` of a process started with [`Deployment::start_http`].
     pub fn base(&self) -> &str {
         self.base.as_deref().expect("an HTTP process")

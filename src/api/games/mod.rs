@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::extract::{Id, Json, body_bytes};
 use crate::broker::{BrokerError, topology};
 use crate::domain::{EventId, Game, GameAction, ProcessingStatus, ValidationError};
+use crate::processing::thumbnail::ThumbnailError;
 use crate::storage::{Attempt, Cover, GameUpdate, NewGame, OutboxMessage};
 use crate::telemetry::trace;
 use axum::body::Body;
@@ -304,8 +305,9 @@ async fn process_complete(
 /// Upload a game's cover
 ///
 /// The raw image as the body, its type in Content-Type: PNG, JPEG, GIF, WebP or BMP.
-/// The format is checked here, so a non-image never reaches the worker, which derives
-/// the thumbnail.
+/// The format and the size its header declares are checked here, so a non-image or an
+/// image too large to decode (`--max-image-memory`) never reaches the worker, which
+/// derives the thumbnail.
 #[utoipa::path(
     put,
     path = "/api/games/{id}/cover",
@@ -317,6 +319,8 @@ async fn process_complete(
         (status = 200, description = "The game, `pending` until its thumbnail is made",
             body = Game),
         (status = 404, description = "No game with this id"),
+        (status = 422, description = "Too large to decode: its header declares more \
+            pixels than `--max-image-memory` allows"),
     )
 )]
 async fn upload_cover(
@@ -341,6 +345,12 @@ async fn upload_cover(
             "the body is not an image in a supported format (PNG, JPEG, GIF, WebP, BMP)".into(),
         )
     })?;
+    ctx.decode_budget
+        .check(&bytes)
+        .map_err(|error| match error {
+            ThumbnailError::TooLarge(_) => ValidationError::new("cover", error.to_string()).into(),
+            _ => ApiError::UnsupportedMediaType(error.to_string()),
+        })?;
     let cover = Cover {
         content_type: format.to_mime_type().to_owned(),
         bytes: bytes.to_vec(),
