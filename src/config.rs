@@ -3,6 +3,7 @@
 //! Every setting is a clap argument with an `env` fallback, so `--help` documents the
 //! whole configuration and the defaults run the complete system with nothing installed.
 
+use crate::api::server::ServerLimits;
 use crate::broker::QueueType;
 use crate::broker::sealed::MessageKeys;
 use crate::broker::topology::TopologyConfig;
@@ -163,10 +164,36 @@ pub struct HttpArgs {
     #[arg(long, env = "RETROCAT_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Live streams (GET /api/stream) open at once; past it, a new one gets a 503 with
+    /// Retry-After. Each open stream holds about 84 KB (5,000 took 418 MB): 1000 keep
+    /// them under about 90 MB, well above what one team's browsers open.
+    #[arg(long, env = "RETROCAT_MAX_STREAM_SUBSCRIBERS",
+          default_value_t = crate::api::stream::DEFAULT_MAX_SUBSCRIBERS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stream_subscribers: u32,
+
     /// Events published per broker round trip by the outbox relay, and at most awaiting
     /// the broker's confirms at once.
     #[arg(long, env = "RETROCAT_RELAY_BATCH", default_value_t = 500)]
     pub relay_batch: u32,
+
+    /// Connections served at once; more wait, unanswered, until one closes.
+    #[arg(long, env = "RETROCAT_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Time a client has to send a request's headers, from the connection's start or
+    /// the end of the previous response: a slow or idle connection is closed after it,
+    /// so it is also the keep-alive idle timeout.
+    #[arg(long, env = "RETROCAT_HEADER_READ_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// After SIGTERM, how long requests in progress may take to finish before every
+    /// connection still open is closed, whatever its client does.
+    #[arg(long, env = "RETROCAT_SHUTDOWN_DEADLINE", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub shutdown_deadline: Duration,
 
     #[command(flatten)]
     pub producer: ProducerArgs,
@@ -205,6 +232,14 @@ impl HttpArgs {
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            shutdown_deadline: self.shutdown_deadline,
+        }
     }
 
     pub fn relay(&self) -> RelayConfig {

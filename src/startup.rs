@@ -1,5 +1,6 @@
 //! Builds the roles and runs them. `serve` is literally `api` and `worker` composed.
 
+use crate::api::server::ServerLimits;
 use crate::api::{self, ApiContext, stream::LiveFeed};
 use crate::bench;
 use crate::broker::{
@@ -273,7 +274,7 @@ pub async fn run_api(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let live = LiveFeed::default();
+    let live = LiveFeed::new(http.max_stream_subscribers);
     let instance = uuid::Uuid::now_v7().simple().to_string();
     let relay = Relay::new(parts.store.clone(), parts.broker.clone(), http.relay());
     let relay = tokio::spawn(relay.run(shutdown.clone()));
@@ -295,15 +296,9 @@ pub async fn run_api(
     let app = api::router(ctx, http);
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.wait().await }
-    });
-    let served = server.await.context("HTTP server failed");
-    // Whatever ended the server ends the other tasks of this role too.
-    shutdown.trigger();
+    api::server::serve(listener, app, http.server_limits(), shutdown.clone()).await;
     let _ = tokio::join!(relay, feed, watch);
-    served
+    Ok(())
 }
 
 /// `retrocat worker`: [`run_worker`], and with `probes` (`--listen`) an HTTP server of
@@ -321,17 +316,10 @@ pub async fn run_worker_role(
     let watch = tokio::spawn(watch.run(shutdown.clone()));
     tracing::info!("worker probes on http://{}/metrics", listener.local_addr()?);
     let app = api::probes(parts.store.clone(), parts.broker.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.wait().await }
-    });
-    let (worked, served) = tokio::join!(run_worker(parts, args, shutdown.clone()), async {
-        let served = server.await.context("HTTP server failed");
-        shutdown.trigger();
-        served
-    });
+    let server = api::server::serve(listener, app, ServerLimits::default(), shutdown.clone());
+    let (worked, ()) = tokio::join!(run_worker(parts, args, shutdown.clone()), server);
     let _ = watch.await;
-    worked.and(served)
+    worked
 }
 
 /// Consumers of `game_events` and of requests on `catalog.rpc`, the event subscribers

@@ -1,5 +1,6 @@
 //! What a careless client or an attacker sends gets a clear answer and changes nothing:
-//! control characters in text, text longer than its column, credentials in a URL.
+//! control characters in text, text longer than its column, credentials in a URL, huge
+//! covers.
 
 mod common;
 

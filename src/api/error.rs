@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,6 +39,13 @@ pub enum ApiError {
     /// A dependency (database, broker) is down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// This instance is at one of its limits (`--max-stream-subscribers`): a place frees
+    /// as other clients leave, so the answer says when to try again (`Retry-After`).
+    #[error("{detail}")]
+    AtCapacity {
+        detail: String,
+        retry_after: Duration,
+    },
     /// A request sent on through the broker got no reply in time.
     #[error("{0}")]
     NoReply(String),
@@ -72,7 +80,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoReply(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,6 +95,7 @@ impl ApiError {
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unavailable(_) => "Service unavailable",
+            Self::AtCapacity { .. } => "At capacity",
             Self::NoReply(_) => "No reply in time",
             Self::Internal(_) => "Internal server error",
         }
@@ -217,6 +226,13 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Self::AtCapacity { retry_after, .. } = &self {
+            // Whole seconds (RFC 9110), at least one: 0 would invite an immediate retry.
+            let seconds = retry_after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Self::Internal(error) = self {
             response
                 .extensions_mut()

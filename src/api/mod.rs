@@ -17,6 +17,7 @@ pub mod openapi;
 mod processing;
 mod queues;
 mod reference;
+pub mod server;
 pub mod stream;
 
 use crate::broker::Broker;

@@ -4,8 +4,14 @@
 //! Each API instance declares an exclusive queue bound to every `game.*` event, so a
 //! browser connected to any instance sees every update, whichever worker produced it.
 //! The [`LiveFeed`] consumes that queue and fans messages out to the connected streams.
+//!
+//! Open streams are capped (`--max-stream-subscribers`): each costs this process about
+//! 84 KB (5,000 took 418 MB), and a client that opens them by the thousand must not be
+//! able to take the memory the rest of the API needs. Past the cap, a new stream gets a
+//! 503 with `Retry-After`; a stream that ends, for whatever reason, frees its place.
 
 use super::ApiContext;
+use super::error::ApiError;
 use crate::broker::{Broker, Consumer, Delivery, topology};
 use crate::domain::{EventId, GameEvent, GameProcessed, ProcessingStatus};
 use crate::shutdown::Shutdown;
@@ -14,9 +20,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use utoipa::ToSchema;
@@ -71,23 +79,63 @@ impl LiveEvent {
     }
 }
 
-/// Fans this instance's live-feed queue out to every connected stream.
+/// Streams open at once when no cap is configured (`--max-stream-subscribers`).
+pub const DEFAULT_MAX_SUBSCRIBERS: u32 = 1000;
+
+/// How long a client turned away at the cap is told to wait: places free as browsers
+/// leave, which no server can predict, so a short wait that does not invite hammering.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Fans this instance's live-feed queue out to every connected stream, at most
+/// `max_subscribers` of them at once.
 #[derive(Clone)]
 pub struct LiveFeed {
     sender: broadcast::Sender<LiveEvent>,
+    /// One permit per place; a [`Subscription`] holds one until it is dropped.
+    places: Arc<Semaphore>,
 }
 
 impl Default for LiveFeed {
     fn default() -> Self {
-        // Slow browsers that fall this far behind get a `resync` event instead.
-        let (sender, _) = broadcast::channel(1024);
-        Self { sender }
+        Self::new(DEFAULT_MAX_SUBSCRIBERS)
+    }
+}
+
+/// One stream's subscription: the feed's events, and the place among the subscribers
+/// it holds until it is dropped (the client left, or the server is shutting down).
+pub struct Subscription {
+    events: BroadcastStream<LiveEvent>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Stream for Subscription {
+    type Item = Result<LiveEvent, BroadcastStreamRecvError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_next_unpin(cx)
     }
 }
 
 impl LiveFeed {
-    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
-        self.sender.subscribe()
+    /// A feed that takes at most `max_subscribers` streams at once.
+    pub fn new(max_subscribers: u32) -> Self {
+        // Slow browsers that fall this far behind get a `resync` event instead.
+        let (sender, _) = broadcast::channel(1024);
+        let places = Semaphore::new(max_subscribers as usize);
+        Self {
+            sender,
+            places: Arc::new(places),
+        }
+    }
+
+    /// A subscription to every event from now on, or `None` when every place is taken.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        // Never closed, so the only error is that no place is free.
+        let place = self.places.clone().try_acquire_owned().ok()?;
+        Some(Subscription {
+            events: BroadcastStream::new(self.sender.subscribe()),
+            _place: place,
+        })
     }
 
     /// Declares this instance's queue and relays it until shutdown, reconnecting when
@@ -123,16 +171,25 @@ impl LiveFeed {
 ///
 /// Server-Sent Events, one per game update, named by routing key (`game.created`,
 /// `game.processed`…), with a `LiveEvent` as data; `resync`, with `{"missed": n}`,
-/// when this stream fell behind by n events. Ends when the server shuts down, so open streams never hold a graceful
-/// shutdown open.
+/// when this stream fell behind by n events. Ends when the server shuts down, so open
+/// streams never hold a graceful shutdown open. At most `--max-stream-subscribers`
+/// streams are open at once on an instance; past that, a 503 says when to try again.
 #[utoipa::path(get, path = "/api/stream", tag = "games",
-    responses((status = 200, description = "The event stream", content_type = "text/event-stream",
-        body = LiveEvent)))]
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream",
+            body = LiveEvent),
+        (status = 503, description = "As many streams are open as this instance takes \
+            (--max-stream-subscribers): try again after Retry-After",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again")))))]
 async fn stream(
     State(ctx): State<ApiContext>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let subscription = ctx.live.subscribe().ok_or_else(|| ApiError::AtCapacity {
+        detail: "too many live streams are open on this server; try again later".into(),
+        retry_after: RETRY_AFTER,
+    })?;
     let shutdown = ctx.shutdown.clone();
-    let events = BroadcastStream::new(ctx.live.subscribe())
+    let events = subscription
         .map(|received| {
             Ok(match received {
                 Ok(event) => Event::default()
@@ -145,5 +202,20 @@ async fn stream(
             })
         })
         .take_until(async move { shutdown.wait().await });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LiveFeed;
+
+    #[test]
+    fn a_stream_that_ends_frees_its_place_for_the_next() {
+        let feed = LiveFeed::new(2);
+        let first = feed.subscribe().expect("a first place");
+        let _second = feed.subscribe().expect("a second place");
+        assert!(feed.subscribe().is_none(), "past the cap");
+        drop(first);
+        assert!(feed.subscribe().is_some(), "the first stream's place");
+    }
 }
