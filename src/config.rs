@@ -160,6 +160,14 @@ pub struct HttpArgs {
     #[arg(long, env = "RETROCAT_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Names clients call this server by, besides IP addresses and localhost
+    /// (repeatable or comma-separated: URLs such as https://catalog.example.com, or bare
+    /// names such as a compose service's). A request whose Host names anything else gets
+    /// a 421, which defeats DNS rebinding.
+    #[arg(long = "public-url", env = "RETROCAT_PUBLIC_URLS", value_delimiter = ',',
+          value_parser = crate::api::host::public_host)]
+    pub public_hosts: Vec<String>,
+
     /// Largest request body accepted, in bytes (covers included).
     #[arg(long, env = "RETROCAT_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,

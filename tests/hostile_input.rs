@@ -236,6 +236,49 @@ async fn concurrent_large_covers_keep_the_process_under_200_mb() {
     serve.stop().await;
 }
 
+/// A page on another site that rebinds its own name to 127.0.0.1 calls the API with its
+/// name in Host: a 421, with nothing written. Addresses, localhost and the names given
+/// by --public-url are served.
+#[tokio::test]
+async fn a_rebinding_host_gets_a_421_and_changes_nothing() {
+    let app = TestApp::spawn_with(
+        Roles::ApiOnly,
+        &["--public-url", "https://catalog.example.com"],
+    )
+    .await;
+    let before = catalog(&app).await;
+    let client = reqwest::Client::new();
+    let send = |host: &'static str| {
+        client
+            .post(app.url("/api/games"))
+            .header("host", host)
+            .json(&game_body("Rebound"))
+            .send()
+    };
+    for host in [
+        "rebind.attacker.example",
+        "rebind.attacker.example:8080",
+        "localhost.attacker.example",
+    ] {
+        let response = send(host).await.unwrap();
+        assert_eq!(response.status(), 421, "{host}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{host}"
+        );
+    }
+    assert_eq!(
+        catalog(&app).await,
+        before,
+        "a refused request changed nothing"
+    );
+    for host in ["localhost:8080", "catalog.example.com", "127.0.0.1"] {
+        assert_eq!(send(host).await.unwrap().status(), 201, "{host}");
+    }
+    app.stop().await;
+}
+
 on_every_backend!(
     control_characters_in_text_get_a_400_naming_the_field,
     a_manufacturer_longer_than_its_column_gets_a_422,

@@ -36,6 +36,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request's `Host` does not name this server (see `api::host`).
+    #[error("{0}")]
+    MisdirectedRequest(String),
     /// A dependency (database, broker) is down; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -80,6 +83,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::Unavailable(_) | Self::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoReply(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,6 +98,7 @@ impl ApiError {
             Self::Conflict(_) => "Conflict",
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::MisdirectedRequest(_) => "Misdirected request",
             Self::Unavailable(_) => "Service unavailable",
             Self::AtCapacity { .. } => "At capacity",
             Self::NoReply(_) => "No reply in time",

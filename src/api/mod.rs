@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod games;
 mod health;
+pub mod host;
 mod messages;
 pub mod openapi;
 mod processing;
@@ -36,10 +37,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use error::{ApiError, InternalError};
+use host::AllowedHosts;
 use std::sync::Arc;
 use std::time::Duration;
 use stream::LiveFeed;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -148,6 +151,14 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(cors(&http.cors_origins))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            AllowedHosts::new(&http.public_hosts),
+            host::check_host,
+        ))
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }

@@ -329,13 +329,7 @@ mod tests {
     /// refused from its header, not by trying to allocate.
     #[test]
     fn decompression_bomb_header_is_refused() {
-        let mut png = encoded(gradient(1, 1), ImageFormat::Png);
-        // IHDR is the first chunk: 8-byte signature, 4-byte length, "IHDR", then the
-        // big-endian width and height, then the chunk's CRC after 5 more bytes.
-        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        let crc = crc32(&png[12..29]);
-        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let png = rgba_png_claiming(100_000, 100_000);
 
         let err = make_thumbnail(&png, 64, DecodeBudget::default()).unwrap_err();
 
@@ -345,14 +339,7 @@ mod tests {
     /// Within the side limits but over the budget: 8000×3000 RGBA is 96 MB.
     #[test]
     fn image_over_the_allocation_limit_is_refused() {
-        let mut png = encoded(
-            DynamicImage::ImageRgba8(RgbaImage::new(1, 1)),
-            ImageFormat::Png,
-        );
-        png[16..20].copy_from_slice(&8000u32.to_be_bytes());
-        png[20..24].copy_from_slice(&3000u32.to_be_bytes());
-        let crc = crc32(&png[12..29]);
-        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let png = rgba_png_claiming(8000, 3000);
 
         let err = make_thumbnail(&png, 64, DecodeBudget::default()).unwrap_err();
 
@@ -364,14 +351,7 @@ mod tests {
     /// and taken by 64 MiB.
     #[test]
     fn the_budget_is_checked_from_the_header() {
-        let mut png = encoded(
-            DynamicImage::ImageRgba8(RgbaImage::new(1, 1)),
-            ImageFormat::Png,
-        );
-        png[16..20].copy_from_slice(&8000u32.to_be_bytes());
-        png[20..24].copy_from_slice(&2000u32.to_be_bytes());
-        let crc = crc32(&png[12..29]);
-        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let png = rgba_png_claiming(8000, 2000);
 
         let err = DecodeBudget::default().check(&png).unwrap_err();
         assert!(
@@ -382,6 +362,22 @@ mod tests {
             max_bytes: 64 * 1024 * 1024,
         };
         assert!(roomy.check(&png).is_ok());
+    }
+
+    /// A 1×1 RGBA PNG whose header claims `width`×`height`, its CRC fixed so that the
+    /// claim is read.
+    fn rgba_png_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut png = encoded(
+            DynamicImage::ImageRgba8(RgbaImage::new(1, 1)),
+            ImageFormat::Png,
+        );
+        // IHDR is the first chunk: 8-byte signature, 4-byte length, "IHDR", then the
+        // big-endian width and height, then the chunk's CRC after 5 more bytes.
+        png[16..20].copy_from_slice(&width.to_be_bytes());
+        png[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        png
     }
 
     /// The PNG chunk CRC (CRC-32/ISO-HDLC), so a forged header is not rejected as
