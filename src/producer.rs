@@ -16,6 +16,7 @@ use crate::broker::{
     Broker, BrokerError, Headers, Message, Properties, Publish, headers, topology,
 };
 use crate::domain::{CustomKind, CustomMessage, EventId, GameEvent, timestamp_now};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest delay a message may ask for: a delayed message waits in the broker, and a
@@ -101,8 +102,9 @@ impl Outgoing {
 /// `catalog.events` or `catalog.dlx` would let clients inject events or dead letters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishPolicy {
-    /// `""` is the default exchange.
-    exchanges: Vec<String>,
+    /// `""` is the default exchange. Shared: the policy is cloned with the API's context
+    /// for every request.
+    exchanges: Arc<[String]>,
 }
 
 /// Another name of the default exchange (`""`), for where an empty value is awkward to
@@ -125,7 +127,9 @@ impl PublishPolicy {
                 names.push(name);
             }
         }
-        Self { exchanges: names }
+        Self {
+            exchanges: names.into(),
+        }
     }
 
     /// Admits a client's message, with `amq.default` written `""`; or refuses it

@@ -6,12 +6,13 @@
 //! name in `Host`, and that is what is refused here.
 
 use super::error::ApiError;
-use axum::extract::{Request, State};
+use axum::body::Body;
+use axum::http::Request;
 use axum::http::header::HOST;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::IpAddr;
 use std::sync::Arc;
+use tower_http::validate_request::ValidateRequest;
 
 /// The names, besides IP addresses and `localhost`, that requests may call this server
 /// by: the hosts of `--public-url`, lowercase.
@@ -61,25 +62,26 @@ pub fn public_host(url: &str) -> Result<String, String> {
         })
 }
 
-/// Middleware: answers 421 to a request whose `Host` does not name this server.
-pub async fn check_host(
-    State(allowed): State<AllowedHosts>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let host = request
-        .headers()
-        .get(HOST)
-        .and_then(|value| value.to_str().ok())
-        .or_else(|| request.uri().host());
-    match host {
-        Some(host) if allowed.allow(host) => next.run(request).await,
-        _ => ApiError::MisdirectedRequest(format!(
-            "this server does not answer to the name {:?}: call it by an IP address or \
-             localhost, or start it with --public-url naming the host clients use",
-            host.unwrap_or("")
-        ))
-        .into_response(),
+/// Answers 421 to a request whose `Host` does not name this server (a tower-http
+/// request validator: checked in line, before any handler).
+impl<B> ValidateRequest<B> for AllowedHosts {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response> {
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|value| value.to_str().ok())
+            .or_else(|| request.uri().host());
+        match host {
+            Some(host) if self.allow(host) => Ok(()),
+            _ => Err(ApiError::MisdirectedRequest(format!(
+                "this server does not answer to the name {:?}: call it by an IP address \
+                 or localhost, or start it with --public-url naming the host clients use",
+                host.unwrap_or("")
+            ))
+            .into_response()),
+        }
     }
 }
 

@@ -44,6 +44,7 @@ use stream::LiveFeed;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 /// What every handler can reach.
@@ -155,10 +156,9 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            AllowedHosts::new(&http.public_hosts),
-            host::check_host,
-        ))
+        .layer(ValidateRequestHeaderLayer::custom(AllowedHosts::new(
+            &http.public_hosts,
+        )))
         .layer(axum::middleware::from_fn(metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }
