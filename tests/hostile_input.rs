@@ -279,6 +279,67 @@ async fn a_rebinding_host_gets_a_421_and_changes_nothing() {
     app.stop().await;
 }
 
+/// A page of another site that posts or deletes here gets a 403, with nothing changed;
+/// the server's own pages, the origins of --cors-origins and clients that are not
+/// browsers (no Origin) are served. Reads are not concerned.
+#[tokio::test]
+async fn a_cross_site_write_gets_a_403_and_changes_nothing() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &["--cors-origins", "http://localhost"]).await;
+    let game = app.create_game(&game_body("Target")).await;
+    let before = catalog(&app).await;
+    let client = reqwest::Client::new();
+    let game_path = format!("/api/games/{}", game["id"]);
+    let evil = "http://evil.example";
+    let created = client
+        .post(app.url("/api/games"))
+        .header("origin", evil)
+        .json(&game_body("Forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 403);
+    let problem: Value = created.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--cors-origins"),
+        "{problem}"
+    );
+    let deleted = client
+        .delete(app.url(&game_path))
+        .header("origin", evil)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 403);
+    assert_eq!(
+        catalog(&app).await,
+        before,
+        "a refused request changed nothing"
+    );
+    let read = client
+        .get(app.url(&game_path))
+        .header("origin", evil)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "a read is not a forgery");
+
+    let own = app.url("");
+    for origin in [own.as_str(), "http://localhost"] {
+        let response = client
+            .post(app.url("/api/games"))
+            .header("origin", origin)
+            .json(&game_body("Allowed"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{origin}");
+    }
+    app.stop().await;
+}
+
 on_every_backend!(
     control_characters_in_text_get_a_400_naming_the_field,
     a_manufacturer_longer_than_its_column_gets_a_422,

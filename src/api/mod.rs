@@ -15,6 +15,7 @@ mod health;
 pub mod host;
 mod messages;
 pub mod openapi;
+pub mod origin;
 mod processing;
 mod queues;
 mod reference;
@@ -38,6 +39,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use error::{ApiError, InternalError};
 use host::AllowedHosts;
+use origin::TrustedOrigins;
 use std::sync::Arc;
 use std::time::Duration;
 use stream::LiveFeed;
@@ -141,6 +143,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// The API and the web UI, ready to serve.
 pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
+    let origins = trusted_origins(&http.cors_origins);
     let (api, _) = routes().split_for_parts();
     api.route("/api/{*rest}", axum::routing::any(unknown_route))
         .with_state(ctx)
@@ -151,7 +154,10 @@ pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
-        .layer(cors(&http.cors_origins))
+        .layer(ValidateRequestHeaderLayer::custom(TrustedOrigins::new(
+            &origins,
+        )))
+        .layer(cors(&origins))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -203,8 +209,6 @@ async fn log_internal_error(response: Response) -> Response {
     response
 }
 
-/// Browsers may call the API from the listed origins (the original page was served by
-/// nginx on another origin than its API). Empty: same origin only.
 /// `?limit=` of a list: 1 to 1000, 100 when absent.
 fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(100);
@@ -215,8 +219,9 @@ fn list_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins
+/// The origins of `--cors-origins` that are usable as header values.
+fn trusted_origins(origins: &[String]) -> Vec<HeaderValue> {
+    origins
         .iter()
         .filter_map(|origin| match HeaderValue::from_str(origin.trim()) {
             Ok(value) => Some(value),
@@ -225,11 +230,16 @@ fn cors(origins: &[String]) -> CorsLayer {
                 None
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Browsers may call the API from the listed origins (the original page was served by
+/// nginx on another origin than its API). Empty: same origin only.
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins)
+        AllowOrigin::list(origins.iter().cloned())
     };
     CorsLayer::new()
         .allow_origin(allow)

@@ -96,12 +96,15 @@ pub fn document() -> utoipa::openapi::OpenApi {
 fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
     for (path, item) in document.paths.paths.iter_mut() {
         let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
+            (&mut item.get, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, true),
         ];
-        for operation in operations.into_iter().flatten() {
+        for (operation, changes) in operations {
+            let Some(operation) = operation else {
+                continue;
+            };
             let takes_body = operation.request_body.is_some();
             let takes_parameters = operation
                 .parameters
@@ -126,6 +129,18 @@ fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
             }
             if takes_parameters {
                 add("400", "A parameter is malformed");
+            }
+            add(
+                "421",
+                "The Host header does not name this server: an IP address, localhost or \
+                 a --public-url name",
+            );
+            if changes {
+                add(
+                    "403",
+                    "A browser page of another origin than this server's and \
+                     --cors-origins' may not change anything (cross-site request)",
+                );
             }
             if path.starts_with("/api/") {
                 add("500", "The server failed to answer; the error was logged");
