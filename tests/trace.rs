@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::Backend;
 use common::processes::{Deployment, Process, free_port, http_client};
 use common::rabbitmq::Vhost;
+use common::{Backend, eventually};
 use lapin::types::FieldTable;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -92,8 +92,9 @@ fn span_lines(process: &Process, span: &str, fields: &[(&str, &str)]) -> Vec<Str
 }
 
 /// The create's trace id is on its request's log lines, on the worker's lines for its
-/// delivery, and in the game's history.
-fn assert_one_trace(api: &Process, worker: &Process, history: &[Value]) -> String {
+/// delivery, and in the game's history. The worker logs the delivery's end after the
+/// attempt the history shows is committed, so its line is waited for.
+async fn assert_one_trace(api: &Process, worker: &Process, history: &[Value]) -> String {
     let trace_id = history[0]["traceId"]
         .as_str()
         .expect("a trace id")
@@ -109,12 +110,16 @@ fn assert_one_trace(api: &Process, worker: &Process, history: &[Value]) -> Strin
         requests.iter().all(|id| *id == trace_id),
         "{requests:?} ≠ {trace_id}"
     );
-    let deliveries = span_lines(worker, "process_event", &[]);
-    assert!(
-        deliveries.contains(&trace_id),
-        "no log line of the worker in {trace_id}: {deliveries:?}\n{}",
-        worker.log()
+    let logged = eventually(
+        "a log line of the worker in the create's trace",
+        Duration::from_secs(10),
+        || async {
+            span_lines(worker, "process_event", &[])
+                .contains(&trace_id)
+                .then_some(())
+        },
     );
+    logged.await;
     trace_id
 }
 
@@ -138,7 +143,7 @@ async fn a_create_is_one_trace_from_its_request_to_its_attempt_on_the_embedded_b
         .await;
     let id = create(&serve, "Traced Embedded").await;
     let history = attempts(&serve, id, 1).await;
-    let trace_id = assert_one_trace(&serve, &serve, &history);
+    let trace_id = assert_one_trace(&serve, &serve, &history).await;
 
     // The original producer's route sends the original's message, no traceparent:
     // its processing is a trace of its own.
@@ -165,7 +170,7 @@ async fn a_create_is_one_trace_across_the_api_and_a_worker_on_rabbitmq() {
     let worker = workers.remove(0);
     let id = create(&api, "Traced RabbitMQ").await;
     let history = attempts(&api, id, 1).await;
-    let trace_id = assert_one_trace(&api, &worker, &history);
+    let trace_id = assert_one_trace(&api, &worker, &history).await;
 
     // A seed-format message straight to game_events, as the original producer sent
     // them: no traceparent, so a new trace.
