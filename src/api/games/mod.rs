@@ -7,7 +7,7 @@ use super::ApiContext;
 use super::error::ApiError;
 use super::extract::{Id, Json, body_bytes};
 use crate::broker::{BrokerError, topology};
-use crate::domain::{EventId, Game, GameAction, ProcessingStatus, ValidationError};
+use crate::domain::{EventId, Game, GameAction, GameDraft, ProcessingStatus, ValidationError};
 use crate::processing::thumbnail::ThumbnailError;
 use crate::storage::{Attempt, Cover, GameUpdate, NewGame, OutboxMessage};
 use crate::telemetry::trace;
@@ -108,23 +108,15 @@ async fn create(
     query: Result<Query<WaitParam>, QueryRejection>,
     Json(body): Json<GameBody>,
 ) -> Result<Response, ApiError> {
-    let wait = parse_wait(query)?;
-    let draft = body.parse()?;
-    let event = EventId::generate();
-    let trace = trace::traceparent(&tracing::Span::current());
+    let (wait, draft, written) = prepare(query, body, GameAction::Create)?;
     let new = NewGame {
         draft,
-        event: event.clone(),
-        trace: trace.clone(),
+        event: written.event.clone(),
+        trace: written.trace.clone(),
     };
     let game = ctx.creates.call(new).await??;
     let location = HeaderValue::from_str(&format!("/api/games/{}", game.id))
         .expect("a path of digits is a valid header");
-    let written = Written {
-        action: GameAction::Create,
-        event: &event,
-        trace: trace.as_deref(),
-    };
     let (status, game) =
         wait_for_processing(&ctx, game, written, wait, StatusCode::CREATED).await?;
     Ok((status, [(header::LOCATION, location)], axum::Json(game)).into_response())
@@ -155,22 +147,14 @@ async fn update(
     query: Result<Query<WaitParam>, QueryRejection>,
     Json(body): Json<GameBody>,
 ) -> Result<Response, ApiError> {
-    let wait = parse_wait(query)?;
-    let draft = body.parse()?;
-    let event = EventId::generate();
-    let trace = trace::traceparent(&tracing::Span::current());
+    let (wait, draft, written) = prepare(query, body, GameAction::Update)?;
     let update = GameUpdate {
         id,
         draft,
-        event: event.clone(),
-        trace: trace.clone(),
+        event: written.event.clone(),
+        trace: written.trace.clone(),
     };
     let game = ctx.updates.call(update).await??;
-    let written = Written {
-        action: GameAction::Update,
-        event: &event,
-        trace: trace.as_deref(),
-    };
     let (status, game) = wait_for_processing(&ctx, game, written, wait, StatusCode::OK).await?;
     Ok((status, axum::Json(game)).into_response())
 }
@@ -211,11 +195,28 @@ fn parse_wait(
         })
 }
 
-/// What a write's event was: its action, id and the request's trace.
-struct Written<'a> {
+/// What a write's event is: its action, id and the request's trace.
+struct Written {
     action: GameAction,
-    event: &'a EventId,
-    trace: Option<&'a str>,
+    event: EventId,
+    trace: Option<String>,
+}
+
+/// What a create or an update starts from: the wait asked for, the game validated, and
+/// its event, with a new id and the request's trace context.
+fn prepare(
+    query: Result<Query<WaitParam>, QueryRejection>,
+    body: GameBody,
+    action: GameAction,
+) -> Result<(Option<Duration>, GameDraft, Written), ApiError> {
+    let wait = parse_wait(query)?;
+    let draft = body.parse()?;
+    let written = Written {
+        action,
+        event: EventId::generate(),
+        trace: trace::traceparent(&tracing::Span::current()),
+    };
+    Ok((wait, draft, written))
 }
 
 /// Request/reply over the broker: the write's event is sent again, with the same event
@@ -228,15 +229,15 @@ struct Written<'a> {
 async fn wait_for_processing(
     ctx: &ApiContext,
     game: Game,
-    written: Written<'_>,
+    written: Written,
     wait: Option<Duration>,
     done: StatusCode,
 ) -> Result<(StatusCode, Game), ApiError> {
     let Some(wait) = wait else {
         return Ok((done, game));
     };
-    let mut request = OutboxMessage::game_event(&game, written.action, written.event)
-        .traced(written.trace)
+    let mut request = OutboxMessage::game_event(&game, written.action, &written.event)
+        .traced(written.trace.as_deref())
         .into_publish();
     request.exchange = String::new();
     request.routing_key = topology::RPC_QUEUE.into();
