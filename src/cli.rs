@@ -1,5 +1,6 @@
 //! The command line: one binary, one subcommand per role (DESIGN.md).
 
+use crate::auth::Role;
 use crate::bench::BenchArgs;
 use crate::broker::{HeaderValue, dead_letters, topology};
 use crate::config::{HttpArgs, ProducerArgs, StorageArgs, WorkerArgs};
@@ -59,6 +60,62 @@ pub enum Command {
     /// The queues of a running system, as GET /api/queues shows them.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Accounts of people, for the web UI and the API (POST /api/auth/login).
+    ///
+    /// Works on the catalog database (DATABASE_URL), also while the system runs. The
+    /// first account ends protected mode: from then on, every write needs a token.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens for machines (Authorization: Bearer TOKEN).
+    ///
+    /// Works on the catalog database (DATABASE_URL), also while the system runs. The
+    /// first token ends protected mode: from then on, every write needs a token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum UserCommand {
+    /// Add an account; asks for its password (or reads it with --password-stdin).
+    Add {
+        /// Letters, digits, '.', '_', '-' and '@'; at most 64.
+        #[arg(value_parser = parse_name)]
+        name: String,
+        /// editor: games and covers; admin: everything.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Read the password from the first line of standard input, for scripts.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Every account, with its role.
+    List,
+    /// Remove an account; its logins end at once.
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TokenCommand {
+    /// Create a token and print it, once: it is stored only as a hash.
+    Create {
+        /// What the token is for (e.g. ci-deploy): to list and revoke it by.
+        #[arg(long, value_parser = parse_name)]
+        name: String,
+        /// editor: games and covers; admin: everything.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// How long the token lasts (e.g. 90d, 1year). Unset: until revoked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// Every machine token, with its role and expiry (never the token itself).
+    List,
+    /// Revoke a token: it stops working at once, on every API instance.
+    Revoke { name: String },
+}
+
+fn parse_name(name: &str) -> Result<String, String> {
+    crate::auth::check_name(name).map(|()| name.to_owned())
 }
 
 #[derive(Subcommand, Debug, Clone)]

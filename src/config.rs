@@ -4,6 +4,7 @@
 //! whole configuration and the defaults run the complete system with nothing installed.
 
 use crate::api::server::ServerLimits;
+use crate::auth::AuthMode;
 use crate::broker::QueueType;
 use crate::broker::sealed::MessageKeys;
 use crate::broker::topology::TopologyConfig;
@@ -205,6 +206,34 @@ pub struct HttpArgs {
 
     #[command(flatten)]
     pub producer: ProducerArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Who may change what (see README, "Security").
+#[derive(Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// When a request without a token may write. protected: peers on loopback may, while
+    /// no user and no token exists (`retrocat user add` ends it); others get 401.
+    /// required: never, from the start. Behind a proxy on the same host every peer is
+    /// loopback: use required there.
+    #[arg(long = "auth", env = "RETROCAT_AUTH", value_enum, default_value_t = AuthMode::Protected)]
+    pub mode: AuthMode,
+
+    /// How long the token of a login (POST /api/auth/login) lasts.
+    #[arg(long, env = "RETROCAT_SESSION_TTL", default_value = "12h",
+          value_parser = parse_session_ttl)]
+    pub session_ttl: chrono::TimeDelta,
+}
+
+/// A login's lifetime: a minute to a year.
+fn parse_session_ttl(value: &str) -> Result<chrono::TimeDelta, String> {
+    let ttl = parse_positive_duration(value)?;
+    if !(Duration::from_secs(60)..=Duration::from_secs(366 * 24 * 60 * 60)).contains(&ttl) {
+        return Err("from 1m to 1year".into());
+    }
+    chrono::TimeDelta::from_std(ttl).map_err(|e| e.to_string())
 }
 
 /// What clients may publish to through `POST /api/messages` and `retrocat publish`.

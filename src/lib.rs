@@ -17,6 +17,7 @@
 //!   makes redeliveries harmless.
 //! - [`producer`]: sends custom messages to any exchange, with priority, delay and
 //!   headers, for the API's producer routes and `retrocat publish`.
+//! - [`auth`]: who may change what: roles, accounts, tokens and protected mode.
 //! - [`api`]: the HTTP API (the original system's routes and shapes, plus ours) and the
 //!   live stream of processing updates.
 //! - [`web`]: the web UI, its assets embedded in the binary.
@@ -26,6 +27,7 @@
 //!   its settings, logs, stops cleanly, and composes the roles (`serve` = `api` + `worker`).
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;

@@ -79,6 +79,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::User(command) => {
+            let store = connect_store(&cli.storage.database_url, cli.storage.pool()).await?;
+            crate::auth::manage::user(store.as_ref(), command).await
+        }
+        Command::Token(command) => {
+            let store = connect_store(&cli.storage.database_url, cli.storage.pool()).await?;
+            crate::auth::manage::token(store.as_ref(), command).await
+        }
         Command::Serve(args) => {
             let parts = Components::connect(&cli.storage).await?;
             let listener = bind(&args.http).await?;
@@ -292,7 +300,8 @@ pub async fn run_api(
         shutdown.clone(),
     )
     .with_publish_policy(http.producer.policy())
-    .with_decode_budget(parts.decode_budget);
+    .with_decode_budget(parts.decode_budget)
+    .with_auth(http.auth.mode, http.auth.session_ttl);
     let app = api::router(ctx, http);
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");

@@ -99,6 +99,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     for title in ["Documented Quest", "Schema Saga"] {
         app.create_game(&game_body(title)).await;
     }
+    // An admin's token ends protected mode: every route is called with it, and checked
+    // (`ignored_auth`) to refuse a call without it where the document says so.
+    let token = common::admin_token(&app).await;
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
     let run = tokio::process::Command::new(&st)
         .args(["--config-file", config, "run", &app.url("/openapi.json")])
@@ -108,6 +111,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
             "--exclude-path",
             "/api/stream",
             "--no-color",
+            "--header",
+            &format!("Authorization: Bearer {token}"),
         ])
         // Fixed, so that a run is repeatable; vary it to explore further.
         .args([

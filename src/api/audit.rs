@@ -2,6 +2,7 @@
 //! messages the custom-message consumer took (`GET /api/messages/received`).
 
 use super::ApiContext;
+use super::auth::gate::Admin;
 use super::error::ApiError;
 use crate::processing::subscriber::{self, AUDIT, CUSTOM};
 use crate::storage::ReceivedMessage;
@@ -33,9 +34,11 @@ struct Params {
 /// What a subscriber received
 ///
 /// The events a subscriber of `catalog.events` received, newest first.
-#[utoipa::path(get, path = "/api/audit", tag = "messages", params(Params),
+#[utoipa::path(get, path = "/api/audit", tag = "messages",
+    security(("bearer" = [])), params(Params),
     responses((status = 200, description = "The events", body = Vec<ReceivedMessage>)))]
 async fn audit(
+    _: Admin,
     State(ctx): State<ApiContext>,
     query: Result<Query<Params>, QueryRejection>,
 ) -> Result<axum::Json<Vec<ReceivedMessage>>, ApiError> {
@@ -61,9 +64,11 @@ struct LimitParam {
 /// Custom messages received
 ///
 /// The custom messages the custom-message consumer received, newest first.
-#[utoipa::path(get, path = "/api/messages/received", tag = "messages", params(LimitParam),
+#[utoipa::path(get, path = "/api/messages/received", tag = "messages",
+    security(("bearer" = [])), params(LimitParam),
     responses((status = 200, description = "The messages", body = Vec<ReceivedMessage>)))]
 async fn received(
+    _: Admin,
     State(ctx): State<ApiContext>,
     query: Result<Query<LimitParam>, QueryRejection>,
 ) -> Result<axum::Json<Vec<ReceivedMessage>>, ApiError> {

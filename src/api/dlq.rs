@@ -1,6 +1,7 @@
 //! Dead letters over HTTP: list a dead-letter queue, replay or purge one message.
 
 use super::ApiContext;
+use super::auth::gate::Admin;
 use super::error::ApiError;
 use crate::broker::dead_letters::{self, DeadLetter, DeadLetterError};
 use crate::broker::topology;
@@ -69,9 +70,11 @@ type ParamsQuery = Result<Query<Params>, QueryRejection>;
 ///
 /// The oldest messages of a dead-letter queue, left in it: reading never removes. One
 /// whose sealed body cannot be opened is listed too, with `unopenable` saying why.
-#[utoipa::path(get, path = "/api/dlq", tag = "dead letters", params(Params),
+#[utoipa::path(get, path = "/api/dlq", tag = "dead letters",
+    security(("bearer" = [])), params(Params),
     responses((status = 200, description = "The messages, oldest first", body = Vec<DeadLetter>)))]
 async fn list(
+    _: Admin,
     State(ctx): State<ApiContext>,
     query: ParamsQuery,
 ) -> Result<axum::Json<Vec<DeadLetter>>, ApiError> {
@@ -88,6 +91,7 @@ async fn list(
 /// message whose sealed body cannot be opened is refused and left in place: sent back,
 /// no consumer could read it.
 #[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dead letters",
+    security(("bearer" = [])),
     params(MessageId, Params),
     responses(
         (status = 200, description = "The message replayed", body = DeadLetter),
@@ -97,6 +101,7 @@ async fn list(
             left in place, to purge or to replay once its key is back"),
     ))]
 async fn replay(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Path(MessageId { id }): Path<MessageId>,
     query: ParamsQuery,
@@ -111,12 +116,14 @@ async fn replay(
 
 /// Purge a dead letter
 #[utoipa::path(delete, path = "/api/dlq/{id}", tag = "dead letters",
+    security(("bearer" = [])),
     params(MessageId, Params),
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such message among the oldest 10,000"),
     ))]
 async fn purge(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Path(MessageId { id }): Path<MessageId>,
     query: ParamsQuery,

@@ -28,7 +28,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
-    /// A cross-site request the server does not take (see `api::origin`).
+    /// The route needs a role, and the request proves none: no token, or one that is
+    /// unknown, expired or revoked (see `api::auth`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A cross-site request the server does not take (see `api::origin`), or a token
+    /// whose role falls short of the route's.
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -82,6 +87,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -98,6 +104,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => "Malformed request",
             Self::Unprocessable { .. } => "Invalid value",
+            Self::Unauthorized(_) => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "Not found",
             Self::Conflict(_) => "Conflict",
@@ -242,6 +249,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Self::Unauthorized(_) = &self {
+            // RFC 6750: how to authenticate.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"retrocat\""),
+            );
         }
         if let Self::Internal(error) = self {
             response

@@ -3,6 +3,7 @@
 //! reaches the exchanges `--publish-exchanges` lists ([`producer::PublishPolicy`]).
 
 use super::ApiContext;
+use super::auth::gate::Admin;
 use super::error::ApiError;
 use super::extract::Json;
 use crate::broker::Headers;
@@ -45,12 +46,14 @@ struct GameEventBody {
 ///
 /// A game event straight to `game_events`, answered as the original producer answered.
 #[utoipa::path(post, path = "/api/messages/game-event", tag = "messages",
+    security(("bearer" = [])),
     request_body = GameEventBody,
     responses(
         (status = 201, description = "Sent: the broker has confirmed it", body = Object),
         (status = 422, description = "`gameId` is not a positive integer"),
     ))]
 async fn send_game_event(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Json(body): Json<GameEventBody>,
 ) -> Result<Created, ApiError> {
@@ -123,9 +126,11 @@ fn some_message() -> Schema {
 ///
 /// `{"message": …}` to `custom_messages`, in the original producer's envelope.
 #[utoipa::path(post, path = "/api/messages/custom", tag = "messages",
+    security(("bearer" = [])),
     request_body = CustomBody,
     responses((status = 201, description = "Sent: the broker has confirmed it", body = Object)))]
 async fn send_custom(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Json(body): Json<CustomBody>,
 ) -> Result<Created, ApiError> {
@@ -186,6 +191,7 @@ const MAX_WAIT_MS: u64 = 30_000;
 /// default) and any routing key. Answers the message id once the broker has confirmed
 /// it; with `waitMs`, also the consumer's reply, or 504 when none came in time.
 #[utoipa::path(post, path = "/api/messages", tag = "messages",
+    security(("bearer" = [])),
     request_body = MessageBody,
     responses(
         (status = 201, description = "Sent, and answered when `waitMs` was given",
@@ -201,6 +207,7 @@ const MAX_WAIT_MS: u64 = 30_000;
         (status = 504, description = "No reply within `waitMs`"),
     ))]
 async fn send_message(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Json(body): Json<MessageBody>,
 ) -> Result<Created, ApiError> {

@@ -7,6 +7,7 @@
 //! `/openapi.json` come from one source (see [`openapi`]).
 
 mod audit;
+pub mod auth;
 mod dlq;
 pub mod error;
 pub mod extract;
@@ -22,6 +23,7 @@ mod reference;
 pub mod server;
 pub mod stream;
 
+use crate::auth::AuthMode;
 use crate::broker::Broker;
 use crate::broker::headers::TRACEPARENT;
 use crate::config::HttpArgs;
@@ -62,6 +64,10 @@ pub struct ApiContext {
     pub publish_policy: PublishPolicy,
     /// What decoding an uploaded cover may take (`--max-image-memory`).
     pub decode_budget: DecodeBudget,
+    /// Who may change what (`--auth`).
+    pub gate: auth::gate::Gate,
+    /// How long a login's token lasts (`--session-ttl`).
+    pub session_ttl: chrono::TimeDelta,
     /// Creates and updates, group-committed: those in flight together share one
     /// transaction.
     creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
@@ -95,6 +101,8 @@ impl ApiContext {
             |store, batch: Vec<_>| async move { store.update_games(&batch).await },
         );
         Self {
+            gate: auth::gate::Gate::new(store.clone(), AuthMode::default()),
+            session_ttl: auth::DEFAULT_SESSION_TTL,
             store,
             broker,
             live,
@@ -114,6 +122,14 @@ impl ApiContext {
         self
     }
 
+    /// The context with requests authorized in `mode` rather than protected mode, and
+    /// logins lasting `session_ttl`.
+    pub fn with_auth(mut self, mode: AuthMode, session_ttl: chrono::TimeDelta) -> Self {
+        self.gate = auth::gate::Gate::new(self.store.clone(), mode);
+        self.session_ttl = session_ttl;
+        self
+    }
+
     /// The context with uploads checked against `budget` rather than the default.
     pub fn with_decode_budget(mut self, budget: DecodeBudget) -> Self {
         self.decode_budget = budget;
@@ -124,6 +140,7 @@ impl ApiContext {
 /// Every route of the API with its declaration: the router and its document.
 fn routes() -> OpenApiRouter<ApiContext> {
     OpenApiRouter::with_openapi(openapi::declared())
+        .merge(auth::router())
         .merge(games::router())
         .merge(reference::router())
         .merge(processing::router())
@@ -177,6 +194,7 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         method = %request.method(),
         uri = %request.uri(),
         trace_id = tracing::field::Empty,
+        caller = tracing::field::Empty,
     );
     let traceparent = request
         .headers()
@@ -250,5 +268,5 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .allow_headers([header::CONTENT_TYPE])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
 }

@@ -38,10 +38,33 @@ use utoipa_axum::routes;
         (name = "dead letters", description = "Messages that could not be processed"),
         (name = "queues", description = "The queues and the outbox"),
         (name = "operations", description = "Probes, metrics and this document"),
+        (name = "auth", description = "Logging in, and who the caller is"),
     ),
-    components(schemas(Problem, FieldError))
+    components(schemas(Problem, FieldError)),
+    modifiers(&BearerScheme)
 )]
 struct Declared;
+
+/// The `bearer` scheme that routes needing a role name: `Authorization: Bearer TOKEN`,
+/// a token from `POST /api/auth/login` or `retrocat token create`.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let scheme = Http::builder()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token from POST /api/auth/login or `retrocat token create`. Routes \
+                 that need one: `editor` for games and covers, `admin` for the rest",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// What the routes do not declare: the API's title, tags and shared schemas.
 pub(super) fn declared() -> utoipa::openapi::OpenApi {
@@ -135,6 +158,19 @@ fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
                 "The Host header does not name this server: an IP address, localhost or \
                  a --public-url name",
             );
+            if operation.security.is_some() {
+                add(
+                    "401",
+                    "No token, or one unknown, expired or revoked. In protected mode a \
+                     peer on loopback needs none while no account exists",
+                );
+                add(
+                    "403",
+                    "The token's role falls short of the route's; or, on a write, a \
+                     browser page of another origin than this server's and \
+                     --cors-origins' (cross-site request)",
+                );
+            }
             if changes {
                 add(
                     "403",

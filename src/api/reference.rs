@@ -1,6 +1,7 @@
 //! `/api/platforms` and `/api/genres`: the catalog's reference data.
 
 use super::ApiContext;
+use super::auth::gate::Admin;
 use super::error::ApiError;
 use super::extract::{Id, Json};
 use crate::domain::number::optional_whole_number;
@@ -102,6 +103,7 @@ async fn platforms(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Platf
 
 /// Create a platform
 #[utoipa::path(post, path = "/api/platforms", tag = "reference",
+    security(("bearer" = [])),
     request_body = PlatformBody,
     responses(
         (status = 201, description = "Created", body = Platform),
@@ -109,6 +111,7 @@ async fn platforms(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Platf
         (status = 422, description = "A field is refused"),
     ))]
 async fn create_platform(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Json(body): Json<PlatformBody>,
 ) -> Result<(StatusCode, axum::Json<Platform>), ApiError> {
@@ -118,6 +121,7 @@ async fn create_platform(
 
 /// Update a platform
 #[utoipa::path(put, path = "/api/platforms/{id}", tag = "reference",
+    security(("bearer" = [])),
     params(Id), request_body = PlatformBody,
     responses(
         (status = 200, description = "Updated", body = Platform),
@@ -126,6 +130,7 @@ async fn create_platform(
         (status = 422, description = "A field is refused"),
     ))]
 async fn update_platform(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     Json(body): Json<PlatformBody>,
@@ -137,6 +142,7 @@ async fn update_platform(
 
 /// Delete a platform
 #[utoipa::path(delete, path = "/api/platforms/{id}", tag = "reference",
+    security(("bearer" = [])),
     params(Id),
     responses(
         (status = 204, description = "Deleted"),
@@ -144,6 +150,7 @@ async fn update_platform(
         (status = 409, description = "Games still name this platform"),
     ))]
 async fn delete_platform(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
@@ -160,6 +167,7 @@ async fn genres(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Genre>>,
 
 /// Create a genre
 #[utoipa::path(post, path = "/api/genres", tag = "reference",
+    security(("bearer" = [])),
     request_body = GenreBody,
     responses(
         (status = 201, description = "Created", body = Genre),
@@ -167,6 +175,7 @@ async fn genres(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Genre>>,
         (status = 422, description = "A field is refused"),
     ))]
 async fn create_genre(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Json(body): Json<GenreBody>,
 ) -> Result<(StatusCode, axum::Json<Genre>), ApiError> {
@@ -176,6 +185,7 @@ async fn create_genre(
 
 /// Update a genre
 #[utoipa::path(put, path = "/api/genres/{id}", tag = "reference",
+    security(("bearer" = [])),
     params(Id), request_body = GenreBody,
     responses(
         (status = 200, description = "Updated", body = Genre),
@@ -184,6 +194,7 @@ async fn create_genre(
         (status = 422, description = "A field is refused"),
     ))]
 async fn update_genre(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     Json(body): Json<GenreBody>,
@@ -195,13 +206,18 @@ async fn update_genre(
 
 /// Delete a genre
 #[utoipa::path(delete, path = "/api/genres/{id}", tag = "reference",
+    security(("bearer" = [])),
     params(Id),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No genre with this id"),
         (status = 409, description = "Games still name this genre"),
     ))]
-async fn delete_genre(State(ctx): State<ApiContext>, Id(id): Id) -> Result<StatusCode, ApiError> {
+async fn delete_genre(
+    _: Admin,
+    State(ctx): State<ApiContext>,
+    Id(id): Id,
+) -> Result<StatusCode, ApiError> {
     ctx.store.delete_genre(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

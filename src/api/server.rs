@@ -7,15 +7,19 @@
 //! open for as long as it liked, and SIGTERM waited for it.
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tower::ServiceExt;
 
 use crate::shutdown::Shutdown;
 
@@ -61,9 +65,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shu
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
             () = shutdown.wait() => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, most likely: wait for some to close.
                     tracing::warn!(%error, "cannot accept a connection; trying again in a second");
@@ -73,7 +77,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shu
             },
             () = shutdown.wait() => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers learn the peer's address (protected mode lets loopback in).
+        let service = TowerToHyperService::new(app.clone().map_request(with_peer(peer)));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -97,4 +102,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, shu
         );
     }
     connections.shutdown().await;
+}
+
+/// Puts the peer's address into each request, where axum's `ConnectInfo` finds it.
+fn with_peer<B>(peer: SocketAddr) -> impl Fn(Request<B>) -> Request<B> + Clone {
+    move |mut request| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    }
 }

@@ -14,7 +14,15 @@ use tokio::sync::Semaphore;
 /// An HTTP client with a connection for every request in flight.
 pub fn client(args: &BenchArgs) -> anyhow::Result<reqwest::Client> {
     crate::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token: not a token")?;
+        bearer.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency as usize)
         .timeout(Duration::from_secs(60))
         .build()

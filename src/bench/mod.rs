@@ -88,6 +88,11 @@ pub struct BenchArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// An editor's or admin's token (`retrocat token create`), sent with every request:
+    /// needed once the system has accounts (protected mode lets loopback in before).
+    #[arg(long, env = "RETROCAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl BenchArgs {

@@ -10,6 +10,7 @@
 //! cursors in `shared`); each backend file holds only its dialect: how transactions
 //! start, its error codes, its migrations, and what its SQL spells differently.
 
+pub mod accounts;
 mod direct;
 pub mod mysql;
 pub mod postgres;
@@ -23,6 +24,7 @@ use crate::domain::{
     EventId, Game, GameDraft, Genre, GenreDraft, Platform, PlatformDraft, ProcessingStatus,
 };
 use crate::processing::thumbnail::Thumbnail;
+pub use accounts::Accounts;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -426,7 +428,7 @@ pub trait OutboxTurn: Send {
 /// The catalog database. Implementations: SQLite ([`sqlite::SqliteStore`]),
 /// PostgreSQL ([`postgres::PgStore`]) and MySQL/MariaDB ([`mysql::MySqlStore`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Accounts + Send + Sync + 'static {
     /// Applies pending migrations (schema and seed data). Safe to run repeatedly.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Fails when the database cannot be reached (readiness checks).

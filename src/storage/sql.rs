@@ -263,10 +263,10 @@ pub struct SqlStore<DB: Database>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    pool: Pool<DB>,
+    pub(super) pool: Pool<DB>,
     /// Where writes get their connection: `pool` itself, or on SQLite one connection
     /// held for them ([`Dialect::ONE_WRITER`]).
-    writer: Writer<DB>,
+    pub(super) writer: Writer<DB>,
     outbox_written: Notify,
     claims: Arc<AtomicU64>,
     /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on

@@ -535,6 +535,41 @@ pub async fn flaky_cover_server(healthy: Arc<AtomicBool>) -> String {
     format!("http://{addr}/cover.png")
 }
 
+/// A machine token of `role` named `name` in `app`'s database, expiring at
+/// `expires_at` (never for `None`).
+pub async fn add_token(
+    app: &TestApp,
+    name: &str,
+    role: retrocat::auth::Role,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    use retrocat::auth::token;
+    use retrocat::storage::accounts::{TokenKind, TokenRecord};
+    let secret = token::generate();
+    let record = TokenRecord {
+        kind: TokenKind::Token,
+        name: name.into(),
+        role,
+        username: None,
+        created_at: chrono::Utc::now(),
+        expires_at,
+    };
+    let digest = token::digest(&secret);
+    app.store()
+        .add_token(&digest, &record)
+        .await
+        .expect("token");
+    secret
+}
+
+/// An admin's token, once the server has seen that it exists: protected mode has ended
+/// (its answer is reused for a second).
+pub async fn admin_token(app: &TestApp) -> String {
+    let token = add_token(app, "test-admin", retrocat::auth::Role::Admin, None).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    token
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,

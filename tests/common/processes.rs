@@ -16,7 +16,7 @@ use retrocat::storage::{PoolConfig, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -159,6 +159,23 @@ impl Deployment {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).expect("UTF-8 output")
+    }
+
+    /// Runs `retrocat COMMAND ARGS` to the end with `input` on standard input, and
+    /// returns how it ended and what it printed.
+    pub async fn run_with_input(&self, command: &str, args: &[&str], input: &str) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(command, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run retrocat {command}: {e}"));
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(input.as_bytes()).await.expect("stdin");
+        drop(stdin);
+        child.wait_with_output().await.expect("output")
     }
 
     /// Starts `retrocat COMMAND --listen 127.0.0.1:PORT ARGS` and waits until its

@@ -6,6 +6,7 @@ mod list;
 use super::ApiContext;
 use super::error::ApiError;
 use super::extract::{Id, Json, body_bytes};
+use crate::api::auth::gate::{Admin, Editor};
 use crate::broker::{BrokerError, topology};
 use crate::domain::{EventId, Game, GameAction, GameDraft, ProcessingStatus, ValidationError};
 use crate::processing::thumbnail::ThumbnailError;
@@ -93,6 +94,7 @@ async fn existing(ctx: &ApiContext, id: i64) -> Result<Game, ApiError> {
     post,
     path = "/api/games",
     tag = "games",
+    security(("bearer" = [])),
     params(WaitParam),
     request_body = GameBody,
     responses(
@@ -104,6 +106,7 @@ async fn existing(ctx: &ApiContext, id: i64) -> Result<Game, ApiError> {
     )
 )]
 async fn create(
+    _: Editor,
     State(ctx): State<ApiContext>,
     query: Result<Query<WaitParam>, QueryRejection>,
     Json(body): Json<GameBody>,
@@ -130,6 +133,7 @@ async fn create(
     put,
     path = "/api/games/{id}",
     tag = "games",
+    security(("bearer" = [])),
     params(Id, WaitParam),
     request_body = GameBody,
     responses(
@@ -142,6 +146,7 @@ async fn create(
     )
 )]
 async fn update(
+    _: Editor,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     query: Result<Query<WaitParam>, QueryRejection>,
@@ -257,13 +262,18 @@ async fn wait_for_processing(
     delete,
     path = "/api/games/{id}",
     tag = "games",
+    security(("bearer" = [])),
     params(Id),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No game with this id"),
     )
 )]
-async fn remove(State(ctx): State<ApiContext>, Id(id): Id) -> Result<StatusCode, ApiError> {
+async fn remove(
+    _: Editor,
+    State(ctx): State<ApiContext>,
+    Id(id): Id,
+) -> Result<StatusCode, ApiError> {
     ctx.store.delete_game(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -283,6 +293,7 @@ struct ProcessComplete {
     put,
     path = "/api/games/{id}/process-complete",
     tag = "games",
+    security(("bearer" = [])),
     params(Id),
     request_body = ProcessComplete,
     responses(
@@ -292,6 +303,7 @@ struct ProcessComplete {
     )
 )]
 async fn process_complete(
+    _: Admin,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     Json(body): Json<ProcessComplete>,
@@ -313,6 +325,7 @@ async fn process_complete(
     put,
     path = "/api/games/{id}/cover",
     tag = "games",
+    security(("bearer" = [])),
     params(Id),
     request_body(content = Vec<u8>, content_type = "image/*",
         description = "The image's bytes"),
@@ -325,6 +338,7 @@ async fn process_complete(
     )
 )]
 async fn upload_cover(
+    _: Editor,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     request: Request,
