@@ -34,7 +34,9 @@ function gameCard(game) {
   const remove = el("button", { type: "button", className: "danger", textContent: "Delete", onclick: () => removeGame(game) });
   edit.dataset.action = "edit";
   remove.dataset.action = "delete";
-  card.append(el("div", { className: "actions" }, edit, remove));
+  const actions = el("div", { className: "actions" }, edit, remove);
+  actions.dataset.needs = "editor"; // style.css hides them from anyone else
+  card.append(actions);
   return card;
 }
 
@@ -161,7 +163,7 @@ async function removeGame(game) {
     await api(`/api/games/${game.id}`, { method: "DELETE" });
     document.querySelector(`.game[data-id="${Number(game.id)}"]`)?.remove();
   } catch (error) {
-    alert(`Could not delete: ${error.message}`);
+    if (!error.loginAsked) alert(`Could not delete: ${error.message}`);
   }
 }
 

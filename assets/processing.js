@@ -100,6 +100,8 @@ function deadLetterRow(dead) {
   const purge = el("button", { className: "danger", textContent: "Purge", onclick: () => actOnDeadLetter(dead, "DELETE", `/api/dlq/${id}`) });
   replay.dataset.action = "replay";
   purge.dataset.action = "purge";
+  replay.dataset.needs = "admin";
+  purge.dataset.needs = "admin";
   const row = el(
     "tr",
     {},
@@ -114,18 +116,37 @@ function deadLetterRow(dead) {
   return row;
 }
 
+/** One quiet line across the dead-letter table. */
+function deadLetterNote(text) {
+  $("dlq").replaceChildren(el("tr", {}, el("td", { colSpan: 6, className: "empty", textContent: text })));
+}
+
+/** Dead letters hold message bodies: only an admin may read them (GET /api/dlq). */
 async function loadDeadLetters() {
-  const dead = await api("/api/dlq?limit=100");
+  if (!caller.identity) return; // caller.onChange loads them once it is known
+  if (!caller.can("admin")) {
+    $("dlq-error").textContent = "";
+    return deadLetterNote("Log in as an admin to see the dead letters.");
+  }
+  let dead;
+  try {
+    dead = await api("/api/dlq?limit=100");
+  } catch (error) {
+    if (error.status !== 401 && error.status !== 403) throw error;
+    return deadLetterNote("Log in as an admin to see the dead letters.");
+  }
   $("dlq").replaceChildren(...dead.map(deadLetterRow));
-  if (!dead.length) $("dlq").append(el("tr", {}, el("td", { colSpan: 6, className: "empty", textContent: "No dead letters." })));
+  if (!dead.length) deadLetterNote("No dead letters.");
 }
 
 const refresh = debounce(() => {
   loadTasks().catch(console.error);
   loadDeadLetters().catch(console.error);
 }, 200);
-loadDeadLetters().catch((error) => {
-  $("dlq-error").textContent = `Failed to load dead letters: ${error.message}`;
+caller.onChange(() => {
+  loadDeadLetters().catch((error) => {
+    $("dlq-error").textContent = `Failed to load dead letters: ${error.message}`;
+  });
 });
 liveUpdates(refresh);
 loadTasks().catch((error) => {

@@ -113,7 +113,14 @@ function fillRows(tbody, entries, emptyText, columns) {
       ...columns(entry).map((text) => el("td", { textContent: text }))))));
 }
 
+/** The lists below hold message bodies: only an admin may read them. */
+function lockedRows(tbody, what) {
+  fillRows(tbody, [], `log in as an admin to see ${what}`, () => []);
+}
+
 async function refreshReceived() {
+  if (!caller.identity) return; // caller.onChange refreshes once it is known
+  if (!caller.can("admin")) return lockedRows($("received"), "what was received");
   try {
     const received = await api("/api/messages/received?limit=20");
     fillRows($("received"), received, "nothing received yet", (entry) => [
@@ -124,6 +131,8 @@ async function refreshReceived() {
 }
 
 async function refreshAudit() {
+  if (!caller.identity) return;
+  if (!caller.can("admin")) return lockedRows($("audit"), "the audit log");
   try {
     const audit = await api("/api/audit?limit=20");
     fillRows($("audit"), audit, "no events yet", (entry) => [
@@ -136,5 +145,5 @@ const refresh = () => {
   refreshReceived();
   refreshAudit();
 };
-refresh();
+caller.onChange(refresh);
 setInterval(refresh, 3000);

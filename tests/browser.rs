@@ -5,6 +5,9 @@
 //! reload), checks it against the API, and leaves a screenshot of the page in
 //! `target/browser-screenshots/` for a look at how it renders.
 //!
+//! Most scenarios run on a fresh install from loopback, where protected mode lets the
+//! pages do everything; one has accounts, and logs in through the page's dialog.
+//!
 //! Without chromedriver the tests say they were skipped; under CI (`CI` set) they fail
 //! instead, since `.ci/run` installs it.
 
@@ -173,8 +176,41 @@ impl Browser {
         .await
     }
 
+    /// Whether some element matching `css` is on screen now: there, and not hidden
+    /// (the pages hide what the caller's role may not use).
+    async fn shown(&self, css: &str) -> bool {
+        let Ok(elements) = self.client.find_all(Locator::Css(css)).await else {
+            return false;
+        };
+        for element in elements {
+            if element.is_displayed().await.unwrap_or(false) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Waits until the element `css` is on screen, as a person waits to see a control
+    /// before using it (a page shows its controls once it knows the caller's role).
+    async fn find_shown(&self, css: &str) -> Element {
+        eventually(&format!("{css} shown"), WAIT, || async {
+            let element = self.client.find(Locator::Css(css)).await.ok()?;
+            element.is_displayed().await.ok()?.then_some(element)
+        })
+        .await
+    }
+
+    /// Waits until `css` is shown (`true`) or not (`false`).
+    async fn wait_until_shown(&self, css: &str, shown: bool) {
+        let state = if shown { "shown" } else { "hidden" };
+        eventually(&format!("{css} {state}"), WAIT, || async {
+            (self.shown(css).await == shown).then_some(())
+        })
+        .await;
+    }
+
     async fn click(&self, css: &str) {
-        self.find(css)
+        self.find_shown(css)
             .await
             .click()
             .await
@@ -183,7 +219,7 @@ impl Browser {
 
     /// Replaces what the field `css` holds with `value`, typed.
     async fn fill(&self, css: &str, value: &str) {
-        let field = self.find(css).await;
+        let field = self.find_shown(css).await;
         field
             .clear()
             .await
@@ -243,6 +279,16 @@ impl Browser {
         eprintln!("screenshot: {}", path.display());
     }
 
+    /// The login token the page keeps in `sessionStorage`, if any.
+    async fn kept_token(&self) -> Option<String> {
+        let token = self
+            .client
+            .execute("return sessionStorage.getItem('retrocat.token')", vec![])
+            .await
+            .expect("read sessionStorage");
+        token.as_str().map(str::to_owned)
+    }
+
     /// Ends the session, which closes Chromium; the guard ends chromedriver.
     async fn quit(self) {
         self.client.close().await.expect("end the session");
@@ -254,6 +300,46 @@ async fn serve(deployment: &Deployment, args: &[&str]) -> Process {
     deployment
         .start_http("serve", "serve", free_port(), args)
         .await
+}
+
+/// `retrocat user add NAME --role ROLE --password-stdin` on the deployment's database,
+/// as an operator would run it beside the server.
+async fn add_user(deployment: &Deployment, name: &str, role: &str, password: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
+        .args(["user", "add", name, "--role", role, "--password-stdin"])
+        .env_remove("RABBITMQ_URL")
+        .env("DATABASE_URL", deployment.database_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start retrocat user add");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .expect("write the password");
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("retrocat user add");
+    assert!(
+        output.status.success(),
+        "retrocat user add {name} exited with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Fills the open login dialog and submits it.
+async fn submit_login(browser: &Browser, username: &str, password: &str) {
+    browser
+        .fill("#login-dialog [name=username]", username)
+        .await;
+    browser
+        .fill("#login-dialog [name=password]", password)
+        .await;
+    browser.click("#login-dialog button[type=submit]").await;
 }
 
 /// Fills the Catalog page's open editor with a game called `title` from `year`, and
@@ -538,6 +624,171 @@ async fn the_queues_page_lists_game_events_and_charts_what_processing_did() {
         .await;
     }
     browser.screenshot("queues").await;
+    browser.quit().await;
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_logs_in_to_change_the_catalog_and_a_refused_write_asks_to_log_in() {
+    const PASSWORD: &str = "correct horse battery";
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let deployment = Deployment::on(Backend::Sqlite).await;
+    let serve = serve(&deployment, &[]).await;
+    // Made while the install is fresh (loopback may write); then an account ends that.
+    let existing = serve.create_game(&game_body("Already Here")).await;
+    let existing = format!(".game[data-id=\"{}\"]", existing["id"]);
+    add_user(&deployment, "edith", "editor", PASSWORD).await;
+    eventually("the server asks for a login", WAIT, || async {
+        let me = serve.get_json("/api/auth/me").await;
+        (me["loginRequired"] == true).then_some(())
+    })
+    .await;
+
+    // Logged out: the dead letters are admin's to read, and the page says so quietly,
+    // without asking to log in.
+    browser.open(&serve.url("/processing")).await;
+    browser
+        .wait_for_text("#dlq td", "Log in as an admin to see the dead letters.")
+        .await;
+    browser.wait_until_shown("#log-in", true).await;
+    assert!(
+        !browser.shown("#login-dialog").await,
+        "a background read asked to log in"
+    );
+
+    // The catalog shows no control to change it.
+    browser.open(&serve.url("/")).await;
+    browser.wait_until_shown("#log-in", true).await;
+    browser
+        .wait_for_text(&format!("{existing} h3"), "Already Here")
+        .await;
+    for control in [
+        "#add-game".to_owned(),
+        format!("{existing} [data-action=edit]"),
+        format!("{existing} [data-action=delete]"),
+    ] {
+        assert!(
+            !browser.shown(&control).await,
+            "{control} is shown logged out"
+        );
+    }
+
+    // A wrong password: the dialog says what the server said, and stays open.
+    browser.click("#log-in").await;
+    browser.wait_until_shown("#login-dialog", true).await;
+    submit_login(&browser, "edith", "not the password").await;
+    browser
+        .wait_for_text("#login-error", "wrong username or password")
+        .await;
+    browser.screenshot("login-wrong-password").await;
+    assert!(
+        browser.kept_token().await.is_none(),
+        "a refused login kept a token"
+    );
+
+    // The right one: logged in as an editor, the catalog's controls are there.
+    submit_login(&browser, "edith", PASSWORD).await;
+    browser.wait_until_shown("#login-dialog", false).await;
+    browser
+        .wait_for_text("#account-name", "edith (editor)")
+        .await;
+    browser.wait_until_shown("#add-game", true).await;
+    browser
+        .wait_until_shown(&format!("{existing} [data-action=edit]"), true)
+        .await;
+    browser.click("#add-game").await;
+    submit_game_form(&browser, "Logged In Quest", "1994").await;
+    let created = eventually("the new game's card", WAIT, || async {
+        let game = games_titled(&serve, "Logged In Quest").await.pop()?;
+        let card = format!(".game[data-id=\"{}\"]", game["id"]);
+        browser.text(&format!("{card} h3")).await?;
+        Some(card)
+    })
+    .await;
+    browser.wait_until_shown("#editor", false).await;
+    browser.screenshot("catalog-as-editor").await;
+
+    // An editor is no admin: the producer's forms give way to a notice, and what holds
+    // message bodies stays closed.
+    browser.open(&serve.url("/producer")).await;
+    browser
+        .wait_for_text("#account-name", "edith (editor)")
+        .await;
+    browser.wait_until_shown("#producer-locked", true).await;
+    assert!(!browser.shown("#custom-form").await, "an editor may send");
+    assert!(!browser.shown("#event-form").await, "an editor may send");
+    browser
+        .wait_for_text_containing("#received td", "log in as an admin")
+        .await;
+    browser
+        .wait_for_text_containing("#audit td", "log in as an admin")
+        .await;
+    browser.screenshot("producer-as-editor").await;
+
+    // The login ends on the server (revoked, expired) while the page still shows the
+    // controls: the refused delete asks to log in again, and deletes nothing.
+    browser.open(&serve.url("/")).await;
+    browser
+        .wait_until_shown(&format!("{created} [data-action=delete]"), true)
+        .await;
+    let token = browser.kept_token().await.expect("the login's token");
+    let ended = http_client()
+        .post(serve.url("/api/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    browser
+        .click(&format!("{created} [data-action=delete]"))
+        .await;
+    browser.accept_dialog().await;
+    browser.wait_until_shown("#login-dialog", true).await;
+    browser
+        .wait_for_text_containing("#login-reason", "Your login has ended")
+        .await;
+    browser.wait_until_shown("#add-game", false).await;
+    assert!(
+        browser.kept_token().await.is_none(),
+        "the ended token is kept"
+    );
+    let username = browser
+        .find("#login-dialog [name=username]")
+        .await
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(username.as_deref(), Some("edith"), "who to log in again as");
+    assert_eq!(games_titled(&serve, "Logged In Quest").await.len(), 1);
+    browser.screenshot("login-after-refused-write").await;
+
+    // Logged in again from there, then out: the controls come and go with the login.
+    submit_login(&browser, "edith", PASSWORD).await;
+    browser.wait_until_shown("#login-dialog", false).await;
+    browser.wait_until_shown("#add-game", true).await;
+    let token = browser.kept_token().await.expect("the new login's token");
+    browser.click("#log-out").await;
+    browser.wait_until_shown("#log-in", true).await;
+    browser.wait_until_shown("#add-game", false).await;
+    assert!(
+        !browser
+            .shown(&format!("{created} [data-action=delete]"))
+            .await,
+        "the delete button outlived the login"
+    );
+    assert!(
+        browser.kept_token().await.is_none(),
+        "a token outlived the logout"
+    );
+    let me = http_client()
+        .get(serve.url("/api/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "the logged-out token still works");
     browser.quit().await;
     serve.stop().await;
 }
