@@ -90,7 +90,7 @@ pub enum UserCommand {
     },
     /// Every account, with its role.
     List,
-    /// Remove an account; its logins end at once.
+    /// Remove an account; its logins stop working within a second.
     Remove { name: String },
 }
 
@@ -110,7 +110,7 @@ pub enum TokenCommand {
     },
     /// Every machine token, with its role and expiry (never the token itself).
     List,
-    /// Revoke a token: it stops working at once, on every API instance.
+    /// Revoke a token: it stops working within a second, on every API instance.
     Revoke { name: String },
 }
 

@@ -541,11 +541,16 @@ async fn accounts_and_tokens_made_on_the_command_line_govern_a_running_system() 
         403
     );
 
+    // A token revoked elsewhere stops working within a second.
     deployment.output("token", &["revoke", "ci"]).await;
-    assert_eq!(
-        post("/api/games", Some(ci), game_body("Revoked")).await,
-        401
-    );
+    common::eventually(
+        "the revoked token refused",
+        Duration::from_secs(5),
+        || async {
+            (post("/api/games", Some(ci), game_body("Revoked")).await == 401).then_some(())
+        },
+    )
+    .await;
     let twice = deployment
         .run_with_input("token", &["revoke", "ci"], "")
         .await;
@@ -557,9 +562,13 @@ async fn accounts_and_tokens_made_on_the_command_line_govern_a_running_system() 
         "{users}"
     );
     deployment.output("user", &["remove", "alice"]).await;
-    assert_eq!(
-        post("/api/platforms", Some(&session), platform("Gone")).await,
-        401
-    );
+    common::eventually(
+        "the removed user's login refused",
+        Duration::from_secs(5),
+        || async {
+            (post("/api/platforms", Some(&session), platform("Gone")).await == 401).then_some(())
+        },
+    )
+    .await;
     api.stop().await;
 }

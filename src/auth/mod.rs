@@ -7,10 +7,10 @@
 //! login's (`POST /api/auth/login`).
 //!
 //! Tokens are opaque and stored, not signed (JWT): the database keeps the SHA-256 of
-//! each, with its role and expiry. So a revoked token or a removed user stops working at
-//! once on every API instance that shares the database, with no secret to distribute
-//! or rotate; the price is one lookup by primary key per request that needs a role,
-//! and writes reach the database anyway. Public reads, the hot path, look nothing up.
+//! each, with its role and expiry. So a revoked token or a removed user stops working
+//! within a second on every API instance that shares the database, with no secret to
+//! distribute or rotate; the price is one lookup by primary key a second per token, on
+//! requests that need a role (see `api::auth::gate`). Public reads look nothing up.
 //! Passwords are hashed with argon2id ([`password`]); a token is 32 random bytes, and
 //! needs no slow hash: nobody can guess it.
 //!

@@ -10,6 +10,7 @@ use crate::storage::accounts::TokenRecord;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,10 +42,15 @@ impl Caller {
     }
 }
 
-/// How long the answer to "does any account exist?" is reused. An account made by
-/// `retrocat user add` in another process ends protected mode here within this time;
-/// meanwhile a fresh install's loopback writes cost no query each.
-const ACCOUNTS_SEEN_FOR: Duration = Duration::from_secs(1);
+/// How long the answer to "does any account exist?", and a token found valid, are
+/// reused. An account made by `retrocat user add` in another process ends protected
+/// mode here within this time, and a token revoked (or a user removed) elsewhere stops
+/// working here within it; meanwhile a client's writes cost no query each. On SQLite
+/// a lookup per request cost a fifth of the create throughput.
+const REUSED_FOR: Duration = Duration::from_secs(1);
+
+/// Tokens found valid, kept for [`REUSED_FOR`]; emptied when it reaches this many.
+const MAX_REUSED_TOKENS: usize = 1024;
 
 /// The checks of every request that needs a role, with what they share.
 #[derive(Clone)]
@@ -55,6 +61,8 @@ struct Inner {
     mode: AuthMode,
     /// When [`Store::has_accounts`] was last asked, and its answer.
     accounts_seen: Mutex<Option<(Instant, bool)>>,
+    /// Tokens found valid, by digest, with when they were looked up.
+    valid: Mutex<HashMap<String, (Instant, TokenRecord)>>,
 }
 
 impl Gate {
@@ -63,6 +71,7 @@ impl Gate {
             store,
             mode,
             accounts_seen: Mutex::new(None),
+            valid: Mutex::default(),
         }))
     }
 
@@ -107,9 +116,29 @@ impl Gate {
         Ok(caller)
     }
 
+    /// Forgets the session named `name`: it was just ended here (a logout).
+    pub fn forget_session(&self, name: &str) {
+        let mut valid = self.0.valid.lock().expect("never poisoned");
+        valid.retain(|_, (_, record)| record.name != name);
+    }
+
     /// The token of `secret`, if it is valid now.
     async fn bearer(&self, secret: &str) -> Result<Caller, ApiError> {
-        let Some(record) = self.0.store.token(&token::digest(secret)).await? else {
+        let digest = token::digest(secret);
+        let reused = self
+            .0
+            .valid
+            .lock()
+            .expect("never poisoned")
+            .get(&digest)
+            .cloned();
+        if let Some((at, record)) = reused
+            && at.elapsed() < REUSED_FOR
+            && !record.is_expired(chrono::Utc::now())
+        {
+            return Ok(Caller::Token(record));
+        }
+        let Some(record) = self.0.store.token(&digest).await? else {
             return Err(ApiError::Unauthorized(
                 "unknown or revoked token: log in again, or ask an admin for a new token".into(),
             ));
@@ -119,6 +148,11 @@ impl Gate {
                 "the token has expired: log in again, or ask an admin for a new token".into(),
             ));
         }
+        let mut valid = self.0.valid.lock().expect("never poisoned");
+        if valid.len() >= MAX_REUSED_TOKENS {
+            valid.clear();
+        }
+        valid.insert(digest, (Instant::now(), record.clone()));
         Ok(Caller::Token(record))
     }
 
@@ -138,11 +172,11 @@ impl Gate {
     }
 
     /// Whether any user or machine token exists, asked at most once per
-    /// [`ACCOUNTS_SEEN_FOR`].
+    /// [`REUSED_FOR`].
     async fn has_accounts(&self) -> Result<bool, ApiError> {
         let seen = *self.0.accounts_seen.lock().expect("never poisoned");
         if let Some((at, exist)) = seen
-            && at.elapsed() < ACCOUNTS_SEEN_FOR
+            && at.elapsed() < REUSED_FOR
         {
             return Ok(exist);
         }

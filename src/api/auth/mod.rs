@@ -98,7 +98,8 @@ async fn login(
 
 /// Log out
 ///
-/// Ends the session of the request's token at once, on every instance. A machine's
+/// Ends the session of the request's token: at once here, within a second on other
+/// instances. A machine's
 /// token is revoked with `retrocat token revoke` instead (403).
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
     security(("bearer" = [])),
@@ -119,6 +120,7 @@ async fn logout(State(ctx): State<ApiContext>, parts: Parts) -> Result<StatusCod
         )));
     }
     ctx.store.end_session(&session.name).await?;
+    ctx.gate.forget_session(&session.name);
     Ok(StatusCode::NO_CONTENT)
 }
 
