@@ -21,8 +21,8 @@ use super::writer::{WriteTx, Writer};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxBacklog,
     OutboxMessage, OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult,
-    ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError, TaskView, Turn,
-    WriteKind,
+    PruneReport, ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError,
+    TaskView, Turn, WriteKind,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -30,6 +30,7 @@ use crate::domain::{
 };
 use crate::processing::thumbnail::Thumbnail;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use sqlx::database::HasStatementCache;
 use sqlx::error::DatabaseError;
@@ -263,10 +264,10 @@ pub struct SqlStore<DB: Database>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    pool: Pool<DB>,
+    pub(super) pool: Pool<DB>,
     /// Where writes get their connection: `pool` itself, or on SQLite one connection
     /// held for them ([`Dialect::ONE_WRITER`]).
-    writer: Writer<DB>,
+    pub(super) writer: Writer<DB>,
     outbox_written: Notify,
     claims: Arc<AtomicU64>,
     /// Where [`Store::game`] and [`Store::list_games`] read, if not through `pool`: on
@@ -1592,6 +1593,10 @@ where
                 Duration::from_millis(now_ms().saturating_sub(created).max(0) as u64)
             }),
         })
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<PruneReport, StoreError> {
+        self.prune(before).await
     }
 }
 
