@@ -29,7 +29,7 @@
 //! its `processed_at` has an index (migration `retention`).
 
 use super::StoreError;
-use super::shared::Columns;
+use super::shared::{Columns, push_list};
 use super::sql::{Dialect, SqlStore};
 use chrono::{DateTime, Utc};
 use sqlx::{Encode, Executor, IntoArguments, QueryBuilder, Type};
@@ -186,12 +186,8 @@ where
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut sql = QueryBuilder::<DB>::new(format!("DELETE FROM {table} WHERE {key} IN ("));
-        let mut list = sql.separated(", ");
-        for key in keys {
-            list.push_bind(key);
-        }
-        list.push_unseparated(")");
+        let mut sql = QueryBuilder::<DB>::new(format!("DELETE FROM {table} WHERE {key} IN "));
+        push_list(&mut sql, keys);
         let deleted = self.writer.execute(sql.build()).await;
         Ok(DB::rows_affected(&deleted.map_err(DB::classify)?))
     }

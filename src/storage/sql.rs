@@ -15,7 +15,7 @@
 use super::direct::DirectReads;
 use super::shared::{
     self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY,
-    RETURNING_GAME, now_ms,
+    RETURNING_GAME, now_ms, push_list,
 };
 use super::writer::{WriteTx, Writer};
 use super::{
@@ -239,19 +239,6 @@ struct LockedGame {
     version: i64,
     /// It has a thumbnail.
     thumbnailed: bool,
-}
-
-/// Appends `(v1, v2, …)` to `sql`, each value bound; `values` must not be empty.
-fn push_list<DB: Database, T>(sql: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
-where
-    for<'t> T: Encode<'t, DB> + Type<DB>,
-{
-    sql.push("(");
-    let mut list = sql.separated(", ");
-    for value in values {
-        list.push_bind(value);
-    }
-    list.push_unseparated(")");
 }
 
 /// The write transactions begun for group commits' turns ([`Store::begin_turn`]), by
