@@ -345,6 +345,17 @@ pub struct WorkerArgs {
     /// How long in-flight events may take to finish after SIGTERM.
     #[arg(long, env = "RETROCAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How long history is kept: the audit log and received custom messages, the inbox
+    /// of processed event ids, and finished processing attempts (a game keeps those of
+    /// its current version and its latest). Each serve and worker process prunes older
+    /// rows every 5 minutes; dead letters are never pruned. At least 1h: an event
+    /// redelivered after its inbox row is gone is processed again, and only its version
+    /// then keeps it from changing a game that moved on or completed.
+    #[arg(long, env = "RETROCAT_RETAIN",
+          default_value = crate::processing::retention::DEFAULT_RETAIN,
+          value_parser = crate::processing::retention::parse_retain)]
+    pub retain: Duration,
 }
 
 impl WorkerArgs {

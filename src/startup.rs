@@ -11,6 +11,7 @@ use crate::cli::{Cli, Command, DlqCommand, QueueCommand, ServeArgs};
 use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
+use crate::processing::retention::Retention;
 use crate::processing::subscriber::Subscriber;
 use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::{Worker, WorkerConfig};
@@ -332,7 +333,8 @@ pub async fn run_worker_role(
 }
 
 /// Consumers of `game_events` and of requests on `catalog.rpc`, the event subscribers
-/// and the custom-message consumer, until shutdown.
+/// and the custom-message consumer, and the prune of the history they write, until
+/// shutdown.
 pub async fn run_worker(
     parts: &Components,
     args: &WorkerArgs,
@@ -361,6 +363,7 @@ pub async fn run_worker(
             .run(topology::GAME_EVENTS_QUEUE, shutdown.clone()),
         worker.run(topology::RPC_QUEUE, shutdown.clone()),
         futures::future::join_all(subscribers),
+        Retention::new(store.clone(), args.retain).run(shutdown.clone()),
     );
     Ok(())
 }

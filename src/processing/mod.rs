@@ -4,11 +4,13 @@
 //! status, its thumbnail ([`thumbnail`], from an uploaded cover or one fetched by
 //! [`fetch`]), and an attempt in its history. [`retry`] decides what happens after a
 //! failure: retry later with backoff, or dead-letter. [`subscriber`] keeps what the
-//! audit subscribers and the custom-message consumer receive.
+//! audit subscribers and the custom-message consumer receive. [`retention`] prunes
+//! that history, and the worker's, once older than `--retain`.
 
 pub mod fetch;
 pub mod group_commit;
 pub mod outcome;
+pub mod retention;
 pub mod retry;
 pub mod subscriber;
 pub mod thumbnail;

@@ -14,6 +14,7 @@ pub mod accounts;
 mod direct;
 pub mod mysql;
 pub mod postgres;
+mod retention;
 mod shared;
 mod sql;
 pub mod sqlite;
@@ -29,6 +30,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Duration;
+
+pub use retention::PruneReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -528,6 +531,13 @@ pub trait Store: Accounts + Send + Sync + 'static {
     /// Rows waiting to be published.
     /// Events not yet confirmed by the broker, and how long the oldest has waited.
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError>;
+
+    // History retention.
+    /// Deletes what the history tables recorded before `before`: received messages,
+    /// inbox rows and finished attempts, except the attempts a game's current view
+    /// reads (see `retention`). In chunks, each a short write of its own, so writes go
+    /// on meanwhile; stopped midway, it has deleted whole chunks.
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<PruneReport, StoreError>;
 }
 
 #[cfg(test)]

@@ -41,6 +41,21 @@ pub(super) fn is_connection_error(error: &sqlx::Error) -> bool {
     )
 }
 
+/// Appends `(v1, v2, …)` to `sql`, each value bound; `values` must not be empty.
+pub(super) fn push_list<DB: Database, T>(
+    sql: &mut QueryBuilder<DB>,
+    values: impl IntoIterator<Item = T>,
+) where
+    for<'t> T: Encode<'t, DB> + Type<DB>,
+{
+    sql.push("(");
+    let mut list = sql.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    list.push_unseparated(")");
+}
+
 pub(super) const GAME_COLUMNS: &str = "SELECT g.id, g.title, g.platform_id, \
      p.name AS platform_name, g.genre_id, gr.name AS genre_name, g.developer, \
      g.release_year, g.year_category, g.description, g.image_url, g.processing_status, \

@@ -15,14 +15,14 @@
 use super::direct::DirectReads;
 use super::shared::{
     self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY,
-    RETURNING_GAME, now_ms,
+    RETURNING_GAME, now_ms, push_list,
 };
 use super::writer::{WriteTx, Writer};
 use super::{
     Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxBacklog,
     OutboxMessage, OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult,
-    ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError, TaskView, Turn,
-    WriteKind,
+    PruneReport, ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError,
+    TaskView, Turn, WriteKind,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,
@@ -30,6 +30,7 @@ use crate::domain::{
 };
 use crate::processing::thumbnail::Thumbnail;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use sqlx::database::HasStatementCache;
 use sqlx::error::DatabaseError;
@@ -238,19 +239,6 @@ struct LockedGame {
     version: i64,
     /// It has a thumbnail.
     thumbnailed: bool,
-}
-
-/// Appends `(v1, v2, …)` to `sql`, each value bound; `values` must not be empty.
-fn push_list<DB: Database, T>(sql: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
-where
-    for<'t> T: Encode<'t, DB> + Type<DB>,
-{
-    sql.push("(");
-    let mut list = sql.separated(", ");
-    for value in values {
-        list.push_bind(value);
-    }
-    list.push_unseparated(")");
 }
 
 /// The write transactions begun for group commits' turns ([`Store::begin_turn`]), by
@@ -1592,6 +1580,10 @@ where
                 Duration::from_millis(now_ms().saturating_sub(created).max(0) as u64)
             }),
         })
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<PruneReport, StoreError> {
+        self.prune(before).await
     }
 }
 
