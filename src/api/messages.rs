@@ -9,7 +9,7 @@ use super::extract::Json;
 use crate::broker::Headers;
 use crate::domain::number::{optional_whole_number, whole_number};
 use crate::domain::{GameAction, GameData, GameEvent, ValidationError, timestamp_now};
-use crate::producer::{self, Outgoing, SendError};
+use crate::producer::{self, Outgoing, PublishPolicy, SendError};
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -42,6 +42,33 @@ struct GameEventBody {
     game_data: Option<GameData>,
 }
 
+impl GameEventBody {
+    /// The event to send, as the original producer built it; or why not.
+    fn event(self) -> Result<GameEvent, ApiError> {
+        let (Some(game_id), Some(action)) = (self.game_id, self.action) else {
+            return Err(ApiError::bad_field(
+                if self.game_id.is_none() {
+                    "gameId"
+                } else {
+                    "action"
+                },
+                "gameId and action are required",
+            ));
+        };
+        if game_id <= 0 {
+            return Err(ValidationError::new("gameId", "must be a positive integer").into());
+        }
+        Ok(GameEvent {
+            game_id,
+            action,
+            game_data: Some(self.game_data.unwrap_or_default()),
+            timestamp: Some(timestamp_now()),
+            event_id: None,
+            version: None,
+        })
+    }
+}
+
 /// Send a game event
 ///
 /// A game event straight to `game_events`, answered as the original producer answered.
@@ -57,27 +84,8 @@ async fn send_game_event(
     State(ctx): State<ApiContext>,
     Json(body): Json<GameEventBody>,
 ) -> Result<Created, ApiError> {
-    let (Some(game_id), Some(action)) = (body.game_id, body.action) else {
-        return Err(ApiError::bad_field(
-            if body.game_id.is_none() {
-                "gameId"
-            } else {
-                "action"
-            },
-            "gameId and action are required",
-        ));
-    };
-    if game_id <= 0 {
-        return Err(ValidationError::new("gameId", "must be a positive integer").into());
-    }
-    let event = GameEvent {
-        game_id,
-        action,
-        game_data: Some(body.game_data.unwrap_or_default()),
-        timestamp: Some(timestamp_now()),
-        event_id: None,
-        version: None,
-    };
+    let event = body.event()?;
+    let (game_id, action) = (event.game_id, event.action);
     producer::send_game_event(ctx.broker.as_ref(), event).await?;
     Ok(created(json!({
         "message": "Game event message sent successfully",
@@ -185,6 +193,32 @@ struct MessageBody {
 /// The longest `waitMs`: the HTTP request stays open meanwhile.
 const MAX_WAIT_MS: u64 = 30_000;
 
+impl MessageBody {
+    /// The message as `policy` admits it, and how long to wait for its reply; or why
+    /// not. [`producer::send`] still checks the limits AMQP sets.
+    fn admit(self, policy: &PublishPolicy) -> Result<(Outgoing, Option<Duration>), ApiError> {
+        let defaults = Outgoing::custom(self.message);
+        let outgoing = Outgoing {
+            exchange: self.exchange.unwrap_or(defaults.exchange.clone()),
+            routing_key: self.routing_key.unwrap_or(defaults.routing_key.clone()),
+            priority: self.priority,
+            delay: self.delay_ms.map(Duration::from_millis),
+            headers: self.headers,
+            persistent: self.persistent.unwrap_or(true),
+            ..defaults
+        };
+        let outgoing = policy.admit(outgoing)?;
+        let wait = match self.wait_ms {
+            None => None,
+            Some(wait_ms) if (1..=MAX_WAIT_MS).contains(&wait_ms) => {
+                Some(Duration::from_millis(wait_ms))
+            }
+            Some(_) => return Err(ApiError::bad_field("waitMs", "from 1 to 30000")),
+        };
+        Ok((outgoing, wait))
+    }
+}
+
 /// Send a message
 ///
 /// To an exchange the server allows (`--publish-exchanges`, `catalog.custom` by
@@ -211,19 +245,9 @@ async fn send_message(
     State(ctx): State<ApiContext>,
     Json(body): Json<MessageBody>,
 ) -> Result<Created, ApiError> {
-    let defaults = Outgoing::custom(body.message);
-    let outgoing = Outgoing {
-        exchange: body.exchange.unwrap_or(defaults.exchange.clone()),
-        routing_key: body.routing_key.unwrap_or(defaults.routing_key.clone()),
-        priority: body.priority,
-        delay: body.delay_ms.map(Duration::from_millis),
-        headers: body.headers,
-        persistent: body.persistent.unwrap_or(true),
-        ..defaults
-    };
-    let outgoing = ctx.publish_policy.admit(outgoing)?;
+    let (outgoing, wait) = body.admit(&ctx.publish_policy)?;
     let (exchange, routing_key) = (outgoing.exchange.clone(), outgoing.routing_key.clone());
-    let Some(wait_ms) = body.wait_ms else {
+    let Some(wait) = wait else {
         let message_id = producer::send(ctx.broker.as_ref(), outgoing).await?;
         return Ok(created(json!({
             "messageId": message_id,
@@ -231,10 +255,6 @@ async fn send_message(
             "routingKey": routing_key,
         })));
     };
-    if !(1..=MAX_WAIT_MS).contains(&wait_ms) {
-        return Err(ApiError::bad_field("waitMs", "from 1 to 30000"));
-    }
-    let wait = Duration::from_millis(wait_ms);
     let (message_id, reply) = producer::request(ctx.broker.as_ref(), outgoing, wait).await?;
     let reply = serde_json::from_slice(&reply.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&reply.body).into_owned()));
