@@ -274,12 +274,38 @@ impl From<SendError> for ApiError {
     fn from(error: SendError) -> Self {
         match error {
             SendError::Refused(refused) => {
-                ValidationError::new(refused.field, refused.reason).into()
+                // The producer's `delay` is the body's `delayMs`; its other names match.
+                let field = match refused.field {
+                    "delay" => "delayMs",
+                    field => field,
+                };
+                ValidationError::new(field, refused.reason).into()
             }
             SendError::ReservedHeaders(names) => {
                 ApiError::bad_field("headers", producer::reserved_reason(&names))
             }
             SendError::Broker(error) => error.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::decode_json;
+
+    /// A delay past 24 hours is refused naming the body's `delayMs`, not the
+    /// producer's `delay`, which no body has.
+    #[test]
+    fn a_refused_delay_names_delay_ms() {
+        let body = json!({"message": "x", "delayMs": 90_000_000});
+        let (outgoing, _) = decode_json::<MessageBody>(body.to_string().as_bytes())
+            .and_then(|message| message.admit(&PublishPolicy::default()))
+            .unwrap();
+        let refused = ApiError::from(SendError::Refused(outgoing.validate().unwrap_err()));
+        match refused {
+            ApiError::Unprocessable { errors, .. } => assert_eq!(errors[0].field, "delayMs"),
+            other => panic!("expected a 422, got {other:?}"),
         }
     }
 }
