@@ -83,12 +83,19 @@ impl DeadLetter {
             dead_lettered_at: properties
                 .header_str(headers::DEAD_LETTERED_AT)
                 .map(str::to_owned),
-            attempts: properties.header_int(headers::RETRY_COUNT).unwrap_or(0) + 1,
-            replays: properties.header_int(REPLAY_COUNT).unwrap_or(0),
+            // Counts as anyone with access to the broker may have set them: a negative
+            // one is none, and i64::MAX stays i64::MAX rather than overflowing.
+            attempts: count(properties.header_int(headers::RETRY_COUNT)).saturating_add(1),
+            replays: count(properties.header_int(REPLAY_COUNT)),
             unopenable,
             body,
         }
     }
+}
+
+/// A count from a header: absent or negative, none.
+fn count(header: Option<i64>) -> i64 {
+    header.unwrap_or(0).max(0)
 }
 
 /// Why `message` is still sealed: the reason the sealing layer gave, or, where no keys
@@ -171,7 +178,7 @@ pub async fn replay(
     ] {
         headers.remove(name);
     }
-    headers.insert(REPLAY_COUNT.into(), (found.replays + 1).into());
+    headers.insert(REPLAY_COUNT.into(), found.replays.saturating_add(1).into());
     // Published before the dead letter is removed: a crash in between leaves a copy in
     // both places, never in neither.
     broker
@@ -266,3 +273,4 @@ async fn put_back(held: Vec<Delivery>) {
         }
     }
 }
+
