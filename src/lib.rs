@@ -33,6 +33,10 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod domain;
+/// Proptest strategies of hostile input, shared by the property tests of every decoder
+/// and parser that strangers reach.
+#[cfg(test)]
+mod hostile;
 pub mod outbox;
 pub mod processing;
 pub mod producer;

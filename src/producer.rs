@@ -424,4 +424,173 @@ mod tests {
              the broker (retries, dead letters, encryption), not for clients"
         );
     }
+
+    mod properties {
+        use super::*;
+        use crate::broker::HeaderValue;
+        use crate::hostile::{self, boundary_text, json_value, nasty_string};
+        use proptest::collection::{btree_map, vec};
+        use proptest::option;
+        use proptest::prelude::*;
+
+        /// A header retrocat or the broker sets, in any ASCII case.
+        fn reserved_name() -> impl Strategy<Value = String> {
+            let name = prop::sample::select(
+                &[
+                    headers::RETRY_COUNT,
+                    crate::broker::dead_letters::REPLAY_COUNT,
+                    headers::DEAD_LETTER_REASON,
+                    headers::DEAD_LETTER_QUEUE,
+                    headers::DEAD_LETTERED_AT,
+                    headers::ENCRYPTION,
+                    headers::KEY_ID,
+                    headers::UNOPENABLE,
+                    "x-death",
+                    "x-dead-letter-anything",
+                    "x-first-death-queue",
+                    "x-last-death-reason",
+                ][..],
+            );
+            (name, vec(any::<bool>(), 32)).prop_map(|(name, upper)| {
+                name.chars()
+                    .zip(upper.into_iter().cycle())
+                    .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                    .collect()
+            })
+        }
+
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            prop_oneof![
+                any::<i64>().prop_map(HeaderValue::Int),
+                any::<bool>().prop_map(HeaderValue::Bool),
+                nasty_string().prop_map(HeaderValue::Str),
+            ]
+        }
+
+        /// A name as a client may write it: one that means something here, or not.
+        fn name(known: &'static [&'static str]) -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => prop::sample::select(known).prop_map(str::to_owned),
+                2 => nasty_string(),
+                1 => boundary_text(),
+            ]
+        }
+
+        /// A custom message as `POST /api/messages` or `retrocat publish` could build it
+        /// from what a client sent.
+        fn outgoing() -> impl Strategy<Value = Outgoing> {
+            let exchange = name(&[
+                "catalog.custom",
+                "",
+                "amq.default",
+                "catalog.events",
+                "orders",
+            ]);
+            let routing_key = name(&["custom.message", "", "game_events", "audit", "amq.x", "q"]);
+            let header = prop_oneof![1 => reserved_name(), 4 => nasty_string()];
+            (
+                (exchange, routing_key, json_value()),
+                any::<u8>(),
+                option::of((0..2 * MAX_DELAY.as_millis() as u64).prop_map(Duration::from_millis)),
+                btree_map(header, header_value(), 0..4),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |((exchange, routing_key, message), priority, delay, headers, persistent)| {
+                        Outgoing {
+                            exchange,
+                            routing_key,
+                            message,
+                            priority,
+                            delay,
+                            headers,
+                            persistent,
+                        }
+                    },
+                )
+        }
+
+        fn policy() -> impl Strategy<Value = PublishPolicy> {
+            prop_oneof![
+                Just(PublishPolicy::default()),
+                Just(PublishPolicy::new([
+                    "catalog.custom",
+                    "orders",
+                    "amq.default"
+                ])),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(hostile::config(512))]
+
+            /// What a policy admits carries no reserved header, goes to a listed
+            /// exchange and not, through the default exchange, into one of retrocat's
+            /// queues; what it refuses, it refuses naming the field or the headers.
+            #[test]
+            fn a_policy_admits_only_what_it_lists(policy in policy(), sent in outgoing()) {
+                let reserved: Vec<String> = sent
+                    .headers
+                    .keys()
+                    .filter(|name| headers::is_reserved(name))
+                    .cloned()
+                    .collect();
+                match policy.admit(sent.clone()) {
+                    Ok(admitted) => {
+                        prop_assert!(reserved.is_empty());
+                        prop_assert!(policy.exchanges.contains(&admitted.exchange));
+                        prop_assert!(
+                            !admitted.exchange.is_empty()
+                                || !topology::is_internal_queue(&admitted.routing_key)
+                        );
+                        prop_assert_eq!(
+                            admitted,
+                            Outgoing { exchange: default_as_empty(&sent.exchange).into(), ..sent }
+                        );
+                    }
+                    Err(SendError::ReservedHeaders(names)) => prop_assert_eq!(names, reserved),
+                    Err(SendError::Refused(refused)) => {
+                        prop_assert!(reserved.is_empty());
+                        prop_assert!(["exchange", "routingKey"].contains(&refused.field), "{refused}");
+                    }
+                    Err(SendError::Broker(error)) => prop_assert!(false, "{error}"),
+                }
+            }
+
+            /// A header retrocat or the broker sets is refused in any case.
+            #[test]
+            fn reserved_headers_are_refused_in_any_case(
+                mut sent in outgoing(),
+                name in reserved_name(),
+                value in header_value(),
+            ) {
+                sent.headers.insert(name.clone(), value);
+                let refused = PublishPolicy::default().admit(sent);
+                prop_assert!(
+                    matches!(&refused, Err(SendError::ReservedHeaders(names)) if names.contains(&name)),
+                    "{name}: {refused:?}"
+                );
+            }
+
+            /// A message that validates fits AMQP's limits and ours; one that does not
+            /// is refused naming the field.
+            #[test]
+            fn validation_keeps_the_limits(sent in outgoing()) {
+                match sent.validate() {
+                    Ok(()) => {
+                        prop_assert!(sent.exchange.len() <= 255 && sent.routing_key.len() <= 255);
+                        prop_assert!(!sent.exchange.is_empty() || !sent.routing_key.is_empty());
+                        prop_assert!(sent.priority <= topology::RPC_MAX_PRIORITY);
+                        prop_assert!(sent.delay.is_none_or(|delay| delay <= MAX_DELAY));
+                        prop_assert!(!sent.message.is_null());
+                    }
+                    Err(refused) => prop_assert!(
+                        ["exchange", "routingKey", "priority", "delay", "message"]
+                            .contains(&refused.field),
+                        "{refused}"
+                    ),
+                }
+            }
+        }
+    }
 }

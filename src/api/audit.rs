@@ -76,3 +76,53 @@ async fn received(
     let limit = super::list_limit(params.limit)?;
     Ok(axum::Json(ctx.store.received(CUSTOM, limit).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostile::{
+        self, check_refused_query, nasty_string, numeric_text, query_pairs, uri_with_query,
+    };
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            nasty_string(),
+            numeric_text(),
+            prop::sample::select(&["audit", "custom", "my-sub_1"][..]).prop_map(str::to_owned),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+
+        /// `GET /api/audit`'s query: a plain subscriber name and a limit of 1 to 1000,
+        /// or a 400 naming the parameter.
+        #[test]
+        fn a_query_names_a_subscriber_and_a_limit_or_is_refused(
+            pairs in query_pairs(&["subscriber", "limit"], value()),
+        ) {
+            let parsed = Query::<Params>::try_from_uri(&uri_with_query(&pairs)?)
+                .map_err(ApiError::from)
+                .and_then(|Query(params)| {
+                    let subscriber = match params.subscriber.as_deref() {
+                        None => AUDIT.to_owned(),
+                        Some(name) => subscriber::parse_name(name)
+                            .map_err(|reason| ApiError::bad_field("subscriber", reason))?,
+                    };
+                    Ok((subscriber, super::super::list_limit(params.limit)?))
+                });
+            match parsed {
+                Ok((subscriber, limit)) => {
+                    prop_assert!((1..=50).contains(&subscriber.len()) && subscriber != CUSTOM);
+                    let plain = |b: u8| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    };
+                    prop_assert!(subscriber.bytes().all(plain), "{subscriber:?}");
+                    prop_assert!((1..=1000).contains(&limit));
+                }
+                Err(error) => check_refused_query(&error, &pairs)?,
+            }
+        }
+    }
+}

@@ -153,3 +153,45 @@ impl From<DeadLetterError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostile::{
+        self, check_refused_query, nasty_string, numeric_text, query_pairs, uri_with_query,
+    };
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            nasty_string(),
+            numeric_text(),
+            prop::sample::select(&dead_letters::QUEUES[..]).prop_map(str::to_owned),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+
+        /// `GET /api/dlq`'s query: a dead-letter queue and a limit of 1 to 1000, or a
+        /// 400 naming the parameter.
+        #[test]
+        fn a_query_names_a_dead_letter_queue_and_a_limit_or_is_refused(
+            pairs in query_pairs(&["queue", "limit"], value()),
+        ) {
+            let parsed = Query::<Params>::try_from_uri(&uri_with_query(&pairs)?)
+                .map_err(ApiError::from)
+                .and_then(|Query(params)| {
+                    let limit = super::super::list_limit(params.limit)?;
+                    Ok((params.queue()?.to_owned(), limit))
+                });
+            match parsed {
+                Ok((queue, limit)) => {
+                    prop_assert!(dead_letters::QUEUES.contains(&queue.as_str()));
+                    prop_assert!((1..=1000).contains(&limit));
+                }
+                Err(error) => check_refused_query(&error, &pairs)?,
+            }
+        }
+    }
+}

@@ -293,6 +293,42 @@ impl From<SendError> for ApiError {
 mod tests {
     use super::*;
     use crate::api::extract::decode_json;
+    use crate::broker::headers;
+    use crate::hostile::{
+        self, check_refused_body, json_value, nasty_number, nasty_string, object_of,
+    };
+    use proptest::prelude::*;
+
+    const GAME_EVENT_FIELDS: &[&str] = &["gameId", "action", "gameData"];
+    const MESSAGE_FIELDS: &[&str] = &[
+        "exchange",
+        "routingKey",
+        "message",
+        "priority",
+        "delayMs",
+        "headers",
+        "persistent",
+        "waitMs",
+    ];
+
+    fn field_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            3 => nasty_string().prop_map(Value::String),
+            3 => nasty_number().prop_map(Value::Number),
+            1 => prop::sample::select(&["create", "delete", "process", "catalog.custom"][..])
+                .prop_map(Value::from),
+            1 => Just(json!({"x-origin": "test", "X-Retry-Count": 1})),
+            2 => json_value(),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            json_value(),
+            object_of(GAME_EVENT_FIELDS, field_value()),
+            object_of(MESSAGE_FIELDS, field_value()),
+        ]
+    }
 
     /// A delay past 24 hours is refused naming the body's `delayMs`, not the
     /// producer's `delay`, which no body has.
@@ -306,6 +342,56 @@ mod tests {
         match refused {
             ApiError::Unprocessable { errors, .. } => assert_eq!(errors[0].field, "delayMs"),
             other => panic!("expected a 422, got {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+
+        /// What `POST /api/messages/game-event` sends is an event the worker decodes
+        /// back to the same.
+        #[test]
+        fn a_game_event_body_gives_an_event_the_worker_reads_or_names_the_field(body in body()) {
+            match decode_json::<GameEventBody>(&serde_json::to_vec(&body).unwrap())
+                .and_then(GameEventBody::event)
+            {
+                Ok(event) => {
+                    prop_assert!(event.game_id > 0);
+                    let decoded = GameEvent::decode(&event.encode(), None).unwrap();
+                    prop_assert_eq!(GameEvent { event_id: None, ..decoded }, event);
+                }
+                Err(error) => check_refused_body(&error, &body, GAME_EVENT_FIELDS)?,
+            }
+        }
+
+        /// What `POST /api/messages` admits goes where the policy allows, with no
+        /// reserved header and a wait within bounds; a refusal names the field.
+        #[test]
+        fn a_message_body_is_admitted_within_bounds_or_names_the_field(body in body()) {
+            let policy = PublishPolicy::new(["catalog.custom", "amq.default"]);
+            match decode_json::<MessageBody>(&serde_json::to_vec(&body).unwrap())
+                .and_then(|message| message.admit(&policy))
+            {
+                Ok((outgoing, wait)) => {
+                    prop_assert!(["catalog.custom", ""].contains(&outgoing.exchange.as_str()));
+                    prop_assert!(!outgoing.headers.keys().any(|name| headers::is_reserved(name)));
+                    let bounded = |wait: Duration| (1..=MAX_WAIT_MS).contains(&(wait.as_millis() as u64));
+                    prop_assert!(wait.is_none_or(bounded), "{wait:?}");
+                    // Checked again as it is sent: refused there, it names a field too.
+                    if let Err(refused) = outgoing.validate() {
+                        let error = ApiError::from(SendError::Refused(refused));
+                        check_refused_body(&error, &body, MESSAGE_FIELDS)?;
+                    }
+                }
+                Err(error) => check_refused_body(&error, &body, MESSAGE_FIELDS)?,
+            }
+        }
+
+        #[test]
+        fn a_custom_body_decodes_or_names_the_field(body in body()) {
+            if let Err(error) = decode_json::<CustomBody>(&serde_json::to_vec(&body).unwrap()) {
+                check_refused_body(&error, &body, &["message"])?;
+            }
         }
     }
 }

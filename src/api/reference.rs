@@ -221,3 +221,77 @@ async fn delete_genre(
     ctx.store.delete_genre(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::decode_json;
+    use crate::hostile::{
+        self, check_refused_body, json_value, nasty_number, nasty_string, object_of,
+    };
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const PLATFORM_FIELDS: &[&str] = &["name", "manufacturer", "releaseYear"];
+    const GENRE_FIELDS: &[&str] = &["name", "description"];
+
+    fn field_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => nasty_string().prop_map(Value::String),
+            2 => nasty_number().prop_map(Value::Number),
+            1 => (1940i64..2040).prop_map(Value::from),
+            1 => json_value(),
+        ]
+    }
+
+    /// One line, trimmed, 1 to 50 characters: a name or a manufacturer.
+    fn check_name(name: &str) -> Result<(), TestCaseError> {
+        prop_assert_eq!(name.trim(), name);
+        prop_assert!((1..=50).contains(&name.chars().count()));
+        prop_assert!(text::check_one_line(name).is_ok());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+
+        #[test]
+        fn a_platform_body_gives_a_valid_draft_or_names_the_field(
+            body in prop_oneof![json_value(), object_of(PLATFORM_FIELDS, field_value())],
+        ) {
+            match decode_json::<PlatformBody>(&serde_json::to_vec(&body).unwrap())
+                .and_then(PlatformBody::parse)
+            {
+                Ok(draft) => {
+                    check_name(draft.name.as_str())?;
+                    if let Some(manufacturer) = &draft.manufacturer {
+                        check_name(manufacturer)?;
+                    }
+                    if let Some(year) = draft.release_year {
+                        prop_assert!(ReleaseYear::parse(year.into()).is_ok());
+                    }
+                }
+                Err(error) => check_refused_body(&error, &body, PLATFORM_FIELDS)?,
+            }
+        }
+
+        #[test]
+        fn a_genre_body_gives_a_valid_draft_or_names_the_field(
+            body in prop_oneof![json_value(), object_of(GENRE_FIELDS, field_value())],
+        ) {
+            match decode_json::<GenreBody>(&serde_json::to_vec(&body).unwrap())
+                .and_then(GenreBody::parse)
+            {
+                Ok(draft) => {
+                    check_name(draft.name.as_str())?;
+                    if let Some(description) = &draft.description {
+                        prop_assert!(!description.is_empty());
+                        prop_assert_eq!(description.trim(), description.as_str());
+                        prop_assert!(text::check_lines(description).is_ok());
+                    }
+                }
+                Err(error) => check_refused_body(&error, &body, GENRE_FIELDS)?,
+            }
+        }
+    }
+}

@@ -274,3 +274,88 @@ async fn put_back(held: Vec<Delivery>) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{HeaderValue, Properties};
+    use crate::hostile::{self, nasty_string, numeric_text};
+    use proptest::collection::{btree_map, vec};
+    use proptest::option;
+    use proptest::prelude::*;
+
+    /// Header values as any AMQP client could set them, past what retrocat writes.
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            any::<i64>().prop_map(HeaderValue::Int),
+            prop::sample::select(&[i64::MIN, -1, 0, 1, i64::MAX][..]).prop_map(HeaderValue::Int),
+            numeric_text().prop_map(HeaderValue::Str),
+            any::<bool>().prop_map(HeaderValue::Bool),
+            nasty_string().prop_map(HeaderValue::Str),
+        ]
+    }
+
+    /// A message in a dead-letter queue: any body, and the headers a dead letter is read
+    /// from, set by retrocat, by RabbitMQ or by a stranger with access to the broker.
+    fn dead_message() -> impl Strategy<Value = Message> {
+        let name = prop_oneof![
+            prop::sample::select(
+                &[
+                    headers::RETRY_COUNT,
+                    REPLAY_COUNT,
+                    headers::DEAD_LETTER_QUEUE,
+                    headers::DEAD_LETTER_REASON,
+                    headers::DEAD_LETTERED_AT,
+                    headers::ENCRYPTION,
+                    headers::UNOPENABLE,
+                ][..]
+            )
+            .prop_map(str::to_owned),
+            nasty_string(),
+        ];
+        (
+            vec(any::<u8>(), 0..256),
+            option::of(nasty_string()),
+            btree_map(name, header_value(), 0..6),
+        )
+            .prop_map(|(body, message_id, headers)| Message {
+                body: body.into(),
+                properties: Properties {
+                    message_id,
+                    headers,
+                    ..Properties::default()
+                },
+            })
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+
+        /// Whatever a dead letter's headers say, it lists with at least one attempt,
+        /// no negative replay count, an id, and its body shown as it is.
+        #[test]
+        fn any_dead_letter_lists(message in dead_message()) {
+            let listed = DeadLetter::of(&message);
+            prop_assert!(listed.attempts >= 1, "{listed:?}");
+            prop_assert!(listed.replays >= 0, "{listed:?}");
+            prop_assert!(!listed.id.is_empty());
+            let properties = &message.properties;
+            prop_assert_eq!(
+                listed.queue.as_deref(),
+                properties.header_str(headers::DEAD_LETTER_QUEUE)
+            );
+            prop_assert_eq!(
+                listed.reason.as_deref(),
+                properties.header_str(headers::DEAD_LETTER_REASON)
+            );
+            let sealed = properties.header_str(headers::UNOPENABLE).is_some()
+                || properties.header_str(headers::ENCRYPTION).is_some();
+            prop_assert_eq!(listed.unopenable.is_some(), sealed);
+            if sealed {
+                let body = base64::engine::general_purpose::STANDARD.decode(&listed.body);
+                prop_assert_eq!(body.as_deref(), Ok(message.body.as_ref()));
+            } else if let Ok(text) = std::str::from_utf8(&message.body) {
+                prop_assert_eq!(listed.body.as_str(), text);
+            }
+        }
+    }
+}

@@ -400,4 +400,145 @@ mod tests {
             assert!(MessageKeys::parse(bad).is_err(), "{bad:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use crate::broker::HeaderValue;
+        use crate::hostile::{self, nasty_string};
+        use proptest::collection::{btree_map, vec};
+        use proptest::option;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            prop_oneof![
+                any::<i64>().prop_map(HeaderValue::Int),
+                any::<bool>().prop_map(HeaderValue::Bool),
+                nasty_string().prop_map(HeaderValue::Str),
+            ]
+        }
+
+        /// A message as a client may publish it: any body, message id and headers but
+        /// those only retrocat sets (`PublishPolicy` refuses them before sealing).
+        fn message() -> impl Strategy<Value = Message> {
+            let name = nasty_string().prop_filter("not reserved", |n| !headers::is_reserved(n));
+            (
+                vec(any::<u8>(), 0..512),
+                option::of(nasty_string()),
+                btree_map(name, header_value(), 0..4),
+            )
+                .prop_map(|(body, message_id, headers)| Message {
+                    body: body.into(),
+                    properties: Properties {
+                        message_id,
+                        headers,
+                        ..Properties::default()
+                    },
+                })
+        }
+
+        proptest! {
+            #![proptest_config(hostile::config(256))]
+
+            #[test]
+            fn a_sealed_message_opens_to_the_original(original in message()) {
+                let keys = MessageKeys::parse(&format!("{KEY_B},{KEY_A}")).unwrap();
+                let mut sealed = original.clone();
+                keys.seal(&mut sealed);
+                prop_assert_ne!(&sealed.body, &original.body);
+                keys.open(&mut sealed).unwrap();
+                prop_assert_eq!(sealed, original);
+            }
+
+            /// One flipped bit anywhere in the sealed body, or another message id, and
+            /// the message does not open: no panic, and no other plaintext.
+            #[test]
+            fn a_tampered_message_never_opens(
+                original in message(),
+                bit in any::<Index>(),
+                other_id in option::of(nasty_string()),
+            ) {
+                let keys = MessageKeys::parse(KEY_A).unwrap();
+                let mut sealed = original.clone();
+                keys.seal(&mut sealed);
+
+                let mut flipped = sealed.clone();
+                let mut body = flipped.body.to_vec();
+                let bit = bit.index(body.len() * 8);
+                body[bit / 8] ^= 1 << (bit % 8);
+                flipped.body = body.into();
+                let before = flipped.clone();
+                prop_assert!(keys.open(&mut flipped).is_err());
+                prop_assert_eq!(&flipped, &before, "a refused message is left as it was");
+
+                let mut moved = sealed.clone();
+                moved.properties.message_id = other_id;
+                // An absent id and an empty one authenticate alike: both are "no id".
+                let same = moved.properties.message_id.as_deref().unwrap_or("")
+                    == original.properties.message_id.as_deref().unwrap_or("");
+                prop_assert_eq!(keys.open(&mut moved).is_ok(), same);
+
+                let mut short = sealed;
+                let len = short.body.len();
+                short.body = short.body.slice(..len - 1);
+                prop_assert!(keys.open(&mut short).is_err());
+            }
+
+            /// Bodies that claim to be sealed, with any cipher and key id: refused with a
+            /// reason, never a panic; a plain message is left as it is.
+            #[test]
+            fn arbitrary_bodies_open_only_when_sealed_with_a_key(
+                original in message(),
+                cipher in option::of(prop_oneof![Just(CIPHER.to_owned()), nasty_string()]),
+                key_id in option::of(prop_oneof![Just("a".to_owned()), nasty_string()]),
+            ) {
+                let keys = MessageKeys::parse(KEY_A).unwrap();
+                let mut message = original.clone();
+                let headers = &mut message.properties.headers;
+                if let Some(cipher) = &cipher {
+                    headers.insert(headers::ENCRYPTION.into(), cipher.as_str().into());
+                }
+                if let Some(key_id) = key_id {
+                    headers.insert(headers::KEY_ID.into(), key_id.into());
+                }
+                let before = message.clone();
+                let opened = keys.open(&mut message);
+                match cipher {
+                    None => prop_assert_eq!(opened, Ok(())),
+                    Some(_) => prop_assert!(opened.unwrap_err().starts_with("cannot decrypt")),
+                }
+                prop_assert_eq!(message, before);
+            }
+
+            #[test]
+            fn key_lists_parse_or_give_a_reason(
+                spec in prop_oneof![
+                    nasty_string(),
+                    vec((nasty_string(), vec(any::<u8>(), 30..34)), 0..4).prop_map(|keys| {
+                        keys.iter()
+                            .map(|(id, key)| {
+                                format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode(key))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }),
+                ],
+                body in vec(any::<u8>(), 0..64),
+            ) {
+                match MessageKeys::parse(&spec) {
+                    Ok(keys) => {
+                        let original = Message {
+                            body: body.into(),
+                            properties: Properties::json("event-1"),
+                        };
+                        let mut sealed = original.clone();
+                        keys.seal(&mut sealed);
+                        keys.open(&mut sealed).unwrap();
+                        prop_assert_eq!(sealed, original);
+                    }
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+        }
+    }
 }

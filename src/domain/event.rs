@@ -270,4 +270,149 @@ mod tests {
         assert_eq!(json["gameId"], 7);
         assert_eq!(json["action"], "delete");
     }
+
+    mod properties {
+        use super::*;
+        use crate::hostile::{self, json_value, nasty_string};
+        use proptest::collection::vec;
+        use proptest::option;
+        use proptest::prelude::*;
+
+        const EVENT_KEYS: &[&str] = &[
+            "gameId",
+            "action",
+            "gameData",
+            "timestamp",
+            "eventId",
+            "version",
+        ];
+
+        fn game_data() -> impl Strategy<Value = GameData> {
+            let text = || option::of(nasty_string());
+            (
+                (text(), option::of(any::<i64>()), option::of(any::<i64>())),
+                (text(), option::of(any::<i32>()), text(), text(), text()),
+            )
+                .prop_map(
+                    |(
+                        (title, platform_id, genre_id),
+                        (developer, release_year, year_category, description, image_url),
+                    )| GameData {
+                        title,
+                        platform_id,
+                        genre_id,
+                        developer,
+                        release_year,
+                        year_category,
+                        description,
+                        image_url,
+                    },
+                )
+        }
+
+        /// A valid event, as our own producer or the original's could send it.
+        fn game_event() -> impl Strategy<Value = GameEvent> {
+            (
+                1..=i64::MAX,
+                prop::sample::select(
+                    &[
+                        GameAction::Create,
+                        GameAction::Update,
+                        GameAction::Delete,
+                        GameAction::Process,
+                    ][..],
+                ),
+                option::of(game_data()),
+                option::of(nasty_string()),
+                option::of(nasty_string().prop_map(EventId::new)),
+                option::of(any::<i64>()),
+            )
+                .prop_map(
+                    |(game_id, action, game_data, timestamp, event_id, version)| GameEvent {
+                        game_id,
+                        action,
+                        game_data,
+                        timestamp,
+                        event_id,
+                        version,
+                    },
+                )
+        }
+
+        /// What decoding `body` must give: an event the worker can process (a positive
+        /// game id, an event id) that encodes back to itself, or a reason; and for a
+        /// delivery on `game_events`, a custom message only when it is no game event.
+        fn check(body: &[u8], message_id: Option<&str>) -> Result<(), TestCaseError> {
+            let decoded = GameEvent::decode(body, message_id);
+            match &decoded {
+                Ok(event) => {
+                    prop_assert!(event.game_id > 0, "{event:?}");
+                    prop_assert!(event.event_id.is_some(), "{event:?}");
+                    prop_assert_eq!(GameEvent::decode(&event.encode(), None), Ok(event.clone()));
+                }
+                Err(poison) => prop_assert!(!poison.0.is_empty()),
+            }
+            match (WorkMessage::decode(body, message_id), decoded) {
+                (Ok(WorkMessage::Game(work)), Ok(event)) => prop_assert_eq!(work, event),
+                (Ok(WorkMessage::Custom(custom)), Err(_)) => {
+                    prop_assert_eq!(custom.kind, CustomKind::Custom)
+                }
+                (Err(work), Err(poison)) => prop_assert_eq!(work, poison),
+                (work, event) => prop_assert!(false, "{work:?} but {event:?}"),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(hostile::config(512))]
+
+            #[test]
+            fn arbitrary_bytes_decode_or_give_a_reason(
+                body in vec(any::<u8>(), 0..256),
+                message_id in option::of(nasty_string()),
+            ) {
+                check(&body, message_id.as_deref())?;
+            }
+
+            /// JSON, mostly shaped like an event, with hostile values in its fields.
+            #[test]
+            fn arbitrary_json_decodes_or_gives_a_reason(
+                value in prop_oneof![json_value(), hostile::object_of(EVENT_KEYS, json_value())],
+                message_id in option::of(nasty_string()),
+            ) {
+                check(&serde_json::to_vec(&value).unwrap(), message_id.as_deref())?;
+            }
+
+            #[test]
+            fn an_encoded_event_decodes_to_itself(event in game_event()) {
+                let body = event.encode();
+                let expected = GameEvent {
+                    event_id: event.event_id.clone().or(Some(EventId::from_body(&body))),
+                    ..event.clone()
+                };
+                prop_assert_eq!(GameEvent::decode(&body, None), Ok(expected.clone()));
+                prop_assert_eq!(
+                    WorkMessage::decode(&body, None),
+                    Ok(WorkMessage::Game(expected))
+                );
+                let named = GameEvent::decode(&body, Some("m-1")).unwrap();
+                prop_assert_eq!(
+                    named.event_id,
+                    event.event_id.or(Some(EventId::new("m-1")))
+                );
+            }
+
+            /// The original producer's custom message, whatever it carries, is told
+            /// apart from game events and arrives as it was sent.
+            #[test]
+            fn an_encoded_custom_message_decodes_to_itself(
+                message in json_value(),
+                timestamp in option::of(nasty_string()),
+            ) {
+                let custom = CustomMessage { kind: CustomKind::Custom, message, timestamp };
+                let body = serde_json::to_vec(&custom).unwrap();
+                prop_assert_eq!(WorkMessage::decode(&body, None), Ok(WorkMessage::Custom(custom)));
+            }
+        }
+    }
 }

@@ -60,4 +60,41 @@ mod tests {
         assert_eq!(of("-9223372036854775809"), None);
         assert_eq!(of("9223372036854775807"), Some(i64::MAX));
     }
+
+    mod properties {
+        use super::*;
+        use crate::hostile::{self, nasty_number};
+        use proptest::prelude::*;
+
+        /// 2^53: below it, every whole number has an exact float.
+        const EXACT: i64 = 1 << 53;
+
+        proptest! {
+            #![proptest_config(hostile::config(1024))]
+
+            /// A whole number reads the same however it is spelled.
+            #[test]
+            fn a_whole_number_reads_the_same_in_any_spelling(n in any::<i64>(), small in -EXACT + 1..EXACT) {
+                prop_assert_eq!(of(&n.to_string()), Some(n));
+                for spelling in [format!("{small}.0"), format!("{small}e0"), format!("{small}.000E0")] {
+                    prop_assert_eq!(of(&spelling), Some(small), "{}", spelling);
+                }
+            }
+
+            /// Any number is either the whole number it denotes exactly, or refused.
+            #[test]
+            fn a_number_is_read_exactly_or_refused(number in nasty_number()) {
+                if let Some(value) = whole(&number) {
+                    match (number.as_i64(), number.as_f64()) {
+                        (Some(exact), _) => prop_assert_eq!(value, exact),
+                        (None, Some(float)) => {
+                            prop_assert!(float.fract() == 0.0 && float.abs() < EXACT as f64);
+                            prop_assert_eq!(value as f64, float);
+                        }
+                        (None, None) => prop_assert!(false, "{number} has no value"),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -126,4 +126,25 @@ mod tests {
             assert_eq!(lines.is_match(&text), check_lines(&text).is_ok(), "{c:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use crate::hostile::{self, nasty_char};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(hostile::config(1024))]
+
+            /// The document's patterns and the code's checks agree on any text.
+            #[test]
+            fn the_patterns_and_the_checks_agree(
+                text in prop::collection::vec(nasty_char(), 0..32).prop_map(String::from_iter),
+            ) {
+                let one_line = regex::Regex::new(ONE_LINE_PATTERN).unwrap();
+                let lines = regex::Regex::new(LINES_PATTERN).unwrap();
+                prop_assert_eq!(one_line.is_match(&text), check_one_line(&text).is_ok());
+                prop_assert_eq!(lines.is_match(&text), check_lines(&text).is_ok());
+            }
+        }
+    }
 }

@@ -169,3 +169,172 @@ fn lenient_int<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64,
         Err(_) => Err(serde::de::Error::custom("expected an integer")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::decode_json;
+    use crate::hostile::{
+        self, check_refused_body, json_value, nasty_number, nasty_string, numeric_text, object_of,
+    };
+    use chrono::Datelike;
+    use proptest::option;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    const FIELDS: &[&str] = &[
+        "title",
+        "platformId",
+        "genreId",
+        "developer",
+        "releaseYear",
+        "yearCategory",
+        "description",
+        "imageUrl",
+    ];
+
+    /// A value a client might put in any field.
+    fn field_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            3 => nasty_string().prop_map(Value::String),
+            2 => nasty_number().prop_map(Value::Number),
+            1 => json_value(),
+        ]
+    }
+
+    /// A whole number, as JSON or as text, around `range`.
+    fn lenient(range: std::ops::Range<i64>) -> impl Strategy<Value = Value> {
+        prop_oneof![
+            range.clone().prop_map(Value::from),
+            range.prop_map(|n| Value::String(format!(" {n}"))),
+            numeric_text().prop_map(Value::String),
+            field_value(),
+        ]
+    }
+
+    /// A body with every required field, valued plausibly or not: most cases reach
+    /// the rules of each field rather than stopping at the body's shape.
+    fn plausible_body() -> impl Strategy<Value = Value> {
+        let text = || prop_oneof![2 => "[A-Za-z0-9 ]{1,30}", 1 => nasty_string()];
+        let url = prop_oneof![
+            prop::sample::select(
+                &[
+                    "https://example.com/a.png",
+                    " http://h/x ",
+                    "",
+                    "ftp://h/x",
+                    "https://u:p@h/x",
+                    "http://",
+                    "/relative.png",
+                    "https://[::1]:99999/",
+                ][..]
+            )
+            .prop_map(str::to_owned),
+            nasty_string(),
+        ];
+        (
+            (
+                text(),
+                lenient(-2..50),
+                lenient(-2..50),
+                text(),
+                lenient(1940..2040),
+            ),
+            option::of(json_value()),
+            option::of(nasty_string()),
+            option::of(url),
+        )
+            .prop_map(
+                |((title, platform_id, genre_id, developer, year), category, description, url)| {
+                    let mut body = Map::new();
+                    body.insert("title".into(), title.into());
+                    body.insert("platformId".into(), platform_id);
+                    body.insert("genreId".into(), genre_id);
+                    body.insert("developer".into(), developer.into());
+                    body.insert("releaseYear".into(), year);
+                    if let Some(category) = category {
+                        body.insert("yearCategory".into(), category);
+                    }
+                    if let Some(description) = description {
+                        body.insert("description".into(), description.into());
+                    }
+                    if let Some(url) = url {
+                        body.insert("imageUrl".into(), url.into());
+                    }
+                    Value::Object(body)
+                },
+            )
+    }
+
+    /// What `POST /api/games` makes of `body`: a draft, or the error it answers.
+    fn parse(body: &[u8]) -> Result<GameDraft, ApiError> {
+        decode_json::<GameBody>(body)?.parse()
+    }
+
+    /// A draft keeps every rule the catalog states; a refusal of an object names the
+    /// fields at fault.
+    fn check(body: &Value) -> Result<(), TestCaseError> {
+        let sent = |key: &str| body.get(key).and_then(Value::as_str);
+        match parse(&serde_json::to_vec(body).unwrap()) {
+            Ok(draft) => {
+                for (field, value) in [
+                    ("title", draft.title.as_str()),
+                    ("developer", draft.developer.as_str()),
+                ] {
+                    prop_assert_eq!(Some(value), sent(field).map(str::trim));
+                    prop_assert!((1..=100).contains(&value.chars().count()));
+                    prop_assert!(text::check_one_line(value).is_ok());
+                }
+                prop_assert!(draft.platform_id >= 1 && draft.genre_id >= 1);
+                let year = draft.release_year.get();
+                prop_assert!((1950..=chrono::Utc::now().year()).contains(&year));
+                prop_assert!(draft.description.chars().count() <= 5000);
+                prop_assert!(text::check_lines(&draft.description).is_ok());
+                prop_assert_eq!(draft.description.trim(), draft.description.as_str());
+                if let Some(url) = &draft.image_url {
+                    prop_assert!(url.as_str().chars().count() <= 255);
+                    let parsed = reqwest::Url::parse(url.as_str()).unwrap();
+                    prop_assert!(["http", "https"].contains(&parsed.scheme()));
+                    prop_assert!(parsed.username().is_empty() && parsed.password().is_none());
+                }
+            }
+            Err(error) => check_refused_body(&error, body, FIELDS)?,
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(1024))]
+
+        #[test]
+        fn any_json_gives_a_valid_draft_or_names_the_field(
+            body in prop_oneof![
+                1 => json_value(),
+                2 => object_of(FIELDS, field_value()),
+                4 => plausible_body(),
+            ],
+        ) {
+            check(&body)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_refused_not_panicked_on(
+            body in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let _ = parse(&body);
+        }
+    }
+
+    /// Nesting past serde_json's depth limit, in the one field that takes any JSON:
+    /// refused as malformed, without a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for open in ["[", "{\"a\":"] {
+            let body = format!(r#"{{"yearCategory":{}}}"#, open.repeat(100_000));
+            assert!(matches!(
+                parse(body.as_bytes()),
+                Err(ApiError::BadRequest { .. })
+            ));
+        }
+    }
+}

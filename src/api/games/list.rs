@@ -213,4 +213,111 @@ mod tests {
             }
         }
     }
+
+    mod properties {
+        use super::*;
+        use crate::hostile::{
+            self, encode_query, last_value, nasty_char, nasty_string, query_pairs,
+        };
+        use proptest::prelude::*;
+
+        const PARAMETERS: &[&str] = &[
+            "search",
+            "platformId",
+            "genreId",
+            "yearCategory",
+            "status",
+            "sort",
+            "limit",
+            "cursor",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => nasty_string(),
+                1 => prop::sample::select(&[
+                    "pending", "failed", "title", "-title", "releaseYear", "-createdAt",
+                    "1980s", "-10s", "0s", "1985s", "mario", "1", "500", "501",
+                ][..])
+                .prop_map(str::to_owned),
+            ]
+        }
+
+        /// What an accepted query must hold: each parameter's last non-blank value,
+        /// within the bounds `/openapi.json` documents.
+        fn check_accepted(
+            query: &GameQuery,
+            pairs: &[(String, String)],
+        ) -> Result<(), TestCaseError> {
+            let last = |key| last_value(pairs, key);
+            prop_assert_eq!(query.search.as_deref(), last("search"));
+            if let Some(search) = &query.search {
+                prop_assert!(search.chars().count() <= 100);
+                prop_assert!(check_one_line(search).is_ok());
+            }
+            let id = |key| last(key).map(|value| value.parse::<i64>().unwrap());
+            prop_assert_eq!(query.platform_id, id("platformId"));
+            prop_assert_eq!(query.genre_id, id("genreId"));
+            prop_assert!(query.platform_id.is_none_or(|id| id >= 1));
+            prop_assert!(query.genre_id.is_none_or(|id| id >= 1));
+            prop_assert_eq!(query.year_category.as_deref(), last("yearCategory"));
+            if let Some(decade) = &query.year_category {
+                let year: i32 = decade.strip_suffix('s').unwrap().parse().unwrap();
+                prop_assert_eq!(year % 10, 0);
+            }
+            prop_assert_eq!(
+                query.status,
+                last("status").and_then(ProcessingStatus::parse)
+            );
+            match &query.page {
+                None => prop_assert!(last("limit").is_none() && last("cursor").is_none()),
+                Some(page) => {
+                    prop_assert!((1..=PageRequest::MAX_LIMIT).contains(&page.limit));
+                    prop_assert_eq!(page.cursor.as_deref(), last("cursor"));
+                }
+            }
+            Ok(())
+        }
+
+        /// A refusal is a 400 naming one parameter the query holds.
+        fn check_refused(error: ApiError, pairs: &[(String, String)]) -> Result<(), TestCaseError> {
+            let ApiError::BadRequest { errors, .. } = error else {
+                return Err(TestCaseError::fail(format!("not a 400: {error:?}")));
+            };
+            prop_assert_eq!(errors.len(), 1);
+            let field = errors[0].field.as_str();
+            prop_assert!(PARAMETERS.contains(&field), "{field}");
+            prop_assert!(last_value(pairs, field).is_some(), "{field} was not sent");
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(hostile::config(1024))]
+
+            #[test]
+            fn a_query_is_within_bounds_or_refused_naming_the_field(
+                pairs in query_pairs(PARAMETERS, value()),
+            ) {
+                match parse_list_query(&encode_query(&pairs)) {
+                    Ok(query) => check_accepted(&query, &pairs)?,
+                    Err(error) => check_refused(error, &pairs)?,
+                }
+            }
+
+            /// Raw query strings, not percent-encoded as a browser would: stray `%`,
+            /// `&` and `=`, and bytes that do not decode as UTF-8.
+            #[test]
+            fn a_raw_query_never_panics(
+                raw in prop::collection::vec(nasty_char(), 0..64).prop_map(String::from_iter),
+            ) {
+                let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+                    .into_owned()
+                    .collect();
+                match parse_list_query(&raw) {
+                    Ok(query) => check_accepted(&query, &pairs)?,
+                    Err(error) => check_refused(error, &pairs)?,
+                }
+            }
+        }
+    }
 }

@@ -420,3 +420,47 @@ async fn history(State(ctx): State<ApiContext>, Id(id): Id) -> Result<Response, 
     existing(&ctx, id).await?;
     Ok(axum::Json(ctx.store.history(id).await?).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostile::{self, check_refused_query, nasty_string, query_pairs, uri_with_query};
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            nasty_string(),
+            (
+                0u64..100_000,
+                prop::sample::select(&["ms", "s", "m", "h", "d", "y", ""][..])
+            )
+                .prop_map(|(n, unit)| format!("{n}{unit}")),
+            prop::sample::select(
+                &[
+                    "30s",
+                    "30s 1ns",
+                    "1h",
+                    "99999999999999999999d",
+                    "0",
+                    "5s 500ms"
+                ][..]
+            )
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(hostile::config(512))]
+
+        /// `?wait=` of a write: none, a duration of at most 30 s, or a 400 naming it.
+        #[test]
+        fn a_wait_is_at_most_thirty_seconds_or_refused(
+            pairs in query_pairs(&["wait"], value()),
+        ) {
+            match parse_wait(Query::try_from_uri(&uri_with_query(&pairs)?)) {
+                Ok(wait) => prop_assert!(wait.is_none_or(|wait| wait <= MAX_WAIT)),
+                Err(error) => check_refused_query(&error, &pairs)?,
+            }
+        }
+    }
+}
