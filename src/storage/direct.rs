@@ -13,14 +13,16 @@
 
 use super::shared::{self, Columns, GAME_BY_ID, QuerySink};
 use super::sql::Dialect;
-use super::{GamePage, GameQuery, StoreError};
+use super::game_stream::{self, GameBatches, Stopped};
+use super::{GameQuery, StoreError};
 use crate::domain::Game;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, Params, params_from_iter};
+use rusqlite::{Connection, OpenFlags, Params, Statement, params_from_iter};
 use sqlx::Sqlite;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 /// Read-only connections to the catalog's file, reused from read to read.
@@ -33,7 +35,7 @@ struct Shared {
     /// may be read at once (one a tokio worker), on connections opened for the moment.
     connections: usize,
     idle: Mutex<Vec<Connection>>,
-    lists: Semaphore,
+    lists: Arc<Semaphore>,
     /// How long a list waits for its turn before it fails with 503, as for a pooled
     /// connection.
     acquire_timeout: Duration,
@@ -52,7 +54,7 @@ impl DirectReads {
                 path: path.to_owned(),
                 connections,
                 idle: Mutex::new(Vec::with_capacity(connections)),
-                lists: Semaphore::new(connections),
+                lists: Arc::new(Semaphore::new(connections)),
                 acquire_timeout,
                 columns: OnceLock::new(),
             }))
@@ -65,29 +67,41 @@ impl DirectReads {
         games.into_iter().next().transpose()
     }
 
-    /// A list of games, as [`super::Store::list_games`] reads it.
-    pub async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
+    /// A list of games, as [`super::Store::stream_games`] reads it: on a blocking
+    /// thread that holds one of the connections until the list has been taken.
+    pub async fn stream_games(&self, query: &GameQuery) -> Result<GameBatches, StoreError> {
         let mut sql = DirectQuery::default();
         shared::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::FULL_TEXT)?;
-        let Ok(permit) = tokio::time::timeout(self.0.acquire_timeout, self.0.lists.acquire()).await
-        else {
+        let lists = self.0.lists.clone().acquire_owned();
+        let Ok(permit) = tokio::time::timeout(self.0.acquire_timeout, lists).await else {
             return Err(StoreError::Unavailable(
                 "every catalog connection is busy; try again".into(),
             ));
         };
-        let _permit = permit.expect("the semaphore is never closed");
+        let permit = permit.expect("the semaphore is never closed");
+        let (mut batcher, batches) = game_stream::channel();
+        let runtime = Handle::current();
         let this = self.clone();
-        let rows = tokio::task::spawn_blocking(move || {
-            this.with_connection(|conn| this.games(conn, &sql.sql, params_from_iter(sql.params)))
-        })
-        .await;
-        let items = match rows {
-            Ok(rows) => rows?.into_iter().collect::<Result<Vec<_>, _>>()?,
-            // A bug in the read: the request fails as if it had read inline.
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(_) => return Err(StoreError::Unavailable("shutting down".into())),
-        };
-        Ok(shared::games_page(query, items))
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let read = this.with_connection(|conn| {
+                let mut statement = conn.prepare_cached(&sql.sql)?;
+                let names = this.column_names(&statement);
+                let mut rows = statement.query(params_from_iter(sql.params))?;
+                while let Some(row) = rows.next()? {
+                    let pushed = shared::game_from_row(&DirectRow { row, names })
+                        .map(|game| batcher.blocking_push(&runtime, game));
+                    match pushed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(Stopped)) => break,
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
+                Ok(Ok(()))
+            });
+            batcher.blocking_finish(&runtime, read.and_then(|read| read));
+        });
+        Ok(batches)
     }
 
     /// Runs `read` on an idle connection, or a new one, and keeps the connection for
@@ -119,18 +133,23 @@ impl DirectReads {
         params: impl Params,
     ) -> rusqlite::Result<Vec<Result<Game, StoreError>>> {
         let mut statement = conn.prepare_cached(sql)?;
-        let names = self.0.columns.get_or_init(|| {
-            statement
-                .column_names()
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        });
+        let names = self.column_names(&statement);
         statement
             .query_map(params, |row| {
                 Ok(shared::game_from_row(&DirectRow { row, names }))
             })?
             .collect()
+    }
+
+    /// The names of the columns of `statement`, one of the game statements.
+    fn column_names(&self, statement: &Statement) -> &[String] {
+        self.0.columns.get_or_init(|| {
+            statement
+                .column_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
     }
 
     fn connect(&self) -> rusqlite::Result<Connection> {
@@ -213,8 +232,14 @@ mod tests {
     use super::*;
     use crate::domain::ProcessingStatus;
     use crate::storage::sqlite::SqliteStore;
-    use crate::storage::{GameSort, PageRequest, PoolConfig, Store};
+    use crate::storage::{GamePage, GameSort, PageRequest, PoolConfig, Store};
     use sqlx::Connection;
+
+    /// A list as [`Store::list_games`] makes it from the direct reads' batches.
+    async fn list(direct: &DirectReads, query: &GameQuery) -> Result<GamePage, StoreError> {
+        let items = direct.stream_games(query).await?.collect().await?;
+        Ok(shared::games_page(query, items))
+    }
 
     /// A migrated catalog, its seeds in it, in `catalog.db` of a directory of its own.
     async fn seeded_catalog() -> (tempfile::TempDir, SqliteStore) {
@@ -263,7 +288,7 @@ mod tests {
             page: page(3, None),
             ..GameQuery::default()
         };
-        let cursor = direct.list_games(&first).await.unwrap().next_cursor;
+        let cursor = list(&direct, &first).await.unwrap().next_cursor;
         assert!(cursor.is_some(), "the seeds fill more than one page of 3");
         let queries = [
             first.clone(),
@@ -290,11 +315,11 @@ mod tests {
             },
         ];
         for query in &queries {
-            let listed = direct.list_games(query).await.unwrap();
+            let listed = list(&direct, query).await.unwrap();
             assert_eq!(listed, pooled.list_games(query).await.unwrap(), "{query:?}");
         }
         for matching in [&queries[3], &queries[5]] {
-            assert!(!direct.list_games(matching).await.unwrap().items.is_empty());
+            assert!(!list(&direct, matching).await.unwrap().items.is_empty());
         }
 
         let forged = GameQuery {
@@ -302,7 +327,7 @@ mod tests {
             ..GameQuery::default()
         };
         assert!(matches!(
-            direct.list_games(&forged).await,
+            list(&direct, &forged).await,
             Err(StoreError::InvalidCursor)
         ));
     }
@@ -316,13 +341,12 @@ mod tests {
         let direct = DirectReads::open(&path, 1, Duration::from_millis(20)).unwrap();
         let busy = direct.0.lists.acquire().await.unwrap();
         assert!(matches!(
-            direct.list_games(&GameQuery::default()).await,
+            list(&direct, &GameQuery::default()).await,
             Err(StoreError::Unavailable(_))
         ));
         drop(busy);
         assert!(
-            !direct
-                .list_games(&GameQuery::default())
+            !list(&direct, &GameQuery::default())
                 .await
                 .unwrap()
                 .items

@@ -12,6 +12,7 @@
 
 pub mod accounts;
 mod direct;
+mod game_stream;
 pub mod mysql;
 pub mod postgres;
 mod retention;
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Duration;
 
+pub use game_stream::GameBatches;
 pub use retention::PruneReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -447,7 +449,14 @@ pub trait Store: Accounts + Send + Sync + 'static {
     async fn begin_turn(&self, kind: WriteKind) -> Turn;
 
     // Catalog reads.
-    async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError>;
+    /// The games `query` selects, read by one statement as the caller takes them (see
+    /// [`GameBatches`]).
+    async fn stream_games(&self, query: &GameQuery) -> Result<GameBatches, StoreError>;
+    /// The games `query` selects, in one list: a page when `query` asks for one.
+    async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
+        let items = self.stream_games(query).await?.collect().await?;
+        Ok(shared::games_page(query, items))
+    }
     async fn game(&self, id: i64) -> Result<Option<Game>, StoreError>;
     async fn platforms(&self) -> Result<Vec<Platform>, StoreError>;
     async fn genres(&self) -> Result<Vec<Genre>, StoreError>;

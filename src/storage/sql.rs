@@ -13,13 +13,14 @@
 //! backend's placeholders itself.
 
 use super::direct::DirectReads;
+use super::game_stream::{self, GameBatches};
 use super::shared::{
     self, Columns, FullText, GAME_BY_ID, GAME_COLUMNS, KEEP_SENT_OUTBOX_MS, PRUNE_EVERY,
     RETURNING_GAME, now_ms, push_list,
 };
 use super::writer::{WriteTx, Writer};
 use super::{
-    Attempt, Cover, FinishOutcome, GamePage, GameQuery, GameUpdate, NewGame, OutboxBacklog,
+    Attempt, Cover, FinishOutcome, GameQuery, GameUpdate, NewGame, OutboxBacklog,
     OutboxMessage, OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult,
     PruneReport, ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError,
     TaskView, Turn, WriteKind,
@@ -31,6 +32,7 @@ use crate::domain::{
 use crate::processing::thumbnail::Thumbnail;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::Connection;
 use sqlx::database::HasStatementCache;
 use sqlx::error::DatabaseError;
@@ -1077,23 +1079,29 @@ where
         Ok(())
     }
 
-    async fn list_games(&self, query: &GameQuery) -> Result<GamePage, StoreError> {
+    async fn stream_games(&self, query: &GameQuery) -> Result<GameBatches, StoreError> {
         if let Some(direct) = &self.direct {
-            return direct.list_games(query).await;
+            return direct.stream_games(query).await;
         }
         let mut sql = QueryBuilder::<DB>::new("");
         shared::games_query(&mut sql, query, DB::LIKE, DB::FULL_TEXT)?;
-        let rows = sql
-            .build()
-            .persistent(query.search.is_none() || !DB::PLAN_EACH_SEARCH)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(DB::classify)?;
-        let items = rows
-            .iter()
-            .map(shared::game_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(shared::games_page(query, items))
+        let persistent = query.search.is_none() || !DB::PLAN_EACH_SEARCH;
+        let pool = self.pool.clone();
+        let (mut batcher, batches) = game_stream::channel();
+        tokio::spawn(async move {
+            let read = async {
+                let mut rows = sql.build().persistent(persistent).fetch(&pool);
+                while let Some(row) = rows.try_next().await.map_err(DB::classify)? {
+                    if batcher.push(shared::game_from_row(&row)?).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            let read = read.await;
+            batcher.finish(read).await;
+        });
+        Ok(batches)
     }
 
     async fn game(&self, id: i64) -> Result<Option<Game>, StoreError> {

@@ -5,20 +5,89 @@ use crate::api::error::ApiError;
 use crate::api::openapi::{blank_or, query_param};
 use crate::domain::text::{ONE_LINE_PATTERN, check_one_line};
 use crate::domain::{Game, ProcessingStatus};
-use crate::storage::{GamePage, GameQuery, GameSort, PageRequest};
+use crate::storage::{GameBatches, GamePage, GameQuery, GameSort, PageRequest};
+use axum::body::{Body, Bytes};
 use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use serde::Serialize;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::future::ready;
+use futures::stream;
 use utoipa::openapi::path::{Parameter, ParameterIn};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-/// The answer of `GET /api/games`: an array without pagination, a page with it.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
+/// The answer of `GET /api/games`: without pagination, every game in one JSON array,
+/// written batch by batch as the database reads them; with it, a page.
 pub(super) enum GameList {
-    All(Vec<Game>),
+    All(Body),
     Page(GamePage),
+}
+
+impl GameList {
+    /// Every game of `batches`, as an array. A failure before the first batch is the
+    /// answer's (a 503, say); after it, the body ends early, so that the client sees a
+    /// read cut short and never a short list.
+    pub(super) async fn all(mut batches: GameBatches) -> Result<Self, ApiError> {
+        let first = batches.next().await.transpose()?.unwrap_or_default();
+        let head = elements(b"[", &first);
+        let rest = stream::unfold(batches, |mut batches| async move {
+            let chunk = match batches.next().await? {
+                Ok(games) => Ok(elements(b",", &games)),
+                Err(error) => {
+                    tracing::warn!(%error, "a list of games ended early");
+                    Err(std::io::Error::other(error))
+                }
+            };
+            Some((chunk, batches))
+        });
+        let end = stream::once(ready(Ok(Bytes::from_static(b"]"))));
+        let body = stream::once(ready(Ok(head))).chain(rest).chain(end);
+        Ok(Self::All(Body::from_stream(body)))
+    }
+}
+
+/// `games` as the elements of a JSON array, after `lead`.
+fn elements(lead: &[u8], games: &[Game]) -> Bytes {
+    let mut json = Vec::with_capacity(lead.len() + games.len() * 512);
+    json.extend_from_slice(lead);
+    for (index, game) in games.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        serde_json::to_writer(&mut json, game).expect("a game serializes");
+    }
+    Bytes::from(json)
+}
+
+impl IntoResponse for GameList {
+    fn into_response(self) -> Response {
+        match self {
+            Self::All(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Self::Page(page) => axum::Json(page).into_response(),
+        }
+    }
+}
+
+/// An array of games, or a page.
+impl PartialSchema for GameList {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ArrayBuilder::new().items(Ref::from_schema_name(Game::name())))
+            .item(Ref::from_schema_name(GamePage::name()))
+            .into()
+    }
+}
+
+impl ToSchema for GameList {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Game::name().into(), Game::schema()));
+        <Game as ToSchema>::schemas(schemas);
+        schemas.push((GamePage::name().into(), GamePage::schema()));
+        <GamePage as ToSchema>::schemas(schemas);
+    }
 }
 
 /// The filters of `GET /api/games`, validated.

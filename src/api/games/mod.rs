@@ -53,14 +53,11 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 async fn list(
     State(ctx): State<ApiContext>,
     ListQuery(query): ListQuery,
-) -> Result<axum::Json<GameList>, ApiError> {
-    let paginated = query.page.is_some();
-    let page = ctx.store.list_games(&query).await?;
-    Ok(axum::Json(if paginated {
-        GameList::Page(page)
-    } else {
-        GameList::All(page.items)
-    }))
+) -> Result<GameList, ApiError> {
+    if query.page.is_some() {
+        return Ok(GameList::Page(ctx.store.list_games(&query).await?));
+    }
+    GameList::all(ctx.store.stream_games(&query).await?).await
 }
 
 /// One game
