@@ -9,7 +9,7 @@ mod common;
 
 use common::processes::{Deployment, Process, free_port, http_client};
 use common::rabbitmq::Vhost;
-use common::{Backend, eventually};
+use common::{Backend, eventually, png};
 use lapin::types::FieldTable;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -185,6 +185,61 @@ async fn a_create_is_one_trace_across_the_api_and_a_worker_on_rabbitmq() {
     assert_second_attempt_in_a_new_trace(&api, id, &trace_id).await;
     worker.stop().await;
     api.stop().await;
+}
+
+/// The trace id of `api`'s one request `method uri`, from its log lines.
+fn request_trace_id(api: &Process, method: &str, uri: &str) -> String {
+    let ids = span_lines(api, "request", &[("method", method), ("uri", uri)]);
+    let Some(first) = ids.first().cloned() else {
+        panic!("no log line of {method} {uri}:\n{}", api.log());
+    };
+    assert!(ids.iter().all(|id| *id == first), "{ids:?}");
+    assert_trace_id(&first);
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cover_upload_and_a_delete_are_each_one_trace_to_the_worker() {
+    let deployment = traced(Deployment::on(Backend::Sqlite).await);
+    let serve = deployment
+        .start_http("serve", "serve", free_port(), &[])
+        .await;
+    let id = create(&serve, "Traced Cover").await;
+    attempts(&serve, id, 1).await;
+
+    let cover = format!("/api/games/{id}/cover");
+    let response = http_client()
+        .put(serve.url(&cover))
+        .header("content-type", "image/png")
+        .body(png(40, 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let history = attempts(&serve, id, 2).await;
+    let upload = request_trace_id(&serve, "PUT", &cover);
+    assert_eq!(history[1]["traceId"], upload.as_str(), "{history:?}");
+
+    let game = format!("/api/games/{id}");
+    let response = http_client()
+        .delete(serve.url(&game))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let delete = request_trace_id(&serve, "DELETE", &game);
+    assert_ne!(delete, upload, "each request is a trace of its own");
+    eventually(
+        "a log line of the worker in the delete's trace",
+        Duration::from_secs(10),
+        || async {
+            span_lines(&serve, "process_event", &[])
+                .contains(&delete)
+                .then_some(())
+        },
+    )
+    .await;
+    serve.stop().await;
 }
 
 /// An OTLP/HTTP receiver on 127.0.0.1: every span of every export it gets.

@@ -480,11 +480,22 @@ pub trait Store: Accounts + Send + Sync + 'static {
         &self,
         batch: &[GameUpdate],
     ) -> Result<Vec<Result<Game, StoreError>>, StoreError>;
-    async fn delete_game(&self, id: i64) -> Result<(), StoreError>;
+    // `trace`: the W3C `traceparent` of the request that writes, sent with the event.
+    async fn delete_game(&self, id: i64, trace: Option<&str>) -> Result<(), StoreError>;
     /// Replaces the uploaded cover; the game goes back to `pending` for a new thumbnail.
-    async fn set_cover(&self, id: i64, cover: &Cover) -> Result<Game, StoreError>;
+    async fn set_cover(
+        &self,
+        id: i64,
+        cover: &Cover,
+        trace: Option<&str>,
+    ) -> Result<Game, StoreError>;
     /// The original consumer's callback: sets the status of the current version.
-    async fn set_status(&self, id: i64, status: ProcessingStatus) -> Result<Game, StoreError>;
+    async fn set_status(
+        &self,
+        id: i64,
+        status: ProcessingStatus,
+        trace: Option<&str>,
+    ) -> Result<Game, StoreError>;
 
     async fn create_platform(&self, draft: &PlatformDraft) -> Result<Platform, StoreError>;
     async fn update_platform(&self, id: i64, draft: &PlatformDraft)

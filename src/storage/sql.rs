@@ -1194,7 +1194,7 @@ where
         refusing_only_the_faulty(batch, |batch| self.write_updates(batch)).await
     }
 
-    async fn delete_game(&self, id: i64) -> Result<(), StoreError> {
+    async fn delete_game(&self, id: i64, trace: Option<&str>) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let game = Self::fetch_game(&mut tx, id)
             .await?
@@ -1206,13 +1206,19 @@ where
             .map_err(DB::classify)?;
         self.commit_with_event(
             tx,
-            &OutboxMessage::game_event(&game, GameAction::Delete, &EventId::generate()),
+            &OutboxMessage::game_event(&game, GameAction::Delete, &EventId::generate())
+                .traced(trace),
         )
         .await?;
         Ok(())
     }
 
-    async fn set_cover(&self, id: i64, cover: &Cover) -> Result<Game, StoreError> {
+    async fn set_cover(
+        &self,
+        id: i64,
+        cover: &Cover,
+        trace: Option<&str>,
+    ) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(DB::sql(
             "UPDATE games SET processing_status = 'pending', version = version + 1, \
@@ -1242,13 +1248,19 @@ where
             .ok_or(StoreError::NotFound { entity: "game", id })?;
         self.commit_with_event(
             tx,
-            &OutboxMessage::game_event(&game, GameAction::Update, &EventId::generate()),
+            &OutboxMessage::game_event(&game, GameAction::Update, &EventId::generate())
+                .traced(trace),
         )
         .await?;
         Ok(game)
     }
 
-    async fn set_status(&self, id: i64, status: ProcessingStatus) -> Result<Game, StoreError> {
+    async fn set_status(
+        &self,
+        id: i64,
+        status: ProcessingStatus,
+        trace: Option<&str>,
+    ) -> Result<Game, StoreError> {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(DB::sql(
             "UPDATE games SET processing_status = $1 WHERE id = $2",
@@ -1264,7 +1276,8 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        let message = OutboxMessage::game_processed(id, game.version, status, &EventId::generate());
+        let message = OutboxMessage::game_processed(id, game.version, status, &EventId::generate())
+            .traced(trace);
         self.commit_with_event(tx, &message).await?;
         Ok(game)
     }

@@ -167,7 +167,7 @@ mod tests {
         };
         let store = SqliteStore::connect(&url, quick).await.unwrap();
         store.migrate().await.unwrap();
-        let completed = || store.set_status(1, ProcessingStatus::Completed);
+        let completed = || store.set_status(1, ProcessingStatus::Completed, None);
 
         let turn = store.begin_turn(WriteKind::Creates).await;
         let waited = completed().await;
@@ -217,7 +217,7 @@ mod tests {
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        store.set_status(1, ProcessingStatus::Failed).await.unwrap();
+        store.set_status(1, ProcessingStatus::Failed, None).await.unwrap();
 
         // `immutable`: the file alone, without its WAL.
         let file = format!("file:{}?immutable=1", path.display());

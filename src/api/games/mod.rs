@@ -216,9 +216,14 @@ fn prepare(
     let written = Written {
         action,
         event: EventId::generate(),
-        trace: trace::traceparent(&tracing::Span::current()),
+        trace: request_trace(),
     };
     Ok((wait, draft, written))
+}
+
+/// The W3C `traceparent` of the request being served, for its event.
+fn request_trace() -> Option<String> {
+    trace::traceparent(&tracing::Span::current())
 }
 
 /// Request/reply over the broker: the write's event is sent again, with the same event
@@ -271,7 +276,7 @@ async fn remove(
     State(ctx): State<ApiContext>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    ctx.store.delete_game(id).await?;
+    ctx.store.delete_game(id, request_trace().as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -309,7 +314,8 @@ async fn process_complete(
         Some(status @ (ProcessingStatus::Completed | ProcessingStatus::Failed)) => status,
         _ => return Err(ValidationError::new("status", "must be completed or failed").into()),
     };
-    Ok(axum::Json(ctx.store.set_status(id, status).await?))
+    let trace = request_trace();
+    Ok(axum::Json(ctx.store.set_status(id, status, trace.as_deref()).await?))
 }
 
 /// Upload a game's cover
@@ -367,7 +373,8 @@ async fn upload_cover(
         content_type: format.to_mime_type().to_owned(),
         bytes: bytes.to_vec(),
     };
-    Ok(axum::Json(ctx.store.set_cover(id, &cover).await?))
+    let trace = request_trace();
+    Ok(axum::Json(ctx.store.set_cover(id, &cover, trace.as_deref()).await?))
 }
 
 /// A game's thumbnail
