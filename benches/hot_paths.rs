@@ -164,7 +164,7 @@ fn api_handlers(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (store, broker) = rt.block_on(system(dir.path()));
-    let queues = QueueWatch::new(store.clone(), broker.clone());
+    let queues = QueueWatch::new(store.clone(), broker.clone(), None);
     let ctx = rt.block_on(async {
         ApiContext::new(store, broker, LiveFeed::default(), queues, Shutdown::new())
     });

@@ -15,6 +15,7 @@ use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::WorkerConfig;
 use crate::producer::PublishPolicy;
 use crate::storage::PoolConfig;
+use crate::telemetry::management::Management;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,18 @@ pub struct StorageArgs {
     /// RabbitMQ URL (amqp:// or amqps://). Unset: the embedded broker, in one process.
     #[arg(long, env = "RABBITMQ_URL", global = true)]
     pub rabbitmq_url: Option<String>,
+
+    /// RabbitMQ's management API, such as http://HOST:15672, for GET /api/queues:
+    /// unacknowledged messages and rates as RabbitMQ counts them, across every client.
+    /// Its user and password default to RABBITMQ_URL's. Unset: rates are this
+    /// process's own, and unacknowledged counts are unknown.
+    #[arg(
+        long,
+        env = "RABBITMQ_MANAGEMENT_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub rabbitmq_management_url: Option<String>,
 
     /// File of the embedded broker's durable queues (used when RABBITMQ_URL is unset).
     #[arg(
@@ -121,6 +134,21 @@ impl StorageArgs {
                 .into()),
             (keys, _) => Ok(keys.clone()),
         }
+    }
+
+    /// RabbitMQ's management API, where RABBITMQ_MANAGEMENT_URL names it.
+    pub fn management(&self) -> Result<Option<Management>, String> {
+        let Some(url) = &self.rabbitmq_management_url else {
+            return Ok(None);
+        };
+        let Some(amqp) = &self.rabbitmq_url else {
+            return Err(
+                "RABBITMQ_MANAGEMENT_URL is RabbitMQ's: set RABBITMQ_URL too, or \
+                 unset RABBITMQ_MANAGEMENT_URL for the embedded broker"
+                    .into(),
+            );
+        };
+        Management::new(url, amqp).map(Some)
     }
 
     pub fn decode_budget(&self) -> DecodeBudget {

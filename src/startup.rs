@@ -20,6 +20,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::{
     self, PoolConfig, Store, mysql::MySqlStore, postgres::PgStore, sqlite::SqliteStore,
 };
+use crate::telemetry::management::Management;
 use crate::telemetry::queues::{self, QueueWatch};
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
@@ -116,12 +117,15 @@ pub struct Components {
     pub broker: Arc<dyn Broker>,
     /// What decoding one cover may take: checked at upload and in the worker.
     pub decode_budget: DecodeBudget,
+    /// RabbitMQ's management API, for the queues' rates, where it is configured.
+    pub management: Option<Management>,
 }
 
 impl Components {
     pub async fn connect(storage: &StorageArgs) -> anyhow::Result<Self> {
         // Bad configuration fails before anything is opened or migrated.
         storage.sealing().map_err(anyhow::Error::msg)?;
+        let management = storage.management().map_err(anyhow::Error::msg)?;
         let store = connect_store(&storage.database_url, storage.pool()).await?;
         let broker = connect_broker(storage).await?;
         topology::declare(broker.as_ref(), storage.topology())
@@ -131,6 +135,7 @@ impl Components {
             store,
             broker,
             decode_budget: storage.decode_budget(),
+            management,
         })
     }
 }
@@ -291,7 +296,11 @@ pub async fn run_api(
         live.clone()
             .run(parts.broker.clone(), instance, shutdown.clone()),
     );
-    let queues = QueueWatch::new(parts.store.clone(), parts.broker.clone());
+    let queues = QueueWatch::new(
+        parts.store.clone(),
+        parts.broker.clone(),
+        parts.management.clone(),
+    );
     let watch = tokio::spawn(queues.clone().run(shutdown.clone()));
     let ctx = ApiContext::new(
         parts.store.clone(),
@@ -322,7 +331,11 @@ pub async fn run_worker_role(
     let Some(listener) = probes else {
         return run_worker(parts, args, shutdown).await;
     };
-    let watch = QueueWatch::new(parts.store.clone(), parts.broker.clone());
+    let watch = QueueWatch::new(
+        parts.store.clone(),
+        parts.broker.clone(),
+        parts.management.clone(),
+    );
     let watch = tokio::spawn(watch.run(shutdown.clone()));
     tracing::info!("worker probes on http://{}/metrics", listener.local_addr()?);
     let app = api::probes(parts.store.clone(), parts.broker.clone());

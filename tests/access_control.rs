@@ -301,7 +301,7 @@ async fn table_on(backend: Backend) -> Table {
         store.clone(),
         broker.clone(),
         LiveFeed::new(10),
-        QueueWatch::new(store, broker),
+        QueueWatch::new(store, broker, None),
         Shutdown::new(),
     );
     let router = api::router(ctx, &test_args(&[]).http);

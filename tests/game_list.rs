@@ -70,7 +70,10 @@ async fn an_unpaged_list_of_many_batches_is_the_paged_walk(backend: Backend) {
         let walked = paged_walk(&app, filter).await;
         assert!(walked.len() > 200, "{filter}: {} games", walked.len());
         assert_eq!(listed.len(), walked.len(), "{filter}");
-        assert!(listed == walked, "{filter}: the same games in the same order");
+        assert!(
+            listed == walked,
+            "{filter}: the same games in the same order"
+        );
     }
     let all = app.get_json("/api/games").await;
     assert!(all.as_array().unwrap().len() >= GAMES + 24);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::processes::{Deployment, Process, free_port, http_client};
-use common::rabbitmq::{Vhost, rabbitmqctl};
+use common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
 use common::{Backend, TestApp, eventually, game_body, on_every_backend, with};
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
@@ -469,6 +469,47 @@ async fn queues_on_rabbitmq_show_a_backlog_consumers_and_the_outbox_while_it_is_
     let scrape = wait_completed(&worker, 55.0).await;
     assert_eq!(value(&scrape, "retrocat_broker_connected", &[]), 1.0);
     worker.stop().await;
+    api.stop().await;
+}
+
+/// With `RABBITMQ_MANAGEMENT_URL`, unacknowledged messages and rates come from RabbitMQ's
+/// management API: a plain AMQP client that holds 5 events unacknowledged is seen, and
+/// the publishes of creates that go on are measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_take_unacked_counts_and_rates_from_the_management_api() {
+    let Some((vhost, management)) = Vhost::on_management_node() else {
+        return;
+    };
+    let deployment = Deployment::on(Backend::Sqlite)
+        .await
+        .with_rabbitmq(&vhost.url)
+        .with_env("RABBITMQ_MANAGEMENT_URL", &management);
+    deployment.run("migrate", &[]).await;
+    let api = deployment.start_http("api", "api", free_port(), &[]).await;
+    create(&api, "Held", 5, None).await;
+    wait_row(&api, "game_events", "ready", json!(5)).await;
+    let client = Amqp::connect(&vhost.url).await;
+    for _ in 0..5 {
+        assert!(client.hold_next("game_events").await);
+    }
+    let row = wait_row(&api, "game_events", "unacked", json!(5)).await;
+    assert_eq!(row["source"], "management", "{row}");
+    assert_eq!(row["ready"], 0, "{row}");
+
+    // RabbitMQ measures rates over a few seconds: creates go on until it shows them.
+    let row = eventually(
+        "a publish rate from the management API",
+        Duration::from_secs(60),
+        || async {
+            create(&api, "Measured", 1, None).await;
+            let row = queue_row(&api, "game_events").await;
+            (row["publishRate"].as_f64()? > 0.0).then_some(row)
+        },
+    )
+    .await;
+    assert_eq!(row["unacked"], 5, "{row}");
+    assert_eq!(row["source"], "management", "{row}");
+    drop(client);
     api.stop().await;
 }
 

@@ -221,11 +221,7 @@ async fn a_cover_upload_and_a_delete_are_each_one_trace_to_the_worker() {
     assert_eq!(history[1]["traceId"], upload.as_str(), "{history:?}");
 
     let game = format!("/api/games/{id}");
-    let response = http_client()
-        .delete(serve.url(&game))
-        .send()
-        .await
-        .unwrap();
+    let response = http_client().delete(serve.url(&game)).send().await.unwrap();
     assert_eq!(response.status(), 204);
     let delete = request_trace_id(&serve, "DELETE", &game);
     assert_ne!(delete, upload, "each request is a trace of its own");

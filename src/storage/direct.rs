@@ -11,9 +11,9 @@
 //! blocking pool: one hand-off there and one back, where sqlx made one a row. Writes
 //! and the worker's transactions stay on sqlx.
 
+use super::game_stream::{self, GameBatches, Stopped};
 use super::shared::{self, Columns, GAME_BY_ID, QuerySink};
 use super::sql::Dialect;
-use super::game_stream::{self, GameBatches, Stopped};
 use super::{GameQuery, StoreError};
 use crate::domain::Game;
 use rusqlite::types::Value;

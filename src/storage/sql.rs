@@ -20,10 +20,10 @@ use super::shared::{
 };
 use super::writer::{WriteTx, Writer};
 use super::{
-    Attempt, Cover, FinishOutcome, GameQuery, GameUpdate, NewGame, OutboxBacklog,
-    OutboxMessage, OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult,
-    PruneReport, ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError,
-    TaskView, Turn, WriteKind,
+    Attempt, Cover, FinishOutcome, GameQuery, GameUpdate, NewGame, OutboxBacklog, OutboxMessage,
+    OutboxTurn, PendingGame, PoolConfig, ProcessingRecord, ProcessingResult, PruneReport,
+    ReceivedMessage, StartOutcome, StartRequest, StatusCounts, Store, StoreError, TaskView, Turn,
+    WriteKind,
 };
 use crate::domain::{
     EventId, Game, GameAction, GameDraft, Genre, GenreDraft, Platform, PlatformDraft,

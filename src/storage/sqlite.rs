@@ -217,7 +217,10 @@ mod tests {
             .await
             .unwrap();
         store.migrate().await.unwrap();
-        store.set_status(1, ProcessingStatus::Failed, None).await.unwrap();
+        store
+            .set_status(1, ProcessingStatus::Failed, None)
+            .await
+            .unwrap();
 
         // `immutable`: the file alone, without its WAL.
         let file = format!("file:{}?immutable=1", path.display());

@@ -6,6 +6,7 @@
 //! request to its final status.
 
 pub mod charts;
+pub mod management;
 pub mod metrics;
 pub mod queues;
 pub mod trace;

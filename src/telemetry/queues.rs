@@ -8,6 +8,7 @@
 //! ring buffer. Rates are differences between samples ten seconds apart.
 
 use super::charts;
+use super::management::{ManagedQueue, Management};
 use super::metrics::{
     BROKER_CONNECTED, DEAD_LETTERS, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING, QUEUE_CONSUMERS,
     QUEUE_MESSAGES,
@@ -65,7 +66,9 @@ pub struct QueueView {
     /// The outbox's oldest unpublished event; queues don't say.
     pub oldest_age_seconds: Option<f64>,
     /// Where the counts come from: `embedded` (the embedded broker), `amqp` (RabbitMQ's
-    /// passive declare: ready messages and consumers) or `database` (the outbox).
+    /// passive declare: ready messages and consumers), `management` (the same, plus
+    /// unacknowledged messages and rates from RabbitMQ's management API, across every
+    /// client) or `database` (the outbox).
     pub source: String,
 }
 
@@ -77,13 +80,24 @@ struct Sample {
     unix_ms: i64,
     /// Whether the broker answered a ping.
     connected: bool,
-    /// Per [`WATCHED`] queue: its stats (`None`: the broker did not answer) and this
-    /// process's meter.
-    queues: Vec<(Option<QueueStats>, MeterTotals)>,
+    /// Per [`WATCHED`] queue.
+    queues: Vec<QueueSample>,
     outbox: Option<OutboxBacklog>,
     outbox_meter: MeterTotals,
     /// What this process's worker settled and finished.
     charts: charts::Take,
+}
+
+/// One queue in one sample.
+#[derive(Clone, Copy, Debug)]
+struct QueueSample {
+    /// `None`: the broker did not answer. The unacknowledged count is the management
+    /// API's where it answered.
+    stats: Option<QueueStats>,
+    /// This process's deliveries and settlements.
+    meter: MeterTotals,
+    /// What RabbitMQ's management API said, where it is configured and answered.
+    managed: Option<ManagedQueue>,
 }
 
 /// The sampler's shared state: cheap to clone, read by the API's handlers.
@@ -91,14 +105,22 @@ struct Sample {
 pub struct QueueWatch {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
+    management: Option<Management>,
     samples: Arc<Mutex<VecDeque<Sample>>>,
 }
 
 impl QueueWatch {
-    pub fn new(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Self {
+    /// Samples `store`'s outbox and `broker`'s queues, and where `management` is given,
+    /// RabbitMQ's management API.
+    pub fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        management: Option<Management>,
+    ) -> Self {
         Self {
             store,
             broker,
+            management,
             samples: Arc::default(),
         }
     }
@@ -129,17 +151,34 @@ impl QueueWatch {
         let stats = futures::future::join_all(
             WATCHED.map(|queue| async move { self.broker.queue_stats(queue).await.ok() }),
         );
-        let (stats, outbox, ping) =
-            tokio::join!(stats, self.store.outbox_backlog(), self.broker.ping());
+        let managed = async {
+            match &self.management {
+                Some(management) => management.sample().await,
+                None => None,
+            }
+        };
+        let (stats, outbox, ping, managed) = tokio::join!(
+            stats,
+            self.store.outbox_backlog(),
+            self.broker.ping(),
+            managed
+        );
+        let queues = stats.into_iter().zip(WATCHED).map(|(stats, queue)| {
+            let managed = managed.as_ref().and_then(|all| all.get(queue)).copied();
+            QueueSample {
+                stats: stats.map(|stats| QueueStats {
+                    unacked: managed.map(|managed| managed.unacked).or(stats.unacked),
+                    ..stats
+                }),
+                meter: QueueMeter::of(queue).totals(),
+                managed,
+            }
+        });
         Sample {
             at: Instant::now(),
             unix_ms: chrono::Utc::now().timestamp_millis(),
             connected: ping.is_ok(),
-            queues: stats
-                .into_iter()
-                .zip(WATCHED)
-                .map(|(stats, queue)| (stats, QueueMeter::of(queue).totals()))
-                .collect(),
+            queues: queues.collect(),
             outbox: outbox.ok(),
             outbox_meter: QueueMeter::of(OUTBOX).totals(),
             charts: charts::take(),
@@ -156,8 +195,8 @@ impl QueueWatch {
                 let seconds = sample.at.duration_since(before.at).as_secs_f64();
                 let mut depths = BTreeMap::new();
                 depths.insert(OUTBOX, sample.outbox.map(|backlog| backlog.pending));
-                for ((stats, _), queue) in sample.queues.iter().zip(WATCHED) {
-                    depths.insert(queue, stats.map(held));
+                for (queue, name) in sample.queues.iter().zip(WATCHED) {
+                    depths.insert(name, queue.stats.map(held));
                 }
                 let processed = NAMES
                     .iter()
@@ -206,16 +245,25 @@ impl QueueWatch {
         let source = if whole { "embedded" } else { "amqp" };
         let mut views = vec![outbox_view(&latest, earlier.as_ref())];
         for (index, queue) in WATCHED.into_iter().enumerate() {
-            let (stats, meter) = latest.queues[index];
-            let rates = earlier.as_ref().map(|earlier| {
-                let (before, before_meter) = earlier.queues[index];
-                Rates::between(
-                    (before, before_meter, earlier.at),
-                    (stats, meter, latest.at),
-                    whole,
-                )
-            });
-            let rates = rates.unwrap_or_default();
+            let QueueSample {
+                stats,
+                meter,
+                managed,
+            } = latest.queues[index];
+            let (rates, source) = match managed {
+                Some(managed) => (Rates::from(managed), "management"),
+                None => {
+                    let rates = earlier.as_ref().map(|earlier| {
+                        let before = earlier.queues[index];
+                        Rates::between(
+                            (before.stats, before.meter, earlier.at),
+                            (stats, meter, latest.at),
+                            whole,
+                        )
+                    });
+                    (rates.unwrap_or_default(), source)
+                }
+            };
             views.push(QueueView {
                 name: queue.to_owned(),
                 ready: stats.map(|s| s.ready),
@@ -239,6 +287,16 @@ struct Rates {
     publish: Option<f64>,
     deliver: Option<f64>,
     ack: Option<f64>,
+}
+
+impl From<ManagedQueue> for Rates {
+    fn from(managed: ManagedQueue) -> Self {
+        Self {
+            publish: Some(managed.publish_rate),
+            deliver: Some(managed.deliver_rate),
+            ack: Some(managed.ack_rate),
+        }
+    }
 }
 
 impl Rates {
@@ -341,8 +399,8 @@ fn outbox_view(latest: &Sample, earlier: Option<&Sample>) -> QueueView {
 /// The queue gauges of `/metrics`, from one sample.
 fn publish_gauges(sample: &Sample) {
     metrics::gauge!(BROKER_CONNECTED).set(if sample.connected { 1.0 } else { 0.0 });
-    for ((stats, _), queue) in sample.queues.iter().zip(WATCHED) {
-        let Some(stats) = stats else { continue };
+    for (sampled, queue) in sample.queues.iter().zip(WATCHED) {
+        let Some(stats) = sampled.stats else { continue };
         let states = [
             ("ready", Some(stats.ready)),
             ("unacked", stats.unacked),

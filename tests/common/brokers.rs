@@ -58,6 +58,7 @@ impl TestBroker {
             store,
             broker,
             decode_budget: storage.decode_budget(),
+            management: None,
         };
         let app = TestApp::spawn_parts(parts, dir, database, Roles::Serve, extra).await;
         (app, plain)

@@ -272,6 +272,7 @@ pub fn storage_in(dir: &std::path::Path, database_url: String) -> StorageArgs {
         db_max_connections: None,
         db_acquire_timeout: None,
         rabbitmq_url: None,
+        rabbitmq_management_url: None,
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
         message_keys: None,

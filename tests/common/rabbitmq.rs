@@ -14,9 +14,18 @@ use std::process::Command;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Runs `rabbitmqctl ARGS`; its output, or why it failed.
+/// Runs `rabbitmqctl ARGS` against the machine's node; its output, or why it failed.
 pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("rabbitmqctl")
+    rabbitmqctl_on(None, args)
+}
+
+/// Runs `rabbitmqctl ARGS` against `node` (`NAME@localhost`), or the machine's node.
+fn rabbitmqctl_on(node: Option<&str>, args: &[&str]) -> Result<String, String> {
+    let mut command = Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
+    let output = command
         .args(args)
         .output()
         .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
@@ -33,21 +42,37 @@ pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// A vhost of its own on the RabbitMQ of `TEST_RABBITMQ_URL`, deleted on drop.
+/// A vhost of its own on a test RabbitMQ, deleted on drop.
 pub struct Vhost {
     pub name: String,
-    /// `TEST_RABBITMQ_URL` with this vhost.
+    /// The node's AMQP URL with this vhost.
     pub url: String,
+    /// The node, when not the machine's own.
+    node: Option<String>,
 }
 
 impl Vhost {
-    /// A fresh vhost, or `None` after saying why the test is skipped: without
-    /// `TEST_RABBITMQ_URL`, or without `rabbitmqctl` to make the vhost with.
+    /// A fresh vhost on the RabbitMQ of `TEST_RABBITMQ_URL`, or `None` after saying why
+    /// the test is skipped: without `TEST_RABBITMQ_URL`, or without `rabbitmqctl` to
+    /// make the vhost with.
     pub fn create() -> Option<Self> {
-        let Ok(base) = std::env::var("TEST_RABBITMQ_URL") else {
-            eprintln!("skipped: TEST_RABBITMQ_URL is not set");
-            return None;
-        };
+        let base = configured("TEST_RABBITMQ_URL")?;
+        Self::create_on(&base, None)
+    }
+
+    /// A fresh vhost on the node that runs RabbitMQ's management plugin (`.ci/run`
+    /// starts it with `scripts/rabbitmq-node`), and the URL of its management API; or
+    /// `None` after saying why the test is skipped. `TEST_RABBITMQ_MANAGEMENT_URL`
+    /// names the API, `TEST_RABBITMQ_MANAGEMENT_AMQP_URL` the node's AMQP listener,
+    /// and `TEST_RABBITMQ_MANAGEMENT_NODE` the node.
+    pub fn on_management_node() -> Option<(Self, String)> {
+        let api = configured("TEST_RABBITMQ_MANAGEMENT_URL")?;
+        let amqp = configured("TEST_RABBITMQ_MANAGEMENT_AMQP_URL")?;
+        let node = configured("TEST_RABBITMQ_MANAGEMENT_NODE")?;
+        Some((Self::create_on(&amqp, Some(node))?, api))
+    }
+
+    fn create_on(base: &str, node: Option<String>) -> Option<Self> {
         if Command::new("rabbitmqctl").arg("version").output().is_err() {
             eprintln!(
                 "skipped: rabbitmqctl is not on PATH (needed to give this test a vhost of its own)"
@@ -55,26 +80,44 @@ impl Vhost {
             return None;
         }
         let name = format!("retrocat-test-{}", uuid::Uuid::now_v7().simple());
-        let mut url = url::Url::parse(&base).expect("TEST_RABBITMQ_URL is a URL");
+        let mut url = url::Url::parse(base).expect("a RabbitMQ URL");
         url.set_path(&format!("/{name}"));
-        rabbitmqctl(&["add_vhost", &name]).expect("add a vhost");
         let vhost = Self {
             name,
             url: url.to_string(),
+            node,
         };
+        vhost
+            .rabbitmqctl(&["add_vhost", &vhost.name])
+            .expect("add a vhost");
         let user = match url.username() {
             "" => "guest",
             user => user,
         };
-        rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"])
+        vhost
+            .rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"])
             .expect("grant the test user the vhost");
         Some(vhost)
     }
+
+    fn rabbitmqctl(&self, args: &[&str]) -> Result<String, String> {
+        rabbitmqctl_on(self.node.as_deref(), args)
+    }
+}
+
+/// The value of the environment variable `name`, or `None` after saying that the test
+/// is skipped without it.
+fn configured(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
+    if value.is_none() {
+        eprintln!("skipped: {name} is not set");
+    }
+    value
 }
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        if let Err(error) = rabbitmqctl(&["delete_vhost", &self.name]) {
+        if let Err(error) = self.rabbitmqctl(&["delete_vhost", &self.name]) {
             eprintln!("could not delete vhost {}: {error}", self.name);
         }
     }
@@ -221,6 +264,17 @@ impl Amqp {
             .await
             .expect("basic.reject");
         true
+    }
+
+    /// Takes the next message ready in `queue` and keeps it unacknowledged while this
+    /// client lives; false when the queue was empty.
+    pub async fn hold_next(&self, queue: &str) -> bool {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get");
+        message.is_some()
     }
 
     /// Declares `queue` (test-owned, gone with the vhost) and binds it to `exchange`

@@ -276,7 +276,9 @@ async fn remove(
     State(ctx): State<ApiContext>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    ctx.store.delete_game(id, request_trace().as_deref()).await?;
+    ctx.store
+        .delete_game(id, request_trace().as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -315,7 +317,9 @@ async fn process_complete(
         _ => return Err(ValidationError::new("status", "must be completed or failed").into()),
     };
     let trace = request_trace();
-    Ok(axum::Json(ctx.store.set_status(id, status, trace.as_deref()).await?))
+    Ok(axum::Json(
+        ctx.store.set_status(id, status, trace.as_deref()).await?,
+    ))
 }
 
 /// Upload a game's cover
@@ -374,7 +378,9 @@ async fn upload_cover(
         bytes: bytes.to_vec(),
     };
     let trace = request_trace();
-    Ok(axum::Json(ctx.store.set_cover(id, &cover, trace.as_deref()).await?))
+    Ok(axum::Json(
+        ctx.store.set_cover(id, &cover, trace.as_deref()).await?,
+    ))
 }
 
 /// A game's thumbnail
