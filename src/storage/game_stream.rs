@@ -12,6 +12,7 @@ use crate::domain::Game;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// Games in one batch.
 const BATCH: usize = 256;
@@ -23,14 +24,20 @@ pub const STALL: Duration = Duration::from_secs(30);
 /// The games of a list, batch by batch. Ends with `None` once every game was handed
 /// over; a read that failed or was given up ends with an error instead.
 pub struct GameBatches {
-    batches: mpsc::Receiver<Result<Vec<Game>, StoreError>>,
+    batches: mpsc::Receiver<Result<Batch, StoreError>>,
     finished: bool,
+}
+
+/// What goes through the channel: games, and whether they are the list's last.
+struct Batch {
+    games: Vec<Game>,
+    last: bool,
 }
 
 /// The reading end's half: collects games into batches and sends each one.
 pub(super) struct Batcher {
-    sender: mpsc::Sender<Result<Vec<Game>, StoreError>>,
-    batch: Vec<Game>,
+    sender: mpsc::Sender<Result<Batch, StoreError>>,
+    games: Vec<Game>,
     stopped: bool,
     /// [`STALL`], but in tests.
     stall: Duration,
@@ -47,7 +54,7 @@ fn stalling_after(stall: Duration) -> (Batcher, GameBatches) {
     let (sender, batches) = mpsc::channel(IN_FLIGHT);
     let batcher = Batcher {
         sender,
-        batch: Vec::with_capacity(BATCH),
+        games: Vec::with_capacity(BATCH),
         stopped: false,
         stall,
     };
@@ -64,22 +71,28 @@ impl GameBatches {
         if self.finished {
             return None;
         }
-        match self.batches.recv().await {
-            // The empty batch is the end mark (see `Batcher::finish`).
-            Some(Ok(batch)) if batch.is_empty() => {
+        let received = self.batches.recv().await;
+        let batch = match received {
+            Some(Ok(batch)) => batch,
+            Some(Err(error)) => {
                 self.finished = true;
-                None
+                return Some(Err(error));
             }
-            Some(result) => Some(result),
+            // The sender went without sending the last batch.
             None => {
                 self.finished = true;
-                Some(Err(StoreError::Unavailable(format!(
+                return Some(Err(StoreError::Unavailable(format!(
                     "the list's read stopped before its end (it failed, or its reader \
                      took no games for {}s)",
                     STALL.as_secs()
-                ))))
+                ))));
             }
+        };
+        self.finished = batch.last;
+        if batch.games.is_empty() {
+            return None;
         }
+        Some(Ok(batch.games))
     }
 
     /// Every game, in one list.
@@ -95,46 +108,69 @@ impl GameBatches {
 impl Batcher {
     /// Adds a game, and sends the batch once it is full.
     pub(super) async fn push(&mut self, game: Game) -> Result<(), Stopped> {
-        self.batch.push(game);
-        if self.batch.len() < BATCH {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        self.send(Ok(full)).await
-    }
-
-    /// Sends what is left, then the end mark. A read that fails sends its error
-    /// instead, and the games before it stay unsent: the reader fails as a whole.
-    /// After [`Stopped`], nothing: the reader is gone, or ends in an error.
-    pub(super) async fn finish(mut self, read: Result<(), StoreError>) {
-        if self.stopped {
-            return;
-        }
-        let last = std::mem::take(&mut self.batch);
-        let sent = match read {
-            Ok(()) if last.is_empty() => Ok(()),
-            Ok(()) => self.send(Ok(last)).await,
-            Err(error) => {
-                let _ = self.send(Err(error)).await;
-                return;
-            }
-        };
-        if sent.is_ok() {
-            let _ = self.send(Ok(Vec::new())).await;
+        match self.add(game) {
+            Some(full) => self.send(Ok(full)).await,
+            None => Ok(()),
         }
     }
 
     /// As [`Self::push`], from a thread outside the runtime.
     pub(super) fn blocking_push(&mut self, runtime: &Handle, game: Game) -> Result<(), Stopped> {
-        runtime.block_on(self.push(game))
+        match self.add(game) {
+            Some(full) => self.blocking_send(runtime, Ok(full)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends what is left as the last batch. A read that fails sends its error
+    /// instead, and the games before it stay unsent: the reader fails as a whole.
+    /// After [`Stopped`], nothing: the reader is gone, or ends in an error.
+    pub(super) async fn finish(mut self, read: Result<(), StoreError>) {
+        if let Some(last) = self.last(read) {
+            let _ = self.send(last).await;
+        }
     }
 
     /// As [`Self::finish`], from a thread outside the runtime.
-    pub(super) fn blocking_finish(self, runtime: &Handle, read: Result<(), StoreError>) {
-        runtime.block_on(self.finish(read))
+    pub(super) fn blocking_finish(mut self, runtime: &Handle, read: Result<(), StoreError>) {
+        if let Some(last) = self.last(read) {
+            let _ = self.blocking_send(runtime, last);
+        }
     }
 
-    async fn send(&mut self, batch: Result<Vec<Game>, StoreError>) -> Result<(), Stopped> {
+    /// The last message: what is left, or the read's error; none after [`Stopped`].
+    fn last(&mut self, read: Result<(), StoreError>) -> Option<Result<Batch, StoreError>> {
+        let games = std::mem::take(&mut self.games);
+        (!self.stopped).then(|| read.map(|()| Batch { games, last: true }))
+    }
+
+    /// The batch to send, once `game` fills it.
+    fn add(&mut self, game: Game) -> Option<Batch> {
+        self.games.push(game);
+        (self.games.len() == BATCH).then(|| Batch {
+            games: std::mem::replace(&mut self.games, Vec::with_capacity(BATCH)),
+            last: false,
+        })
+    }
+
+    /// As [`Self::send`], from a thread outside the runtime, which it enters only when
+    /// the channel is full: most lists fit in it, and are sent without waiting.
+    fn blocking_send(
+        &mut self,
+        runtime: &Handle,
+        batch: Result<Batch, StoreError>,
+    ) -> Result<(), Stopped> {
+        match self.sender.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(batch)) => runtime.block_on(self.send(batch)),
+            Err(TrySendError::Closed(_)) => {
+                self.stopped = true;
+                Err(Stopped)
+            }
+        }
+    }
+
+    async fn send(&mut self, batch: Result<Batch, StoreError>) -> Result<(), Stopped> {
         let sent = self.sender.send_timeout(batch, self.stall).await;
         self.stopped = sent.is_err();
         sent.map_err(|_| Stopped)
