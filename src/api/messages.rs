@@ -20,6 +20,21 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, T
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// The parsers of what a stranger sends here, for the cargo-fuzz targets (`fuzz/`).
+#[cfg(fuzzing)]
+pub(super) mod fuzz {
+    use super::{GameEventBody, MessageBody};
+    use crate::api::extract::decode_json;
+    use crate::producer::PublishPolicy;
+
+    /// The bodies of `POST /api/messages/game-event` and `POST /api/messages`.
+    pub fn message_bodies(body: &[u8]) {
+        let _ = decode_json::<GameEventBody>(body).and_then(GameEventBody::event);
+        let _ = decode_json::<MessageBody>(body)
+            .and_then(|message| message.admit(&PublishPolicy::default()));
+    }
+}
+
 pub fn router() -> OpenApiRouter<ApiContext> {
     OpenApiRouter::new()
         .routes(routes!(send_message))

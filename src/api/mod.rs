@@ -11,6 +11,8 @@ pub mod auth;
 mod dlq;
 pub mod error;
 pub mod extract;
+#[cfg(fuzzing)]
+pub mod fuzz;
 mod games;
 mod health;
 pub mod host;

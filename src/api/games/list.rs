@@ -169,7 +169,7 @@ impl IntoParams for ListQuery {
     }
 }
 
-fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
+pub(super) fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
     let mut query = GameQuery::default();
     let mut limit = None;
     let mut cursor = None;

@@ -25,6 +25,23 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// The parsers of what a stranger sends here, for the cargo-fuzz targets (`fuzz/`).
+#[cfg(fuzzing)]
+pub(super) mod fuzz {
+    use super::body::GameBody;
+    use crate::api::extract::decode_json;
+
+    /// `GET /api/games`'s query string.
+    pub fn list_query(raw: &str) {
+        let _ = super::list::parse_list_query(raw);
+    }
+
+    /// `POST /api/games`'s and `PUT /api/games/{id}`'s body.
+    pub fn game_body(body: &[u8]) {
+        let _ = decode_json::<GameBody>(body).and_then(GameBody::parse);
+    }
+}
+
 pub fn router() -> OpenApiRouter<ApiContext> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
