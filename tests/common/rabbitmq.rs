@@ -3,6 +3,7 @@
 //! while. Both undo themselves on drop, also when the test panics. [`Amqp`] is a plain
 //! AMQP client, as the original system's Python and Node clients were.
 
+use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -251,12 +252,7 @@ impl Amqp {
     /// Takes the next message ready in `queue` and rejects it without requeueing, as a
     /// consumer that cannot handle it would; false when the queue was empty.
     pub async fn reject_next(&self, queue: &str) -> bool {
-        let message = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await
-            .expect("basic.get");
-        let Some(message) = message else {
+        let Some(message) = self.take_next(queue).await else {
             return false;
         };
         self.channel
@@ -269,12 +265,15 @@ impl Amqp {
     /// Takes the next message ready in `queue` and keeps it unacknowledged while this
     /// client lives; false when the queue was empty.
     pub async fn hold_next(&self, queue: &str) -> bool {
-        let message = self
-            .channel
+        self.take_next(queue).await.is_some()
+    }
+
+    /// The next message ready in `queue`, delivered and not yet acknowledged.
+    async fn take_next(&self, queue: &str) -> Option<BasicGetMessage> {
+        self.channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await
-            .expect("basic.get");
-        message.is_some()
+            .expect("basic.get")
     }
 
     /// Declares `queue` (test-owned, gone with the vhost) and binds it to `exchange`
