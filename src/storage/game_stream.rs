@@ -19,7 +19,7 @@ const BATCH: usize = 256;
 /// Batches read ahead of the reader.
 const IN_FLIGHT: usize = 2;
 /// How long a batch waits for the reader before the read is given up.
-pub const STALL: Duration = Duration::from_secs(30);
+const STALL: Duration = Duration::from_secs(30);
 
 /// The games of a list, batch by batch. Ends with `None` once every game was handed
 /// over; a read that failed or was given up ends with an error instead.
@@ -34,7 +34,7 @@ struct Batch {
     last: bool,
 }
 
-/// The reading end's half: collects games into batches and sends each one.
+/// The database reader's half: collects games into batches and sends each one.
 pub(super) struct Batcher {
     sender: mpsc::Sender<Result<Batch, StoreError>>,
     games: Vec<Game>,
