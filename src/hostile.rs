@@ -13,6 +13,7 @@
 //! (or with a test's name) runs them longer; `PROPTEST_RNG_SEED=N` tries other inputs
 //! than the fixed seed CI uses.
 
+use crate::broker::{HeaderValue, Message, Properties};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use serde_json::{Map, Number, Value};
@@ -175,6 +176,38 @@ pub fn object_of(
     ];
     prop::collection::vec((key, value), 0..keys.len() + 2)
         .prop_map(|entries| Value::Object(Map::from_iter(entries)))
+}
+
+/// Header values as any AMQP client could set them, past what retrocat writes.
+pub fn header_value() -> impl Strategy<Value = HeaderValue> {
+    prop_oneof![
+        any::<i64>().prop_map(HeaderValue::Int),
+        prop::sample::select(&[i64::MIN, -1, 0, 1, i64::MAX][..]).prop_map(HeaderValue::Int),
+        numeric_text().prop_map(HeaderValue::Str),
+        any::<bool>().prop_map(HeaderValue::Bool),
+        nasty_string().prop_map(HeaderValue::Str),
+    ]
+}
+
+/// A message from the broker: any body, any message id, and up to `headers` headers
+/// named by `names`, valued by [`header_value`].
+pub fn message(
+    names: impl Strategy<Value = String>,
+    headers: usize,
+) -> impl Strategy<Value = Message> {
+    (
+        prop::collection::vec(any::<u8>(), 0..512),
+        prop::option::of(nasty_string()),
+        prop::collection::btree_map(names, header_value(), 0..=headers),
+    )
+        .prop_map(|(body, message_id, headers)| Message {
+            body: body.into(),
+            properties: Properties {
+                message_id,
+                headers,
+                ..Properties::default()
+            },
+        })
 }
 
 /// Key/value pairs of a query string: mostly the `known` parameters, valued by

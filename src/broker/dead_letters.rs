@@ -277,22 +277,8 @@ async fn put_back(held: Vec<Delivery>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{HeaderValue, Properties};
-    use crate::hostile::{self, nasty_string, numeric_text};
-    use proptest::collection::{btree_map, vec};
-    use proptest::option;
+    use crate::hostile::{self, nasty_string};
     use proptest::prelude::*;
-
-    /// Header values as any AMQP client could set them, past what retrocat writes.
-    fn header_value() -> impl Strategy<Value = HeaderValue> {
-        prop_oneof![
-            any::<i64>().prop_map(HeaderValue::Int),
-            prop::sample::select(&[i64::MIN, -1, 0, 1, i64::MAX][..]).prop_map(HeaderValue::Int),
-            numeric_text().prop_map(HeaderValue::Str),
-            any::<bool>().prop_map(HeaderValue::Bool),
-            nasty_string().prop_map(HeaderValue::Str),
-        ]
-    }
 
     /// A message in a dead-letter queue: any body, and the headers a dead letter is read
     /// from, set by retrocat, by RabbitMQ or by a stranger with access to the broker.
@@ -312,19 +298,7 @@ mod tests {
             .prop_map(str::to_owned),
             nasty_string(),
         ];
-        (
-            vec(any::<u8>(), 0..256),
-            option::of(nasty_string()),
-            btree_map(name, header_value(), 0..6),
-        )
-            .prop_map(|(body, message_id, headers)| Message {
-                body: body.into(),
-                properties: Properties {
-                    message_id,
-                    headers,
-                    ..Properties::default()
-                },
-            })
+        hostile::message(name, 5)
     }
 
     proptest! {

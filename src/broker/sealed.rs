@@ -403,38 +403,17 @@ mod tests {
 
     mod properties {
         use super::*;
-        use crate::broker::HeaderValue;
         use crate::hostile::{self, nasty_string};
-        use proptest::collection::{btree_map, vec};
+        use proptest::collection::vec;
         use proptest::option;
         use proptest::prelude::*;
         use proptest::sample::Index;
-
-        fn header_value() -> impl Strategy<Value = HeaderValue> {
-            prop_oneof![
-                any::<i64>().prop_map(HeaderValue::Int),
-                any::<bool>().prop_map(HeaderValue::Bool),
-                nasty_string().prop_map(HeaderValue::Str),
-            ]
-        }
 
         /// A message as a client may publish it: any body, message id and headers but
         /// those only retrocat sets (`PublishPolicy` refuses them before sealing).
         fn message() -> impl Strategy<Value = Message> {
             let name = nasty_string().prop_filter("not reserved", |n| !headers::is_reserved(n));
-            (
-                vec(any::<u8>(), 0..512),
-                option::of(nasty_string()),
-                btree_map(name, header_value(), 0..4),
-            )
-                .prop_map(|(body, message_id, headers)| Message {
-                    body: body.into(),
-                    properties: Properties {
-                        message_id,
-                        headers,
-                        ..Properties::default()
-                    },
-                })
+            hostile::message(name, 3)
         }
 
         proptest! {
