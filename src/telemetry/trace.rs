@@ -13,7 +13,7 @@
 //! (`tracing-opentelemetry`), exported in batches. Without one, nothing of
 //! OpenTelemetry runs: [`continue_trace`] draws the span's ids and keeps them with the
 //! span, so the hot paths pay three random numbers per event (a trace id and two span
-//! ids) and the header, measured in docs/benchmarks.md.
+//! ids) and the header, measured in docs/performance.md.
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
