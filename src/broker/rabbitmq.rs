@@ -15,32 +15,36 @@
 //!   reason headers, to its queue's dead-letter queue and acknowledges it only after
 //!   the broker confirmed the copy.
 
+mod acker;
 mod link;
+mod properties;
+mod publisher;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
+use lapin::Channel;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
-use tokio::sync::{Mutex as AsyncMutex, mpsc};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tokio::sync::mpsc;
 
+use self::acker::{ConsumerChannel, RabbitAcker};
 use self::link::{Declaration, Link};
+use self::properties::message_of;
+use self::publisher::Publisher;
 use super::meter::QueueMeter;
-use super::reply::{DIRECT_REPLY_TO, Replies};
+use super::reply::Replies;
 
 use super::{
-    Acker, Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, HeaderValue, Headers,
-    Message, Properties, Publish, QueueSpec, QueueStats,
+    Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec,
+    QueueStats,
 };
 
 /// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
@@ -401,216 +405,6 @@ impl RabbitMqBroker {
     }
 }
 
-/// A confirm-mode channel for publishing, replaced when it closes. The broker's
-/// publisher is shared with its deliveries' ackers (dead-lettering publishes a copy);
-/// its requester also consumes the replies to what it publishes.
-struct Publisher {
-    link: Arc<Link>,
-    channel: AsyncMutex<Option<Channel>>,
-    /// Where replies consumed on this channel go; `None` for a plain publisher.
-    replies: Option<Arc<Replies>>,
-}
-
-impl Publisher {
-    fn new(link: Arc<Link>, replies: Option<Arc<Replies>>) -> Self {
-        Self {
-            link,
-            channel: AsyncMutex::new(None),
-            replies,
-        }
-    }
-
-    /// A new channel in confirm mode, consuming direct reply-to for a requester. The
-    /// replies of requests published on an earlier channel are lost with it: those
-    /// requests time out.
-    async fn open_channel(&self) -> Result<Channel, BrokerError> {
-        let channel = self.link.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(classify)?;
-        if let Some(replies) = self.replies.clone() {
-            let mut stream = channel
-                .basic_consume(
-                    DIRECT_REPLY_TO.into(),
-                    format!("retrocat-replies-{}", uuid::Uuid::now_v7()).into(),
-                    BasicConsumeOptions {
-                        no_ack: true, // required by direct reply-to
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(classify)?;
-            tokio::spawn(async move {
-                while let Some(Ok(delivery)) = stream.next().await {
-                    replies.deliver(message_of(&delivery));
-                }
-            });
-        }
-        Ok(channel)
-    }
-
-    /// Sends a batch on the publisher channel and waits for every confirm.
-    async fn publish(&self, batch: Vec<(String, String, Message)>) -> Result<(), BrokerError> {
-        self.send(batch).await?.await
-    }
-
-    /// Sends a batch on the publisher channel and returns its confirms. The channel is
-    /// held while the batch is sent, so batches keep their order, but not while its
-    /// confirms are awaited (RabbitMQ confirms a persistent message once it is on disk
-    /// or consumed, milliseconds to tens of milliseconds): others send meanwhile.
-    async fn send(&self, batch: Vec<(String, String, Message)>) -> Result<Confirms, BrokerError> {
-        let mut guard = self.channel.lock().await;
-        let channel = match guard.as_ref().filter(|c| c.status().connected()) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = self.open_channel().await?;
-                *guard = Some(channel.clone());
-                channel
-            }
-        };
-        let mut confirms = Vec::with_capacity(batch.len());
-        for (exchange, routing_key, message) in batch {
-            let confirm = channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &message.body,
-                    to_amqp(&message.properties),
-                )
-                .await
-                .map_err(classify)?;
-            confirms.push((exchange, routing_key, confirm));
-        }
-        drop(guard);
-        Ok(Box::pin(confirmed(confirms)))
-    }
-}
-
-/// Waits for the confirm of each message sent. As in AMQP, a message no binding matches
-/// is dropped; the topology gives the exchanges that matter an alternate exchange to
-/// catch those.
-async fn confirmed(confirms: Vec<(String, String, PublisherConfirm)>) -> Result<(), BrokerError> {
-    for (exchange, routing_key, confirm) in confirms {
-        match confirm.await.map_err(classify)? {
-            Confirmation::Ack(_) => {}
-            Confirmation::Nack(_) => {
-                return Err(BrokerError::Other(format!(
-                    "RabbitMQ refused a message for {exchange:?}/{routing_key:?}"
-                )));
-            }
-            Confirmation::NotRequested => {
-                return Err(BrokerError::Other(
-                    "the publisher channel is not in confirm mode".into(),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A consumer's channel, closed once the consumer and every delivery it handed out are
-/// gone. Closing it sooner would fail the acknowledgements of deliveries still being
-/// processed (a worker shutting down finishes those); closing it returns whatever is
-/// still unacknowledged to the queue.
-struct ConsumerChannel(Channel);
-
-impl Drop for ConsumerChannel {
-    fn drop(&mut self) {
-        if self.0.status().connected() {
-            let channel = self.0.clone();
-            tokio::spawn(async move {
-                let _ = channel.close(200, "consumer done".into()).await;
-            });
-        }
-    }
-}
-
-struct RabbitAcker {
-    channel: Arc<ConsumerChannel>,
-    delivery_tag: u64,
-    queue: String,
-    dead_letter_queue: Option<String>,
-    message: Message,
-    publisher: Arc<Publisher>,
-    settled: bool,
-}
-
-#[async_trait]
-impl Acker for RabbitAcker {
-    async fn ack(&mut self) -> Result<(), BrokerError> {
-        self.settled = true;
-        self.channel
-            .0
-            .basic_ack(self.delivery_tag, BasicAckOptions::default())
-            .await
-            .map_err(classify)
-    }
-
-    async fn nack(&mut self, requeue: bool) -> Result<(), BrokerError> {
-        self.settled = true;
-        self.channel
-            .0
-            .basic_nack(
-                self.delivery_tag,
-                BasicNackOptions {
-                    requeue,
-                    ..BasicNackOptions::default()
-                },
-            )
-            .await
-            .map_err(classify)
-    }
-
-    async fn dead_letter(&mut self, reason: &str) -> Result<(), BrokerError> {
-        let Some(dlq) = self.dead_letter_queue.clone() else {
-            self.nack(true).await?;
-            return Err(BrokerError::NotFound(format!(
-                "queue {:?} has no dead-letter queue",
-                self.queue
-            )));
-        };
-        let mut copy = self.message.clone();
-        copy.properties.mark_dead_lettered(reason, &self.queue);
-        // Settled only once the copy is confirmed: a crash in between duplicates the
-        // message in the DLQ rather than losing it.
-        match self
-            .publisher
-            .publish(vec![(String::new(), dlq, copy)])
-            .await
-        {
-            Ok(()) => self.ack().await,
-            Err(error) => {
-                self.nack(true).await?;
-                Err(error)
-            }
-        }
-    }
-}
-
-impl Drop for RabbitAcker {
-    fn drop(&mut self) {
-        if !self.settled && self.channel.0.status().connected() {
-            let channel = self.channel.clone();
-            let tag = self.delivery_tag;
-            tokio::spawn(async move {
-                let _ = channel
-                    .0
-                    .basic_nack(
-                        tag,
-                        BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        },
-                    )
-                    .await;
-            });
-        }
-    }
-}
-
 /// The delay queue a delay waits in, in milliseconds: the delay rounded *up* to two
 /// significant digits, but never by more than 20 ms. Delays so share a bounded number
 /// of queues (retry delays are jittered in coarse steps to share them too), and a
@@ -625,79 +419,6 @@ fn delay_bucket(delay: Duration) -> i64 {
     }
     let unit = unit.min(MAX_UNIT_MS);
     i64::try_from(ms.div_ceil(unit).saturating_mul(unit)).unwrap_or(i64::MAX)
-}
-
-fn to_amqp(properties: &Properties) -> BasicProperties {
-    let mut amqp = BasicProperties::default()
-        .with_delivery_mode(if properties.persistent { 2 } else { 1 })
-        .with_priority(properties.priority);
-    if let Some(id) = &properties.message_id {
-        amqp = amqp.with_message_id(id.as_str().into());
-    }
-    if let Some(content_type) = &properties.content_type {
-        amqp = amqp.with_content_type(content_type.as_str().into());
-    }
-    if let Some(id) = &properties.correlation_id {
-        amqp = amqp.with_correlation_id(id.as_str().into());
-    }
-    if let Some(reply_to) = &properties.reply_to {
-        amqp = amqp.with_reply_to(reply_to.as_str().into());
-    }
-    if !properties.headers.is_empty() {
-        let mut table = FieldTable::default();
-        for (name, value) in &properties.headers {
-            let value = match value {
-                HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
-                HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-                HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-            };
-            table.insert(name.as_str().into(), value);
-        }
-        amqp = amqp.with_headers(table);
-    }
-    amqp
-}
-
-fn message_of(delivery: &lapin::message::Delivery) -> Message {
-    Message {
-        body: Bytes::from(delivery.data.clone()),
-        properties: from_amqp(&delivery.properties),
-    }
-}
-
-fn from_amqp(amqp: &BasicProperties) -> Properties {
-    let text = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
-    let mut headers = Headers::new();
-    if let Some(table) = amqp.headers() {
-        for (name, value) in table.inner() {
-            let value = match value {
-                AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
-                AMQPValue::ShortShortInt(n) => HeaderValue::Int(i64::from(*n)),
-                AMQPValue::ShortShortUInt(n) => HeaderValue::Int(i64::from(*n)),
-                AMQPValue::ShortInt(n) => HeaderValue::Int(i64::from(*n)),
-                AMQPValue::ShortUInt(n) => HeaderValue::Int(i64::from(*n)),
-                AMQPValue::LongInt(n) => HeaderValue::Int(i64::from(*n)),
-                AMQPValue::LongUInt(n) => HeaderValue::Int(i64::from(*n)),
-                AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
-                AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
-                AMQPValue::LongString(s) => {
-                    HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                // Headers of other types (x-death tables, floats) are not ours to read.
-                _ => continue,
-            };
-            headers.insert(name.as_str().to_owned(), value);
-        }
-    }
-    Properties {
-        message_id: text(amqp.message_id()),
-        content_type: text(amqp.content_type()),
-        correlation_id: text(amqp.correlation_id()),
-        reply_to: text(amqp.reply_to()),
-        priority: amqp.priority().unwrap_or(0),
-        persistent: *amqp.delivery_mode() == Some(2),
-        headers,
-    }
 }
 
 /// Maps lapin's errors to what callers act on: retry later, fix the topology, or a
@@ -733,24 +454,5 @@ mod tests {
         assert_eq!(bucket(1300), 1300);
         assert_eq!(bucket(23_456), 23_460);
         assert_eq!(bucket(60_000), 60_000);
-    }
-
-    #[test]
-    fn properties_survive_the_amqp_mapping() {
-        let properties = Properties {
-            message_id: Some("event-1".into()),
-            content_type: Some("application/json".into()),
-            correlation_id: Some("c".into()),
-            reply_to: Some("r".into()),
-            priority: 4,
-            persistent: true,
-            headers: [
-                ("x-retry-count".to_owned(), HeaderValue::Int(3)),
-                ("x-flag".to_owned(), HeaderValue::Bool(false)),
-                ("traceparent".to_owned(), HeaderValue::from("00-abc-01")),
-            ]
-            .into(),
-        };
-        assert_eq!(from_amqp(&to_amqp(&properties)), properties);
     }
 }
