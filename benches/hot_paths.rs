@@ -19,8 +19,7 @@ use retrocat::domain::{
 };
 use retrocat::outbox::{Relay, RelayConfig};
 use retrocat::shutdown::Shutdown;
-use retrocat::startup::connect_store;
-use retrocat::storage::{NewGame, OutboxMessage, PoolConfig, Store};
+use retrocat::storage::{self, NewGame, OutboxMessage, PoolConfig, Store};
 use retrocat::telemetry::queues::QueueWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ fn runtime() -> Runtime {
 /// A catalog on SQLite and an embedded broker with the topology declared, in `dir`.
 async fn system(dir: &std::path::Path) -> (Arc<dyn Store>, Arc<dyn Broker>) {
     let url = format!("sqlite://{}", dir.join("catalog.db").display());
-    let store = connect_store(&url, PoolConfig::default())
+    let store = storage::connect(&url, PoolConfig::default())
         .await
         .expect("catalog");
     let broker: Arc<dyn Broker> = Arc::new(
@@ -149,9 +148,9 @@ fn outbox_relay(c: &mut Criterion) {
                     let games: Vec<NewGame> = (0..BATCH).map(new_game).collect();
                     store.create_games(&games).await.unwrap();
                     let start = Instant::now();
-                    let turn = relay.relay_turn().await.unwrap();
+                    let pass = relay.relay_pass().await.unwrap();
                     timed += start.elapsed();
-                    assert_eq!(turn.sent, BATCH);
+                    assert_eq!(pass.sent, BATCH);
                 }
                 timed
             }
@@ -168,7 +167,7 @@ fn api_handlers(c: &mut Criterion) {
     let ctx = rt.block_on(async {
         ApiContext::new(store, broker, LiveFeed::default(), queues, Shutdown::new())
     });
-    let app = api::router(ctx, &ServeArgs::parse_from(["serve"]).http);
+    let app = api::router(ctx, &ServeArgs::parse_from(["serve"]).http.router());
     let call = |request: Request<Body>, expected: StatusCode| {
         let app = app.clone();
         async move {

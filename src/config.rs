@@ -3,6 +3,7 @@
 //! Every setting is a clap argument with an `env` fallback, so `--help` documents the
 //! whole configuration and the defaults run the complete system with nothing installed.
 
+use crate::api::RouterConfig;
 use crate::api::server::ServerLimits;
 use crate::auth::AuthMode;
 use crate::broker::QueueType;
@@ -22,10 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the catalog and the messages live, and what a cover may take to decode; shared
-/// by every role.
+/// The catalog database, shared by every role.
 #[derive(Args, Clone, Debug)]
-pub struct StorageArgs {
+pub struct DatabaseArgs {
     /// Catalog database: sqlite://PATH (default), postgres://… or mysql://… (MariaDB too)
     #[arg(
         long,
@@ -48,7 +48,11 @@ pub struct StorageArgs {
     #[arg(long, env = "RETROCAT_DB_ACQUIRE_TIMEOUT", global = true,
           value_parser = parse_positive_duration)]
     pub db_acquire_timeout: Option<Duration>,
+}
 
+/// The message broker, shared by every role.
+#[derive(Args, Clone, Debug)]
+pub struct BrokerArgs {
     /// RabbitMQ URL (amqp:// or amqps://). Unset: the embedded broker, in one process.
     #[arg(long, env = "RABBITMQ_URL", global = true)]
     pub rabbitmq_url: Option<String>,
@@ -99,7 +103,11 @@ pub struct StorageArgs {
     /// default: the original system's clients send plain JSON.
     #[arg(long, env = "RETROCAT_REQUIRE_SEALED", global = true)]
     pub require_sealed: bool,
+}
 
+/// What a cover image may take to decode, at upload and in the worker.
+#[derive(Args, Clone, Debug)]
+pub struct CoverArgs {
     /// Most memory decoding one cover image may take, in bytes, decoded pixels included:
     /// checked from the image's header at upload (422 above it) and before the worker
     /// decodes one. Decodes run one per core at most.
@@ -122,7 +130,7 @@ fn parse_positive_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
-impl StorageArgs {
+impl BrokerArgs {
     /// The message keys, if any, checked against `--require-sealed`: refusing plain
     /// messages with no key to seal ours would refuse every message.
     pub fn sealing(&self) -> Result<Option<Arc<MessageKeys>>, String> {
@@ -151,18 +159,22 @@ impl StorageArgs {
         Management::new(url, amqp).map(Some)
     }
 
-    pub fn decode_budget(&self) -> DecodeBudget {
-        DecodeBudget {
-            max_bytes: self.max_image_memory,
-        }
-    }
-
     pub fn topology(&self) -> TopologyConfig {
         TopologyConfig {
             queue_type: self.queue_type,
         }
     }
+}
 
+impl CoverArgs {
+    pub fn decode_budget(&self) -> DecodeBudget {
+        DecodeBudget {
+            max_bytes: self.max_image_memory,
+        }
+    }
+}
+
+impl DatabaseArgs {
     /// The pool limits set here, the defaults for the rest.
     pub fn pool(&self) -> PoolConfig {
         let defaults = PoolConfig::default();
@@ -297,6 +309,14 @@ impl HttpArgs {
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+
+    pub fn router(&self) -> RouterConfig {
+        RouterConfig {
+            cors_origins: self.cors_origins.clone(),
+            public_hosts: self.public_hosts.clone(),
+            max_body_bytes: self.max_body_bytes,
+        }
     }
 
     pub fn server_limits(&self) -> ServerLimits {
@@ -434,8 +454,8 @@ mod tests {
             max_connections: Some(3),
             acquire_timeout: Duration::from_millis(250),
         };
-        assert_eq!(cli.storage.pool(), expected);
-        assert_eq!(parse(&[]).unwrap().storage.pool(), PoolConfig::default());
+        assert_eq!(cli.database.pool(), expected);
+        assert_eq!(parse(&[]).unwrap().database.pool(), PoolConfig::default());
     }
 
     #[test]
@@ -456,16 +476,16 @@ mod tests {
     fn require_sealed_without_message_keys_is_refused_with_what_to_do() {
         let error = parse(&["--require-sealed"])
             .unwrap()
-            .storage
+            .broker
             .sealing()
             .unwrap_err();
         assert!(error.contains("set RETROCAT_MESSAGE_KEYS"), "{error}");
         let key = "a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let sealed = parse(&["--require-sealed", "--message-keys", key]).unwrap();
-        assert!(sealed.storage.require_sealed);
-        assert!(sealed.storage.sealing().unwrap().is_some());
+        assert!(sealed.broker.require_sealed);
+        assert!(sealed.broker.sealing().unwrap().is_some());
         let plain = parse(&[]).unwrap();
-        assert!(!plain.storage.require_sealed);
-        assert!(plain.storage.sealing().unwrap().is_none());
+        assert!(!plain.broker.require_sealed);
+        assert!(plain.broker.sealing().unwrap().is_none());
     }
 }

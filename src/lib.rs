@@ -6,8 +6,9 @@
 //!
 //! - [`domain`]: games, platforms, genres and game events, parsed once at the edge so
 //!   the rest of the code can trust them.
-//! - [`storage`]: the catalog database. Every catalog write also inserts its event into
-//!   the *outbox* in the same transaction, so an event is never lost nor invented.
+//! - [`storage`]: the catalog database, one trait per concern (catalog, processing,
+//!   outbox…). Every catalog write also inserts its event into the *outbox* in the same
+//!   transaction, so an event is never lost nor invented.
 //! - [`outbox`]: the *relay*, which publishes outbox rows to the broker in batches and
 //!   marks them sent only once the broker has confirmed them.
 //! - [`broker`]: what a message broker must do (the [`broker::Broker`] trait), the
@@ -23,11 +24,15 @@
 //! - [`web`]: the web UI, its assets embedded in the binary.
 //! - [`bench`]: `retrocat bench`, a load generator that measures a running system
 //!   through its API against the ceiling of its broker.
-//! - [`config`], [`cli`], [`telemetry`], [`shutdown`] and [`startup`]: how a process reads
-//!   its settings, logs, stops cleanly, and composes the roles (`serve` = `api` + `worker`).
+//! - [`config`], [`cli`], [`telemetry`], [`shutdown`], [`backoff`] and [`startup`]: how a
+//!   process reads its settings, logs, stops cleanly, reconnects, and composes the roles
+//!   (`serve` = `api` + `worker`).
+//!
+//! No module depends on another in a circle: `scripts/module-cycles`, run by CI, checks.
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod bench;
 pub mod broker;
 pub mod cli;

@@ -13,6 +13,7 @@
 //! too. Up to a batch of rows ([`RelayConfig::batch_size`]) awaits confirms at once;
 //! the batches are marked sent in order, as their confirms come.
 
+use crate::backoff::reconnect_backoff;
 use crate::broker::meter::QueueMeter;
 use crate::broker::{Broker, Confirms, Message, Properties, Publish, headers, topology};
 use crate::domain::{
@@ -151,10 +152,10 @@ impl Default for RelayConfig {
     }
 }
 
-/// How long a relay's turn at the outbox lasts at most while rows keep coming. On a
-/// database server the turn is a transaction, whose marks commit when it ends: it
+/// How long a relay pass holds its outbox lease at most while rows keep coming. On a
+/// database server the lease is a transaction, whose marks commit when it ends: it
 /// must end now and then.
-const TURN_LIMIT: Duration = Duration::from_secs(1);
+const LEASE_LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -188,12 +189,12 @@ impl Relay {
             // Register interest before looking, so a commit between the look and the
             // wait is not missed.
             let written = self.store.outbox_written().notified();
-            match self.relay_turn().await {
-                Ok(Turn { more: true, .. }) => {
+            match self.relay_pass().await {
+                Ok(Pass { more: true, .. }) => {
                     backoff = reconnect_backoff();
                     continue;
                 }
-                Ok(Turn { more: false, .. }) => {
+                Ok(Pass { more: false, .. }) => {
                     backoff = reconnect_backoff();
                     tokio::select! {
                         _ = written => {}
@@ -214,15 +215,15 @@ impl Relay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Takes a turn at the outbox and publishes until nothing waits (or the turn has
-    /// lasted [`TURN_LIMIT`]): claims rows and sends them while fewer than a batch
-    /// await their confirms, and marks each batch sent once confirmed, oldest first.
-    /// On an error the turn is dropped: its unmarked rows are published again by the
-    /// next.
+    /// One relay pass: leases the outbox and publishes until nothing waits (or the
+    /// lease has lasted [`LEASE_LIMIT`]): takes batches of rows and sends them while
+    /// fewer than a batch await their confirms, and marks each batch sent once
+    /// confirmed, oldest first. On an error the lease is dropped: its unmarked rows are
+    /// published again by the next pass.
     #[tracing::instrument(skip(self), err)]
-    pub async fn relay_turn(&self) -> Result<Turn, RelayError> {
-        let Some(mut turn) = self.store.outbox_turn().await? else {
-            return Ok(Turn::default());
+    pub async fn relay_pass(&self) -> Result<Pass, RelayError> {
+        let Some(mut lease) = self.store.lease_outbox().await? else {
+            return Ok(Pass::default());
         };
         let started = Instant::now();
         // Batches sent, oldest first: each one's rows, and its confirms.
@@ -230,7 +231,7 @@ impl Relay {
         let mut unconfirmed = 0;
         let mut sent = 0;
         let mut more;
-        // The last claim took every row there was: the next waits for a commit.
+        // The last batch took every row there was: the next waits for a commit.
         let mut drained = false;
         loop {
             // Marks the batches the broker has confirmed, oldest first (the embedded
@@ -243,18 +244,18 @@ impl Relay {
                 unconfirmed -= *rows;
                 sent += *rows;
                 confirming.pop_front();
-                turn.mark_sent().await?;
+                lease.mark_sent().await?;
             }
             // The rows awaiting confirms stay within one batch: more would only move
             // a backlog from the outbox into the broker's queues, which RabbitMQ then
             // writes to disk.
             let room = self.config.batch_size as usize - unconfirmed;
-            more = started.elapsed() >= TURN_LIMIT;
-            let claiming = room > 0 && !more;
-            // Registered before the claim: a commit after it wakes the wait below.
+            more = started.elapsed() >= LEASE_LIMIT;
+            let taking = room > 0 && !more;
+            // Registered before the take: a commit after it wakes the wait below.
             let written = self.store.outbox_written().notified();
-            if claiming && !drained {
-                let batch = turn.claim(room as u32).await?;
+            if taking && !drained {
+                let batch = lease.take(room as u32).await?;
                 drained = batch.len() < room;
                 if !batch.is_empty() {
                     let rows = batch.len();
@@ -265,43 +266,30 @@ impl Relay {
                     continue;
                 }
             }
-            // Nothing to claim now: the oldest batch's confirms, or new rows.
+            // Nothing to take now: the oldest batch's confirms, or new rows.
             let Some((_, oldest)) = confirming.front_mut() else {
                 break;
             };
             tokio::select! {
                 () = oldest => {}
-                () = written, if claiming => drained = false,
+                () = written, if taking => drained = false,
             }
         }
-        turn.end().await?;
+        lease.end().await?;
         tracing::debug!(sent, "outbox rows published");
         metrics::counter!(OUTBOX_PUBLISHED).increment(sent as u64);
         QueueMeter::of(OUTBOX).settled(sent as u64);
-        Ok(Turn { sent, more })
+        Ok(Pass { sent, more })
     }
 }
 
-/// What a relay's turn did.
+/// What a relay pass did.
 #[derive(Debug, Default, PartialEq)]
-pub struct Turn {
+pub struct Pass {
     /// Rows published and marked sent.
     pub sent: usize,
-    /// The turn ended at its time limit: rows may wait still.
+    /// The pass ended at its time limit: rows may wait still.
     pub more: bool,
-}
-
-/// Delays between attempts to reach a database or broker that is down: from 100 ms,
-/// doubling, capped at 5 s, plus up to as much again of random jitter (backon's), so
-/// many processes don't retry in lockstep: never more than 10 s.
-pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 #[cfg(test)]
@@ -312,8 +300,8 @@ mod tests {
         BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, QueueSpec, QueueStats,
     };
     use crate::domain::{GenreDraft, GenreName};
-    use crate::storage::PoolConfig;
     use crate::storage::sqlite::SqliteStore;
+    use crate::storage::{Backend, Outbox, PoolConfig, References};
     use async_trait::async_trait;
     use tokio::sync::watch;
 
@@ -449,17 +437,5 @@ mod tests {
             .expect("both rows marked sent once confirmed");
         shutdown.trigger();
         relay.await.unwrap();
-    }
-
-    #[test]
-    fn reconnect_delays_grow_from_100_ms_and_never_exceed_10_s() {
-        let delays: Vec<Duration> = reconnect_backoff().take(40).collect();
-        assert!(delays[0] >= Duration::from_millis(100));
-        assert!(delays[0] <= Duration::from_millis(200));
-        assert!(
-            delays.iter().all(|delay| *delay <= Duration::from_secs(10)),
-            "{delays:?}"
-        );
-        assert!(delays[39] >= Duration::from_secs(5), "{delays:?}");
     }
 }

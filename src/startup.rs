@@ -3,12 +3,9 @@
 use crate::api::server::ServerLimits;
 use crate::api::{self, ApiContext, stream::LiveFeed};
 use crate::bench;
-use crate::broker::{
-    Broker, dead_letters, embedded::EmbeddedBroker, rabbitmq::RabbitMqBroker, sealed::SealedBroker,
-    topology,
-};
+use crate::broker::{self, Broker, dead_letters, topology};
 use crate::cli::{Cli, Command, DlqCommand, QueueCommand, ServeArgs};
-use crate::config::{HttpArgs, StorageArgs, WorkerArgs};
+use crate::config::{BrokerArgs, DatabaseArgs, HttpArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
 use crate::processing::retention::Retention;
@@ -17,9 +14,7 @@ use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::{Worker, WorkerConfig};
 use crate::producer;
 use crate::shutdown::Shutdown;
-use crate::storage::{
-    self, PoolConfig, Store, mysql::MySqlStore, postgres::PgStore, sqlite::SqliteStore,
-};
+use crate::storage::{self, Store};
 use crate::telemetry::management::Management;
 use crate::telemetry::queues::{self, QueueWatch};
 use anyhow::{Context, bail};
@@ -42,14 +37,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match command {
         Command::Migrate => {
-            connect_store(&cli.storage.database_url, cli.storage.pool()).await?;
+            storage::connect(&cli.database.database_url, cli.database.pool()).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
         Command::Publish(args) => {
             let outgoing = args.outgoing().context("reading the message")?;
             let outgoing = args.producer.policy().admit(outgoing)?;
-            let broker = connect_declared_broker(&cli.storage).await?;
+            let broker = connect_declared_broker(&cli.broker).await?;
             match args.wait {
                 None => println!("{}", producer::send(broker.as_ref(), outgoing).await?),
                 Some(wait) => {
@@ -64,12 +59,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => {
-            let broker = connect_declared_broker(&cli.storage).await?;
+            let broker = connect_declared_broker(&cli.broker).await?;
             run_dlq(broker.as_ref(), command).await?;
             // Replay and purge acknowledge; the process exits right after.
             Ok(broker.close().await?)
         }
-        Command::Bench(args) => bench::run(args, cli.storage.rabbitmq_url.as_deref()).await,
+        Command::Bench(args) => bench::run(args, cli.broker.rabbitmq_url.as_deref()).await,
         Command::Queue(QueueCommand::List { url, json }) => {
             let views = queues::fetch(&url).await?;
             if json {
@@ -82,25 +77,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(command) => {
-            let store = connect_store(&cli.storage.database_url, cli.storage.pool()).await?;
-            crate::auth::manage::user(store.as_ref(), command).await
+            let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
+            crate::cli::accounts::user(store.as_ref(), command).await
         }
         Command::Token(command) => {
-            let store = connect_store(&cli.storage.database_url, cli.storage.pool()).await?;
-            crate::auth::manage::token(store.as_ref(), command).await
+            let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
+            crate::cli::accounts::token(store.as_ref(), command).await
         }
         Command::Serve(args) => {
-            let parts = Components::connect(&cli.storage).await?;
+            let parts =
+                Components::connect(&cli.database, &cli.broker, cli.covers.decode_budget()).await?;
             let listener = bind(&args.http).await?;
             run_serve(&parts, &args, listener, shutdown).await
         }
         Command::Api(http) => {
-            let parts = Components::connect(&cli.storage).await?;
+            let parts =
+                Components::connect(&cli.database, &cli.broker, cli.covers.decode_budget()).await?;
             let listener = bind(&http).await?;
             run_api(&parts, &http, listener, shutdown).await
         }
         Command::Worker(args) => {
-            let parts = Components::connect(&cli.storage).await?;
+            let parts =
+                Components::connect(&cli.database, &cli.broker, cli.covers.decode_budget()).await?;
             let probes = match args.listen {
                 Some(addr) => Some(bind_addr(addr).await?),
                 None => None,
@@ -122,103 +120,44 @@ pub struct Components {
 }
 
 impl Components {
-    pub async fn connect(storage: &StorageArgs) -> anyhow::Result<Self> {
+    /// The database and the broker the arguments name, and what a cover may take.
+    pub async fn connect(
+        database: &DatabaseArgs,
+        broker: &BrokerArgs,
+        decode_budget: DecodeBudget,
+    ) -> anyhow::Result<Self> {
         // Bad configuration fails before anything is opened or migrated.
-        storage.sealing().map_err(anyhow::Error::msg)?;
-        let management = storage.management().map_err(anyhow::Error::msg)?;
-        let store = connect_store(&storage.database_url, storage.pool()).await?;
-        let broker = connect_broker(storage).await?;
-        topology::declare(broker.as_ref(), storage.topology())
-            .await
-            .context("declaring the broker topology")?;
+        broker.sealing().map_err(anyhow::Error::msg)?;
+        let management = broker.management().map_err(anyhow::Error::msg)?;
+        let store = storage::connect(&database.database_url, database.pool()).await?;
         Ok(Self {
             store,
-            broker,
-            decode_budget: storage.decode_budget(),
+            broker: connect_declared_broker(broker).await?,
+            decode_budget,
             management,
         })
     }
 }
 
-/// Opens the catalog database `url` names, with a pool of `pool`'s limits, and applies
-/// pending migrations.
-pub async fn connect_store(url: &str, pool: PoolConfig) -> anyhow::Result<Arc<dyn Store>> {
-    let opening = || format!("opening the database {}", storage::redacted(url));
-    let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-        Arc::new(
-            SqliteStore::connect(url, pool)
-                .await
-                .with_context(opening)?,
-        )
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Arc::new(PgStore::connect(url, pool).await.with_context(opening)?)
-    } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-        Arc::new(MySqlStore::connect(url, pool).await.with_context(opening)?)
-    } else {
-        bail!(
-            "DATABASE_URL {} is not supported: use sqlite://PATH, \
-             postgres://USER@HOST/DATABASE or mysql://USER:PASSWORD@HOST/DATABASE \
-             (mariadb:// too)",
-            storage::redacted(url)
-        );
-    };
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
-}
-
-/// The broker `RABBITMQ_URL` names, or the embedded one; sealing bodies when
-/// `RETROCAT_MESSAGE_KEYS` is set.
-async fn connect_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
-    // Checked before connecting: a configuration error says so, not a broker's.
-    storage.sealing().map_err(anyhow::Error::msg)?;
-    let broker = connect_plain_broker(storage).await?;
-    sealed(storage, broker)
-}
-
-/// `broker` with bodies sealed and opened by `RETROCAT_MESSAGE_KEYS`, and plain messages
-/// refused with `--require-sealed`; `broker` itself without keys.
-pub fn sealed(storage: &StorageArgs, broker: Arc<dyn Broker>) -> anyhow::Result<Arc<dyn Broker>> {
-    Ok(match storage.sealing().map_err(anyhow::Error::msg)? {
-        Some(keys) => {
-            Arc::new(SealedBroker::new(broker, keys).requiring_sealed(storage.require_sealed))
-        }
-        None => broker,
-    })
+/// `plain` with bodies sealed and opened by `RETROCAT_MESSAGE_KEYS`, and plain messages
+/// refused with `--require-sealed`; `plain` itself without keys.
+pub fn sealed(args: &BrokerArgs, plain: Arc<dyn Broker>) -> anyhow::Result<Arc<dyn Broker>> {
+    let keys = args.sealing().map_err(anyhow::Error::msg)?;
+    Ok(broker::connect::sealed(plain, keys, args.require_sealed))
 }
 
 /// The broker `RABBITMQ_URL` names, or the embedded one, as it is: no sealing.
-pub async fn connect_plain_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
-    if let Some(url) = &storage.rabbitmq_url {
-        return Ok(Arc::new(connect_rabbitmq(url).await?));
-    }
-    let broker = EmbeddedBroker::open(&storage.broker_path)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the embedded broker at {}",
-                storage.broker_path.display()
-            )
-        })?;
-    Ok(Arc::new(broker))
+pub async fn connect_plain_broker(args: &BrokerArgs) -> anyhow::Result<Arc<dyn Broker>> {
+    broker::connect::connect(args.rabbitmq_url.as_deref(), &args.broker_path).await
 }
 
-/// The RabbitMQ broker at `url` (`RABBITMQ_URL`), refusing URLs of other schemes.
-pub async fn connect_rabbitmq(url: &str) -> anyhow::Result<RabbitMqBroker> {
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        bail!(
-            "RABBITMQ_URL must start with amqp:// or amqps:// (got {url:?}); unset it to use \
-             the embedded broker"
-        );
-    }
-    RabbitMqBroker::connect(url)
-        .await
-        .context("is RabbitMQ running, and are RABBITMQ_URL's credentials right?")
-}
-
-/// The broker alone, with the topology declared: for commands that need no database.
-async fn connect_declared_broker(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Broker>> {
-    let broker = connect_broker(storage).await?;
-    topology::declare(broker.as_ref(), storage.topology())
+/// The broker the arguments name, sealing bodies when `RETROCAT_MESSAGE_KEYS` is set,
+/// with the topology declared.
+async fn connect_declared_broker(args: &BrokerArgs) -> anyhow::Result<Arc<dyn Broker>> {
+    // Checked before connecting: a configuration error says so, not a broker's.
+    args.sealing().map_err(anyhow::Error::msg)?;
+    let broker = sealed(args, connect_plain_broker(args).await?)?;
+    topology::declare(broker.as_ref(), args.topology())
         .await
         .context("declaring the broker topology")?;
     Ok(broker)
@@ -312,7 +251,7 @@ pub async fn run_api(
     .with_publish_policy(http.producer.policy())
     .with_decode_budget(parts.decode_budget)
     .with_auth(http.auth.mode, http.auth.session_ttl);
-    let app = api::router(ctx, http);
+    let app = api::router(ctx, &http.router());
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");
     api::server::serve(listener, app, http.server_limits(), shutdown.clone()).await;

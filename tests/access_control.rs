@@ -304,7 +304,7 @@ async fn table_on(backend: Backend) -> Table {
         QueueWatch::new(store, broker, None),
         Shutdown::new(),
     );
-    let router = api::router(ctx, &test_args(&[]).http);
+    let router = api::router(ctx, &test_args(&[]).http.router());
     Table {
         app,
         router,

@@ -11,10 +11,9 @@ use retrocat::domain::{EventId, GenreDraft, GenreName};
 use retrocat::processing::fetch::{CoverFetcher, FetchConfig};
 use retrocat::processing::retry::RetryPolicy;
 use retrocat::processing::worker::{Outcome, Worker, WorkerConfig};
-use retrocat::startup::connect_store;
 use retrocat::storage::{
-    FinishOutcome, OutboxMessage, OutboxTurn, PoolConfig, ProcessingRecord, ProcessingResult,
-    StartOutcome, StartRequest, Store,
+    self, FinishOutcome, OutboxLease, OutboxMessage, PoolConfig, ProcessingRecord,
+    ProcessingResult, StartOutcome, StartRequest, Store,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -645,7 +644,7 @@ where
     for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
 {
     let database = TestDatabase::create(backend).await;
-    let store = connect_store(&database.url, PoolConfig::default())
+    let store = storage::connect(&database.url, PoolConfig::default())
         .await
         .expect("store");
     let event = EventId::generate();
@@ -689,26 +688,26 @@ where
 }
 
 /// Several API instances on one database server run a relay each: while one relay
-/// has its turn, another finds nothing to do, so no row goes out twice at once and a
-/// game's events keep their order. A row committed after the turn claimed rows with
-/// higher ids (a sequence hands out ids before the commits) is claimed in the same
-/// turn, not skipped.
-async fn relays_on_one_database_take_turns(backend: Backend) {
+/// holds the outbox lease, another finds nothing to do, so no row goes out twice at once and a
+/// game's events keep their order. A row committed after the lease took rows with
+/// higher ids (a sequence hands out ids before the commits) is taken in the same
+/// lease, not skipped.
+async fn relays_on_one_database_lease_the_outbox_one_at_a_time(backend: Backend) {
     let database = TestDatabase::create(backend).await;
-    let store = connect_store(&database.url, PoolConfig::default())
+    let store = storage::connect(&database.url, PoolConfig::default())
         .await
         .expect("store");
     store.create_genre(&genre("Rhythm")).await.unwrap();
 
-    let mut first = store.outbox_turn().await.unwrap().expect("a free turn");
+    let mut first = store.lease_outbox().await.unwrap().expect("a free lease");
     assert_eq!(
-        first.claim(10).await.unwrap().len(),
+        first.take(10).await.unwrap().len(),
         1,
         "the first relay gets the row"
     );
     assert!(
-        store.outbox_turn().await.unwrap().is_none(),
-        "a second relay publishes nothing while the first one has its turn"
+        store.lease_outbox().await.unwrap().is_none(),
+        "a second relay publishes nothing while the first one holds the lease"
     );
     // As if two transactions wrote these rows, and the one with the lower id
     // committed last.
@@ -718,45 +717,42 @@ async fn relays_on_one_database_take_turns(backend: Backend) {
              created_at) VALUES ({id}, 'events', 'genre.created', '{message_id}', '{{}}', 'x', 0)"
         )
     };
-    let claim_ids = async |turn: &mut Box<dyn OutboxTurn>| {
-        let claimed = turn.claim(10).await.unwrap();
-        claimed
-            .into_iter()
-            .map(|m| m.message_id)
-            .collect::<Vec<_>>()
+    let take_ids = async |lease: &mut Box<dyn OutboxLease>| {
+        let taken = lease.take(10).await.unwrap();
+        taken.into_iter().map(|m| m.message_id).collect::<Vec<_>>()
     };
     database.execute(&outbox_row(1000, "early")).await;
-    assert_eq!(claim_ids(&mut first).await, ["early"]);
+    assert_eq!(take_ids(&mut first).await, ["early"]);
     database.execute(&outbox_row(999, "late")).await;
     assert_eq!(
-        claim_ids(&mut first).await,
+        take_ids(&mut first).await,
         ["late"],
-        "a row with a lower id, committed later, goes out in the same turn"
+        "a row with a lower id, committed later, goes out in the same lease"
     );
     for _ in 0..3 {
         first.mark_sent().await.unwrap();
     }
     first.end().await.unwrap();
     let mut third = store
-        .outbox_turn()
+        .lease_outbox()
         .await
         .unwrap()
-        .expect("the turn is free again");
+        .expect("the lease is free again");
     assert!(
-        third.claim(10).await.unwrap().is_empty(),
-        "sent rows are not claimed again"
+        third.take(10).await.unwrap().is_empty(),
+        "sent rows are not taken again"
     );
     third.end().await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap().pending, 0);
 }
 
-/// A relay sends a batch while earlier ones await their confirms: a turn's claims
-/// follow one another, none taking a row twice. Rows a turn leaves unmarked (the
-/// relay failed before their confirms) go out again in the next turn; none is lost.
-async fn a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again(backend: Backend) {
+/// A relay sends a batch while earlier ones await their confirms: a lease's batches
+/// follow one another, none taking a row twice. Rows a lease leaves unmarked (the
+/// relay failed before their confirms) go out again in the next lease; none is lost.
+async fn a_leases_batches_follow_one_another_and_unmarked_rows_go_out_again(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (url, _database) = backend.fresh_database(dir.path()).await;
-    let store = connect_store(&url, PoolConfig::default())
+    let store = storage::connect(&url, PoolConfig::default())
         .await
         .expect("store");
     let ids = |messages: &[OutboxMessage]| {
@@ -766,34 +762,34 @@ async fn a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again(backen
             .collect::<Vec<_>>()
     };
     store.create_genre(&genre("Rhythm")).await.unwrap();
-    let mut turn = store.outbox_turn().await.unwrap().expect("a free turn");
-    let first = ids(&turn.claim(10).await.unwrap());
+    let mut lease = store.lease_outbox().await.unwrap().expect("a free lease");
+    let first = ids(&lease.take(10).await.unwrap());
     assert_eq!(first.len(), 1);
     store.create_genre(&genre("Pachinko")).await.unwrap();
-    let second = ids(&turn.claim(10).await.unwrap());
+    let second = ids(&lease.take(10).await.unwrap());
     assert_eq!(second.len(), 1);
     assert_ne!(
         first, second,
-        "the second claim takes the row after the first's"
+        "the second batch takes the row after the first's"
     );
-    assert!(turn.claim(10).await.unwrap().is_empty());
-    turn.mark_sent().await.unwrap();
-    drop(turn);
+    assert!(lease.take(10).await.unwrap().is_empty());
+    lease.mark_sent().await.unwrap();
+    drop(lease);
 
-    // On a server the dropped turn's transaction rolls back in the background: the
-    // turn is free once it has.
-    let next_turn = async {
+    // On a server the dropped lease's transaction rolls back in the background: the
+    // lease is free once it has.
+    let next_lease = async {
         loop {
-            match store.outbox_turn().await.unwrap() {
-                Some(turn) => break turn,
+            match store.lease_outbox().await.unwrap() {
+                Some(lease) => break lease,
                 None => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     };
-    let mut next = tokio::time::timeout(Duration::from_secs(10), next_turn)
+    let mut next = tokio::time::timeout(Duration::from_secs(10), next_lease)
         .await
-        .expect("the dropped turn ends");
-    let again = ids(&next.claim(10).await.unwrap());
+        .expect("the dropped lease ends");
+    let again = ids(&next.take(10).await.unwrap());
     assert!(
         again.ends_with(&second),
         "the unconfirmed row goes out again: {again:?}"
@@ -832,12 +828,12 @@ async fn concurrent_migrate_processes_seed_the_catalog_once(backend: Backend) {
         );
     }
     // Connecting migrates again: nothing is left to apply, and no checksum differs.
-    let store = connect_store(&database.url, PoolConfig::default())
+    let store = storage::connect(&database.url, PoolConfig::default())
         .await
         .expect("migrated");
     let dir = tempfile::TempDir::new().unwrap();
     let sqlite_url = format!("sqlite://{}", dir.path().join("seed.db").display());
-    let sqlite = connect_store(&sqlite_url, PoolConfig::default())
+    let sqlite = storage::connect(&sqlite_url, PoolConfig::default())
         .await
         .unwrap();
     assert_eq!(catalog_names(&*store).await, catalog_names(&*sqlite).await);
@@ -866,9 +862,9 @@ on_every_backend!(
     the_original_systems_message_is_processed_like_ours,
     the_original_producers_custom_message_moves_to_custom_messages,
     the_live_stream_shows_a_game_going_to_completed,
-    a_turns_claims_follow_one_another_and_unmarked_rows_go_out_again;
+    a_leases_batches_follow_one_another_and_unmarked_rows_go_out_again;
     servers:
-    relays_on_one_database_take_turns,
+    relays_on_one_database_lease_the_outbox_one_at_a_time,
     a_finish_behind_another_claim_of_its_event_waits_and_writes_nothing,
     concurrent_migrate_processes_seed_the_catalog_once,
 );

@@ -28,12 +28,11 @@ pub mod stream;
 use crate::auth::AuthMode;
 use crate::broker::Broker;
 use crate::broker::headers::TRACEPARENT;
-use crate::config::HttpArgs;
 use crate::domain::Game;
-use crate::processing::group_commit::GroupCommit;
 use crate::processing::thumbnail::DecodeBudget;
 use crate::producer::PublishPolicy;
 use crate::shutdown::Shutdown;
+use crate::storage::GroupCommit;
 use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
 use crate::telemetry::queues::QueueWatch;
 use crate::telemetry::{metrics, trace};
@@ -160,8 +159,20 @@ fn routes() -> OpenApiRouter<ApiContext> {
 /// 504) rather than cut off by this timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
 
+/// What the router checks of every request (`--cors-origins`, `--public-url`,
+/// `--max-body-bytes`).
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Origins allowed to call the API from a browser; empty: same origin only.
+    pub cors_origins: Vec<String>,
+    /// Names clients call this server by, besides IP addresses and localhost.
+    pub public_hosts: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
 /// The API and the web UI, ready to serve.
-pub fn router(ctx: ApiContext, http: &HttpArgs) -> Router {
+pub fn router(ctx: ApiContext, http: &RouterConfig) -> Router {
     let origins = trusted_origins(&http.cors_origins);
     let (api, _) = routes().split_for_parts();
     api.route("/api/{*rest}", axum::routing::any(unknown_route))

@@ -19,7 +19,6 @@
 //! clients work unchanged, and every other peer is refused until an admin exists.
 //! `--auth required` asks for a token from the start.
 
-pub mod manage;
 pub mod password;
 pub mod token;
 

@@ -47,7 +47,7 @@ pub async fn measure(
                      measure the broker's ceiling on it, or --ceiling-messages 0 to skip it"
                 );
             };
-            let broker = crate::startup::connect_rabbitmq(url).await?;
+            let broker = crate::broker::connect::rabbitmq(url).await?;
             let elapsed = publish_and_consume(&broker, messages).await;
             broker.close().await?;
             elapsed?

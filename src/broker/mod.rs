@@ -10,6 +10,7 @@
 //! Delivery is at least once: a delivery that is dropped without being settled, or whose
 //! consumer dies, is delivered again. Consumers are therefore idempotent.
 
+pub mod connect;
 pub mod dead_letters;
 pub mod embedded;
 pub mod meter;
@@ -486,11 +487,11 @@ pub async fn consume_until_shutdown<Open, Opened, Drain, Drained>(
     Drain: FnMut(Consumer) -> Drained,
     Drained: Future<Output = ()>,
 {
-    let mut backoff = crate::outbox::reconnect_backoff();
+    let mut backoff = crate::backoff::reconnect_backoff();
     while !shutdown.is_triggered() {
         match open().await {
             Ok(consumer) => {
-                backoff = crate::outbox::reconnect_backoff();
+                backoff = crate::backoff::reconnect_backoff();
                 drain(consumer).await;
             }
             Err(error) => {

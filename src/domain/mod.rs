@@ -5,7 +5,9 @@ mod catalog;
 mod event;
 mod game;
 pub mod number;
+mod outcome;
 pub mod text;
+mod thumbnail;
 
 pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName, manufacturer_name};
 pub use event::{
@@ -16,6 +18,8 @@ pub use game::{
     Developer, GameDraft, GameTitle, ImageUrl, ProcessingStatus, ReleaseYear, ValidationError,
     has_credentials, redacted_url, year_category,
 };
+pub use outcome::Outcome;
+pub use thumbnail::Thumbnail;
 
 use serde::Serialize;
 use utoipa::ToSchema;

@@ -8,7 +8,6 @@
 //! that history, and the worker's, once older than `--retain`.
 
 pub mod fetch;
-pub mod group_commit;
 pub mod outcome;
 pub mod retention;
 pub mod retry;

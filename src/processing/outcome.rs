@@ -1,76 +1,18 @@
-//! What became of a delivery, and how each one is counted: in the Prometheus metrics
-//! and in the Queues page's charts.
+//! How each delivery's [`Outcome`] is counted: in the Prometheus metrics and in the
+//! Queues page's charts.
 
+use crate::domain::Outcome;
 use crate::telemetry::charts;
 use crate::telemetry::metrics::{EVENT_END_TO_END, EVENT_PROCESSING_DURATION, EVENTS_PROCESSED};
 use chrono::Utc;
 use metrics::{Counter, Histogram};
 use std::time::Duration;
 
-/// What became of one delivery.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    /// Failed; published again with a delay.
-    Retried {
-        attempt: u32,
-        delay: Duration,
-    },
-    /// Failed its last attempt: the game is `failed`, the message in the dead-letter
-    /// queue.
-    Failed {
-        reason: String,
-    },
-    /// Unreadable: moved to the dead-letter queue at once.
-    DeadLettered {
-        reason: String,
-    },
-    /// Already processed: acknowledged without effect.
-    Duplicate,
-    /// A custom message (the original producer sent those to `game_events` too): moved
-    /// to `custom_messages`, where the custom-message consumer reads them.
-    Forwarded,
-    /// For an older version or a deleted game: nothing to do.
-    Skipped,
-}
-
-/// Every outcome's name, in the order of [`Outcome::index`].
-pub const NAMES: [&str; 7] = [
-    "completed",
-    "retried",
-    "failed",
-    "dead_lettered",
-    "duplicate",
-    "forwarded",
-    "skipped",
-];
-
-impl Outcome {
-    /// The outcome's name in a reply (`{"outcome": "completed"}`) and in the metrics
-    /// (`retrocat_events_processed_total{outcome="completed"}`).
-    pub fn name(&self) -> &'static str {
-        NAMES[self.index()]
-    }
-
-    /// Its place in [`NAMES`].
-    pub fn index(&self) -> usize {
-        match self {
-            Self::Completed => 0,
-            Self::Retried { .. } => 1,
-            Self::Failed { .. } => 2,
-            Self::DeadLettered { .. } => 3,
-            Self::Duplicate => 4,
-            Self::Forwarded => 5,
-            Self::Skipped => 6,
-        }
-    }
-}
-
 /// The metrics of one consumed queue's deliveries, registered once: recording one is
 /// then an atomic addition, where `counter!` would look its name and labels up in the
 /// recorder's registry for every delivery.
 pub struct OutcomeMetrics {
-    processed: [Counter; NAMES.len()],
+    processed: [Counter; Outcome::NAMES.len()],
     duration: Histogram,
 }
 
@@ -79,7 +21,7 @@ impl OutcomeMetrics {
     /// `--listen`), handles that record nothing.
     pub fn new(queue: &'static str) -> Self {
         Self {
-            processed: NAMES.map(|outcome| {
+            processed: Outcome::NAMES.map(|outcome| {
                 metrics::counter!(EVENTS_PROCESSED, "queue" => queue, "outcome" => outcome)
             }),
             duration: metrics::histogram!(EVENT_PROCESSING_DURATION, "queue" => queue),

@@ -8,10 +8,10 @@
 //! which decodes under the same [`Limits`]. Decodes run one per core at most
 //! ([`render`]), so covers arriving together cannot multiply the budget.
 
-use std::fmt;
 use std::io::Cursor;
 use std::sync::LazyLock;
 
+use crate::domain::Thumbnail;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 use tokio::sync::Semaphore;
 
@@ -64,25 +64,6 @@ impl DecodeBudget {
 }
 
 const MIB: u64 = 1024 * 1024;
-
-/// A PNG-encoded thumbnail and its size in pixels.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Thumbnail {
-    pub png: Vec<u8>,
-    pub width: u32,
-    pub height: u32,
-}
-
-/// Shows the size of the PNG rather than its bytes, which would flood logs.
-impl fmt::Debug for Thumbnail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Thumbnail")
-            .field("png", &format_args!("<{} bytes>", self.png.len()))
-            .field("width", &self.width)
-            .field("height", &self.height)
-            .finish()
-    }
-}
 
 /// Why a cover could not be turned into a thumbnail. None of these get better on a retry:
 /// the same bytes fail the same way.

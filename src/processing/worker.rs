@@ -11,16 +11,16 @@
 //! crash before the acknowledgement leads to a redelivery that changes nothing.
 
 use super::fetch::CoverFetcher;
-use super::group_commit::GroupCommit;
-pub use super::outcome::Outcome;
 use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::retry::{Failure, RetryPolicy};
-use super::thumbnail::{DecodeBudget, Thumbnail, render};
+use super::thumbnail::{DecodeBudget, render};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
 };
-use crate::domain::{EventId, GameAction, WorkMessage, redacted_url};
+pub use crate::domain::Outcome;
+use crate::domain::{EventId, GameAction, Thumbnail, WorkMessage, redacted_url};
 use crate::shutdown::Shutdown;
+use crate::storage::GroupCommit;
 use crate::storage::{
     FinishOutcome, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest, Store,
     StoreError, WorkItem, WriteKind,
@@ -85,7 +85,7 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     fetcher: CoverFetcher,
     config: WorkerConfig,
-    /// `Store::start_processing` and `Store::finish_processing`, each shared by the
+    /// `Processing::start_processing` and `Processing::finish_processing`, each shared by the
     /// deliveries in flight: one transaction per batch.
     starts: GroupCommit<StartRequest, StartOutcome, StoreError>,
     finishes: GroupCommit<ProcessingRecord, FinishOutcome, StoreError>,

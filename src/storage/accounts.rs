@@ -3,13 +3,13 @@
 //! user removed stops working everywhere at once.
 
 use super::StoreError;
-use super::shared::{self, Columns, from_ms, now_ms};
-use super::sql::{Dialect, SqlStore};
+use super::rows::{Columns, from_ms};
+use super::sql::{Dialect, SqlStore, Value, is_duplicate, now_ms};
 use crate::auth::Role;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Encode, Executor, IntoArguments, Type};
+use sqlx::Executor;
 
 /// A person who logs in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -89,12 +89,10 @@ impl<DB> Accounts for SqlStore<DB>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    DB::Row: Columns,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<String>: Encode<'t, DB>,
-    for<'t> Option<i64>: Encode<'t, DB>,
+    i64: Value<DB>,
+    String: Value<DB>,
+    Option<String>: Value<DB>,
+    Option<i64>: Value<DB>,
 {
     async fn add_user(
         &self,
@@ -111,7 +109,7 @@ where
         .bind(now_ms());
         match self.writer.execute(insert).await {
             Ok(_) => Ok(()),
-            Err(error) if shared::is_duplicate(&error) => Err(StoreError::Conflict(format!(
+            Err(error) if is_duplicate(&error) => Err(StoreError::Conflict(format!(
                 "a user named {name:?} already exists"
             ))),
             Err(error) => Err(DB::classify(error)),
@@ -186,7 +184,7 @@ where
         .await;
         match inserted {
             Ok(_) => tx.commit().await.map_err(DB::classify),
-            Err(error) if shared::is_duplicate(&error) => Err(StoreError::Conflict(format!(
+            Err(error) if is_duplicate(&error) => Err(StoreError::Conflict(format!(
                 "a token named {:?} already exists",
                 token.name
             ))),

@@ -4,15 +4,16 @@
 //! and each row across a channel. For `GET /api/games/{id}` that hand-off was most of
 //! the cost: a lookup by primary key is a few microseconds of SQLite's work, and under
 //! load the server spent two thirds of its time in the kernel switching between its
-//! tokio workers and the connections' threads (docs/benchmarks.md). These reads open
+//! tokio workers and the connections' threads (docs/performance.md). These reads open
 //! the same file read-only with rusqlite. A game by id is read where the request is:
 //! no more blocking than serializing the answer. A list may scan (a search that
 //! matches most of the catalog, or the original's unpaged list), so it runs on tokio's
 //! blocking pool: one hand-off there and one back, where sqlx made one a row. Writes
 //! and the worker's transactions stay on sqlx.
 
+use super::game_query::{self, QuerySink};
 use super::game_stream::{self, GameBatches, Stopped};
-use super::shared::{self, Columns, GAME_BY_ID, QuerySink};
+use super::rows::{self, Columns, GAME_BY_ID};
 use super::sql::Dialect;
 use super::{GameQuery, StoreError};
 use crate::domain::Game;
@@ -39,7 +40,7 @@ struct Shared {
     /// How long a list waits for its turn before it fails with 503, as for a pooled
     /// connection.
     acquire_timeout: Duration,
-    /// The names of [`GAME_COLUMNS`](shared::GAME_COLUMNS), in order.
+    /// The names of [`GAME_COLUMNS`](rows::GAME_COLUMNS), in order.
     columns: OnceLock<Vec<String>>,
 }
 
@@ -61,17 +62,17 @@ impl DirectReads {
         })
     }
 
-    /// The game with `id`, as [`super::Store::game`] reads it.
+    /// The game with `id`, as [`super::Catalog::game`] reads it.
     pub fn game(&self, id: i64) -> Result<Option<Game>, StoreError> {
         let games = self.with_connection(|conn| self.games(conn, &GAME_BY_ID, [id]))?;
         games.into_iter().next().transpose()
     }
 
-    /// A list of games, as [`super::Store::stream_games`] reads it: on a blocking
+    /// A list of games, as [`super::Catalog::stream_games`] reads it: on a blocking
     /// thread that holds one of the connections until the list has been taken.
     pub async fn stream_games(&self, query: &GameQuery) -> Result<GameBatches, StoreError> {
         let mut sql = DirectQuery::default();
-        shared::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::FULL_TEXT)?;
+        game_query::games_query(&mut sql, query, Sqlite::LIKE, Sqlite::FULL_TEXT)?;
         let lists = self.0.lists.clone().acquire_owned();
         let Ok(permit) = tokio::time::timeout(self.0.acquire_timeout, lists).await else {
             return Err(StoreError::Unavailable(
@@ -89,7 +90,7 @@ impl DirectReads {
                 let names = this.column_names(&statement);
                 let mut rows = statement.query(params_from_iter(sql.params))?;
                 while let Some(row) = rows.next()? {
-                    let pushed = shared::game_from_row(&DirectRow { row, names })
+                    let pushed = rows::game_from_row(&DirectRow { row, names })
                         .map(|game| batcher.blocking_push(&runtime, game));
                     match pushed {
                         Ok(Ok(())) => {}
@@ -124,7 +125,7 @@ impl DirectReads {
     }
 
     /// The games `sql` reads, each mapped as sqlx's rows are. Every statement here
-    /// selects [`GAME_COLUMNS`](shared::GAME_COLUMNS), so their names are read from
+    /// selects [`GAME_COLUMNS`](rows::GAME_COLUMNS), so their names are read from
     /// the first one only.
     fn games(
         &self,
@@ -136,7 +137,7 @@ impl DirectReads {
         let names = self.column_names(&statement);
         statement
             .query_map(params, |row| {
-                Ok(shared::game_from_row(&DirectRow { row, names }))
+                Ok(rows::game_from_row(&DirectRow { row, names }))
             })?
             .collect()
     }
@@ -199,7 +200,7 @@ fn classify(error: rusqlite::Error) -> StoreError {
 }
 
 /// A rusqlite row, read through the same mapping as sqlx's rows. A column is found
-/// among the names of [`GAME_COLUMNS`](shared::GAME_COLUMNS), read once: rusqlite's
+/// among the names of [`GAME_COLUMNS`](rows::GAME_COLUMNS), read once: rusqlite's
 /// own lookup by name asks SQLite for each column's name at every call (a quarter of
 /// a list's time, by perf).
 struct DirectRow<'a, 'r> {
@@ -224,7 +225,7 @@ impl DirectRow<'_, '_> {
 }
 
 impl Columns for DirectRow<'_, '_> {
-    shared::typed_columns!(get);
+    rows::typed_columns!(get);
 }
 
 #[cfg(test)]
@@ -232,13 +233,13 @@ mod tests {
     use super::*;
     use crate::domain::ProcessingStatus;
     use crate::storage::sqlite::SqliteStore;
-    use crate::storage::{GamePage, GameSort, PageRequest, PoolConfig, Store};
+    use crate::storage::{Backend, Catalog, GamePage, GameSort, PageRequest, PoolConfig};
     use sqlx::Connection;
 
-    /// A list as [`Store::list_games`] makes it from the direct reads' batches.
+    /// A list as [`Catalog::list_games`] makes it from the direct reads' batches.
     async fn list(direct: &DirectReads, query: &GameQuery) -> Result<GamePage, StoreError> {
         let items = direct.stream_games(query).await?.collect().await?;
-        Ok(shared::games_page(query, items))
+        Ok(game_query::games_page(query, items))
     }
 
     /// A migrated catalog, its seeds in it, in `catalog.db` of a directory of its own.

@@ -48,7 +48,7 @@ impl Dialect for MySql {
     const LIKE: &'static str = "COLLATE utf8mb4_general_ci LIKE";
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
     /// `FOR UPDATE SKIP LOCKED`: MySQL 8.0.1+, MariaDB 10.6+.
-    const HOLD_TURN: bool = true;
+    const HOLD_LEASE: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
     /// MySQL has no `RETURNING`, and a multi-row INSERT reports only its first id.
     const RETURNS_ROWS: bool = false;

@@ -30,7 +30,7 @@ impl Dialect for Postgres {
     const BEGIN_WRITE: &'static str = "BEGIN";
     const LIKE: &'static str = "ILIKE";
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
-    const HOLD_TURN: bool = true;
+    const HOLD_LEASE: bool = true;
     const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
     const RETURNS_ROWS: bool = true;

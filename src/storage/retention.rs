@@ -1,5 +1,5 @@
 //! History retention: what the history tables recorded before a cutoff is deleted, so
-//! that none of them grows without bound ([`Store::prune_history`], run in the
+//! that none of them grows without bound ([`Retention::prune_history`], run in the
 //! background by every process that runs workers, `--retain`).
 //!
 //! The history tables are `received_messages` (the audit log and the custom-message
@@ -10,7 +10,7 @@
 //! finished, so there is never a row of one still running; the retries of an event
 //! still being processed are attempts of its game's current version, and stay.
 //! Dead letters live in the broker and are never pruned; sent outbox rows have their
-//! own, shorter life (see `sql::pruning_sent`).
+//! own, shorter life (see `outbox::pruning_sent`).
 //!
 //! Pruning must not hold up the writes it runs beside. It goes in chunks of at most
 //! [`CHUNK`] rows: a read picks a chunk's rows on a connection of the pool, outside any
@@ -29,10 +29,11 @@
 //! its `processed_at` has an index (migration `retention`).
 
 use super::StoreError;
-use super::shared::{Columns, push_list};
-use super::sql::{Dialect, SqlStore};
+use super::rows::Columns;
+use super::sql::{Dialect, SqlStore, Value, push_list};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Encode, Executor, IntoArguments, QueryBuilder, Type};
+use sqlx::{Executor, QueryBuilder};
 
 /// Rows one chunk deletes at most, which bounds how long a write may wait behind one.
 /// Deleting 1,000 rows of `received_messages` by id on SQLite (3.40, from Python; of
@@ -42,9 +43,7 @@ use sqlx::{Encode, Executor, IntoArguments, QueryBuilder, Type};
 /// the unique index is then on a page of its own. 2,000 rows took twice as long.
 const CHUNK: usize = 1_000;
 
-/// How many rows each history table lost to one [`Store::prune_history`].
-///
-/// [`Store::prune_history`]: super::Store::prune_history
+/// How many rows each history table lost to one [`Retention::prune_history`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PruneReport {
     /// Messages of `received_messages`: audit log and custom messages.
@@ -79,7 +78,7 @@ const RECEIVED: Walk = Walk {
 };
 
 /// An attempt is kept while its game exists and it is of the game's current version,
-/// or is the game's latest attempt: what `GET /api/tasks` reads (`shared::TASKS`).
+/// or is the game's latest attempt: what `GET /api/tasks` reads (`tasks::TASKS`).
 /// Neither changes back once false (versions only grow, and later attempts stay
 /// later), so a row found prunable may be deleted after the read.
 const ATTEMPTS: Walk = Walk {
@@ -92,17 +91,25 @@ const ATTEMPTS: Walk = Walk {
     keeps: true,
 };
 
-impl<DB> SqlStore<DB>
+/// History retention: a part of every [`super::Store`].
+#[async_trait]
+pub trait Retention: Send + Sync {
+    /// Deletes what the history tables recorded before `before`: received messages,
+    /// inbox rows and finished attempts, except the attempts a game's current view
+    /// reads. In chunks, each a short write of its own, so writes go on meanwhile;
+    /// stopped midway, it has deleted whole chunks.
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<PruneReport, StoreError>;
+}
+
+#[async_trait]
+impl<DB> Retention for SqlStore<DB>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    DB::Row: Columns,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
+    i64: Value<DB>,
+    String: Value<DB>,
 {
-    /// [`Store::prune_history`](super::Store::prune_history).
-    pub(super) async fn prune(&self, before: DateTime<Utc>) -> Result<PruneReport, StoreError> {
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<PruneReport, StoreError> {
         let before = before.timestamp_millis();
         Ok(PruneReport {
             received: self.prune_walking(&RECEIVED, before).await?,
@@ -110,7 +117,15 @@ where
             attempts: self.prune_walking(&ATTEMPTS, before).await?,
         })
     }
+}
 
+impl<DB> SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    i64: Value<DB>,
+    String: Value<DB>,
+{
     /// Deletes the rows of `walk`'s table recorded before `before` (milliseconds),
     /// except those it keeps, a chunk at a time from the oldest id, until the first row
     /// recorded since.
@@ -181,7 +196,7 @@ where
         keys: Vec<K>,
     ) -> Result<u64, StoreError>
     where
-        for<'t> K: Encode<'t, DB> + Type<DB>,
+        K: Value<DB>,
     {
         if keys.is_empty() {
             return Ok(0);

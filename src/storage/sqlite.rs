@@ -6,7 +6,7 @@
 //! shared ones of [`super::sql`].
 
 use super::direct::DirectReads;
-use super::shared::FullText;
+use super::game_query::FullText;
 use super::sql::{Dialect, SqlStore, returning_id};
 use super::{PoolConfig, StoreError};
 use async_trait::async_trait;
@@ -66,7 +66,7 @@ const IDLE_CHECKPOINTS: Duration = Duration::from_secs(2);
 /// SQLite checkpoints in the connection whose commit takes the WAL past 1,000 pages:
 /// the one write connection, while every other write waits for it. A checkpoint copies
 /// the WAL's pages into the database file and syncs both (`synchronous = NORMAL`):
-/// 3–6 ms, once every few hundred commits, in the middle of a batch's turn. Here a
+/// 3–6 ms, once every few hundred commits, in the middle of a batch's writer slot. Here a
 /// task checkpoints every 50 ms while the catalog is written, from a connection of the
 /// pool: PASSIVE, so it neither waits for the writer nor holds it up. The writer's own
 /// checkpoint then finds the pages copied already and only restarts the WAL, which a
@@ -110,7 +110,7 @@ impl Dialect for Sqlite {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
     /// One relay per SQLite file (the process that serves the API): reading the rows
     /// is the claim, and no transaction stays open while the broker confirms.
-    const HOLD_TURN: bool = false;
+    const HOLD_LEASE: bool = false;
     /// One writer at a time: more connections only serve more concurrent reads.
     const DEFAULT_MAX_CONNECTIONS: u32 = 8;
     /// A write transaction (`BEGIN IMMEDIATE`) holds the whole file's write lock.
@@ -152,13 +152,13 @@ impl Dialect for Sqlite {
 mod tests {
     use super::*;
     use crate::domain::{Developer, EventId, GameDraft, GameTitle, ProcessingStatus, ReleaseYear};
-    use crate::storage::{NewGame, Store, WriteKind};
+    use crate::storage::{Backend, Catalog, NewGame, WriteKind};
 
-    /// A group commit's turn holds the one writer: other writes wait meanwhile, the
-    /// batch of its kind commits in it, and a turn that no write took ends when it is
+    /// A group commit's writer slot holds the one writer: other writes wait meanwhile, the
+    /// batch of its kind commits in it, and a slot that no write took ends when it is
     /// dropped (a batch that panicked), so the writer is free again.
     #[tokio::test]
-    async fn a_turn_holds_the_writer_until_its_batch_is_written_or_it_is_dropped() {
+    async fn a_writer_slot_holds_the_writer_until_its_batch_is_written_or_it_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
         let quick = PoolConfig {
@@ -169,14 +169,14 @@ mod tests {
         store.migrate().await.unwrap();
         let completed = || store.set_status(1, ProcessingStatus::Completed, None);
 
-        let turn = store.begin_turn(WriteKind::Creates).await;
+        let slot = store.take_writer_slot(WriteKind::Creates).await;
         let waited = completed().await;
         assert!(
             matches!(waited, Err(StoreError::Unavailable(_))),
             "{waited:?}"
         );
         let draft = GameDraft {
-            title: GameTitle::parse("Taken in turn").unwrap(),
+            title: GameTitle::parse("Taken in its slot").unwrap(),
             platform_id: 1,
             genre_id: 1,
             developer: Developer::parse("Test Studio").unwrap(),
@@ -193,16 +193,16 @@ mod tests {
         assert!(created[0].is_ok(), "{created:?}");
         completed()
             .await
-            .expect("the batch's commit ended the turn");
-        drop(turn);
+            .expect("the batch's commit ended the slot");
+        drop(slot);
 
-        let unused = store.begin_turn(WriteKind::Starts).await;
+        let unused = store.take_writer_slot(WriteKind::Starts).await;
         assert!(
             completed().await.is_err(),
-            "the unused turn holds the writer"
+            "the unused slot holds the writer"
         );
         drop(unused);
-        completed().await.expect("a dropped turn frees the writer");
+        completed().await.expect("a dropped slot frees the writer");
     }
 
     /// A write reaches the database file itself within moments, checkpointed beside the

@@ -7,10 +7,9 @@
 //! fair lock: first come, first served. Handed from write to write through sqlx's
 //! pool instead, each turn cost a task spawned to return the connection and two
 //! round trips to its thread (sqlx pings a connection as it returns it to the pool
-//! and as it hands it out), while every other write waited (docs/benchmarks.md).
+//! and as it hands it out), while every other write waited (docs/performance.md).
 
-use super::shared;
-use super::sql::Dialect;
+use super::sql::{Dialect, is_connection_error};
 use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Database, Execute, Executor, IntoArguments, Pool, Transaction};
@@ -141,7 +140,7 @@ fn discard_if_broken<DB: Database, T>(
     result: sqlx::Result<T>,
 ) -> sqlx::Result<T> {
     if let Err(error) = &result
-        && (shared::is_connection_error(error) || matches!(error, sqlx::Error::WorkerCrashed))
+        && (is_connection_error(error) || matches!(error, sqlx::Error::WorkerCrashed))
     {
         tracing::warn!(%error, "the write connection broke; the next write opens another");
         held.take();

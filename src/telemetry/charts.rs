@@ -3,7 +3,7 @@
 //! it where it records the same figures in the Prometheus metrics; the queue sampler
 //! takes what came in each second.
 
-use crate::processing::outcome::NAMES;
+use crate::domain::Outcome;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -12,7 +12,7 @@ const HOUR_MICROS: u64 = 3_600_000_000;
 
 struct Feed {
     /// Deliveries settled, by outcome, since the process started.
-    processed: [AtomicU64; NAMES.len()],
+    processed: [AtomicU64; Outcome::NAMES.len()],
     /// End-to-end latencies since the last [`take`].
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -41,7 +41,7 @@ pub fn end_to_end(seconds: f64) {
 /// What the feed holds now: the settled totals, and the latencies since the last take.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Take {
-    pub processed: [u64; NAMES.len()],
+    pub processed: [u64; Outcome::NAMES.len()],
     /// p50 and p99 of the latencies since the last take, in seconds; `None` when no
     /// game finished meanwhile.
     pub latency: Option<(f64, f64)>,

@@ -15,7 +15,7 @@ use super::metrics::{
 };
 use crate::broker::meter::{MeterTotals, QueueMeter};
 use crate::broker::{Broker, QueueStats, topology};
-use crate::processing::outcome::NAMES;
+use crate::domain::Outcome;
 use crate::shutdown::Shutdown;
 use crate::storage::{OutboxBacklog, Store};
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,7 @@ impl QueueWatch {
                 for (queue, name) in sample.queues.iter().zip(WATCHED) {
                     depths.insert(name, queue.stats.map(held));
                 }
-                let processed = NAMES
+                let processed = Outcome::NAMES
                     .iter()
                     .zip(sample.charts.processed.iter().zip(before.charts.processed))
                     .map(|(name, (now, then))| (*name, now.saturating_sub(then) as f64 / seconds))

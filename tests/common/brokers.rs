@@ -3,10 +3,13 @@
 //! same broker unsealed beside it, to send what a client without the keys would.
 
 use super::rabbitmq::Vhost;
-use super::{Backend, Roles, TestApp, storage_in};
+use super::{Backend, Roles, TestApp, broker_in};
 use retrocat::broker::sealed::MessageKeys;
 use retrocat::broker::{Broker, topology};
-use retrocat::startup::{Components, connect_plain_broker, connect_store, sealed};
+use retrocat::config::BrokerArgs;
+use retrocat::processing::thumbnail::DecodeBudget;
+use retrocat::startup::{Components, connect_plain_broker, sealed};
+use retrocat::storage::{self, PoolConfig};
 use std::sync::Arc;
 use tempfile::TempDir;
 
@@ -38,26 +41,29 @@ impl TestBroker {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = TempDir::new().expect("temp dir");
         let (database_url, database) = Backend::Sqlite.fresh_database(dir.path()).await;
-        let mut storage = storage_in(dir.path(), database_url);
-        storage.message_keys = sealing
-            .keys
-            .map(|keys| Arc::new(MessageKeys::parse(keys).expect("message keys")));
-        storage.require_sealed = sealing.require_sealed;
-        if let Self::RabbitMq(vhost) = self {
-            storage.rabbitmq_url = Some(vhost.url.clone());
-        }
-        let plain = connect_plain_broker(&storage).await.expect("broker");
-        let broker = sealed(&storage, plain.clone()).expect("sealing");
-        let store = connect_store(&storage.database_url, storage.pool())
+        let rabbitmq_url = match self {
+            Self::RabbitMq(vhost) => Some(vhost.url.as_str()),
+            Self::Embedded => None,
+        };
+        let args = BrokerArgs {
+            message_keys: sealing
+                .keys
+                .map(|keys| Arc::new(MessageKeys::parse(keys).expect("message keys"))),
+            require_sealed: sealing.require_sealed,
+            ..broker_in(dir.path(), rabbitmq_url)
+        };
+        let plain = connect_plain_broker(&args).await.expect("broker");
+        let broker = sealed(&args, plain.clone()).expect("sealing");
+        let store = storage::connect(&database_url, PoolConfig::default())
             .await
             .expect("database");
-        topology::declare(broker.as_ref(), storage.topology())
+        topology::declare(broker.as_ref(), args.topology())
             .await
             .expect("topology");
         let parts = Components {
             store,
             broker,
-            decode_budget: storage.decode_budget(),
+            decode_budget: DecodeBudget::default(),
             management: None,
         };
         let app = TestApp::spawn_parts(parts, dir, database, Roles::Serve, extra).await;

@@ -14,7 +14,8 @@ pub mod rabbitmq;
 use clap::Parser;
 use retrocat::broker::Broker;
 use retrocat::cli::ServeArgs;
-use retrocat::config::StorageArgs;
+use retrocat::config::{BrokerArgs, DatabaseArgs};
+use retrocat::processing::thumbnail::DecodeBudget;
 use retrocat::shutdown::Shutdown;
 use retrocat::startup::{Components, run_api, run_serve};
 use retrocat::storage::Store;
@@ -265,19 +266,25 @@ pub enum Roles {
     ApiOnly,
 }
 
-/// Storage settings for a test: the catalog at `database_url`, the broker in `dir`.
-pub fn storage_in(dir: &std::path::Path, database_url: String) -> StorageArgs {
-    StorageArgs {
-        database_url,
+/// Database settings for a test: the catalog at `url`.
+pub fn database_at(url: String) -> DatabaseArgs {
+    DatabaseArgs {
+        database_url: url,
         db_max_connections: None,
         db_acquire_timeout: None,
-        rabbitmq_url: None,
+    }
+}
+
+/// Broker settings for a test: RabbitMQ at `rabbitmq_url`, or the embedded broker in
+/// `dir`.
+pub fn broker_in(dir: &std::path::Path, rabbitmq_url: Option<&str>) -> BrokerArgs {
+    BrokerArgs {
+        rabbitmq_url: rabbitmq_url.map(str::to_owned),
         rabbitmq_management_url: None,
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
         message_keys: None,
         require_sealed: false,
-        max_image_memory: retrocat::processing::thumbnail::DecodeBudget::default().max_bytes,
     }
 }
 
@@ -328,13 +335,13 @@ impl TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = TempDir::new().expect("temp dir");
         let (database_url, database) = backend.fresh_database(dir.path()).await;
-        let storage = StorageArgs {
-            rabbitmq_url: rabbitmq_url.map(str::to_owned),
-            ..storage_in(dir.path(), database_url)
-        };
-        let parts = Components::connect(&storage)
-            .await
-            .expect("database and broker");
+        let parts = Components::connect(
+            &database_at(database_url),
+            &broker_in(dir.path(), rabbitmq_url),
+            DecodeBudget::default(),
+        )
+        .await
+        .expect("database and broker");
         Self::spawn_parts(parts, dir, database, roles, extra).await
     }
 

@@ -11,8 +11,7 @@
 use super::rabbitmq::Amqp;
 use super::{Backend, TestDatabase};
 use futures::StreamExt;
-use retrocat::startup::connect_store;
-use retrocat::storage::{PoolConfig, Store};
+use retrocat::storage::{self, PoolConfig, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -505,7 +504,7 @@ impl Database {
 impl Effects {
     pub async fn open(deployment: &Deployment) -> Self {
         let url = deployment.database_url();
-        let store = connect_store(url, PoolConfig::default())
+        let store = storage::connect(url, PoolConfig::default())
             .await
             .expect("open the database");
         let database = Database::connect(deployment.backend, url).await;

@@ -59,7 +59,7 @@ pub struct Gate(Arc<Inner>);
 struct Inner {
     store: Arc<dyn Store>,
     mode: AuthMode,
-    /// When [`Store::has_accounts`] was last asked, and its answer.
+    /// When [`Accounts::has_accounts`] was last asked, and its answer.
     accounts_seen: Mutex<Option<(Instant, bool)>>,
     /// Tokens found valid, by digest, with when they were looked up.
     valid: Mutex<HashMap<String, (Instant, TokenRecord)>>,

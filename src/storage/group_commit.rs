@@ -8,13 +8,13 @@
 //! multi-row statements. Idle, a lone request goes at once (no timer, no added
 //! latency); busy, batches grow with the load, while the previous batch commits.
 //! Where the batches queue for one database connection (SQLite's writer), the task
-//! first waits for its turn at it ([`GroupCommit::spawn_with_turn`]) and only then
-//! takes the batch, so that what arrived during the wait goes in this turn, not the
+//! first waits for its slot at it ([`GroupCommit::spawn_with_slot`]) and only then
+//! takes the batch, so that what arrived during the wait goes in this slot, not the
 //! next one.
 //! A commit that panics fails its own batch's callers with [`Panicked`], and the task
 //! goes on with the next batch.
 
-use crate::storage::{Store, StoreError, WriteKind};
+use super::{Store, StoreError, WriteKind};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -46,24 +46,24 @@ where
         F: Fn(S, Vec<In>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<Out>, E>> + Send + 'static,
     {
-        Self::spawn_with_turn(max_batch, shared, |_| async {}, commit)
+        Self::spawn_with_slot(max_batch, shared, |_| async {}, commit)
     }
 
-    /// As [`Self::spawn`], but once a request has come the task awaits `turn` (the
-    /// store's turn at its writer, say) before it takes the batch: the requests that
-    /// arrive meanwhile join it. What `turn` answers is held until the batch's commit
+    /// As [`Self::spawn`], but once a request has come the task awaits `slot` (the
+    /// store's writer slot, say) before it takes the batch: the requests that
+    /// arrive meanwhile join it. What `slot` answers is held until the batch's commit
     /// has returned, then dropped.
-    pub fn spawn_with_turn<S, T, TurnFut, F, Fut>(
+    pub fn spawn_with_slot<S, T, SlotFut, F, Fut>(
         max_batch: usize,
         shared: S,
-        turn: T,
+        slot: T,
         commit: F,
     ) -> Self
     where
         S: Clone + Send + 'static,
-        T: Fn(S) -> TurnFut + Send + 'static,
-        TurnFut: Future + Send + 'static,
-        TurnFut::Output: Send,
+        T: Fn(S) -> SlotFut + Send + 'static,
+        SlotFut: Future + Send + 'static,
+        SlotFut::Output: Send,
         F: Fn(S, Vec<In>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<Out>, E>> + Send + 'static,
     {
@@ -72,7 +72,7 @@ where
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while waiting.recv_many(&mut batch, max_batch).await > 0 {
-                let turn = turn(shared.clone()).await;
+                let slot = slot(shared.clone()).await;
                 while batch.len() < max_batch
                     && let Ok(request) = waiting.try_recv()
                 {
@@ -88,7 +88,7 @@ where
                         Err(Panicked(crashed.to_string()).into())
                     }
                 };
-                drop(turn);
+                drop(slot);
                 tracing::debug!(
                     size,
                     elapsed = ?started.elapsed(),
@@ -133,8 +133,8 @@ where
     In: Send + 'static,
     Out: Send + 'static,
 {
-    /// A group commit of the store's writes of `kind`, each batch taken in its turn at
-    /// the writer ([`Store::begin_turn`]).
+    /// A group commit of the store's writes of `kind`, each batch taken in its slot at
+    /// the writer ([`Backend::take_writer_slot`]).
     pub fn of_store<F, Fut>(
         max_batch: usize,
         store: Arc<dyn Store>,
@@ -145,8 +145,8 @@ where
         F: Fn(Arc<dyn Store>, Vec<In>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<Out>, StoreError>> + Send + 'static,
     {
-        let turn = move |store: Arc<dyn Store>| async move { store.begin_turn(kind).await };
-        Self::spawn_with_turn(max_batch, store, turn, commit)
+        let slot = move |store: Arc<dyn Store>| async move { store.take_writer_slot(kind).await };
+        Self::spawn_with_slot(max_batch, store, slot, commit)
     }
 }
 
@@ -184,14 +184,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn calls_that_come_while_the_turn_is_awaited_join_the_batch() {
+    async fn calls_that_come_while_the_slot_is_awaited_join_the_batch() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let slow_turn = |_| tokio::time::sleep(std::time::Duration::from_millis(50));
-        let echo = Arc::new(GroupCommit::spawn_with_turn(
+        let slow_slot = |_| tokio::time::sleep(std::time::Duration::from_millis(50));
+        let echo = Arc::new(GroupCommit::spawn_with_slot(
             8,
             seen,
-            slow_turn,
+            slow_slot,
             |seen, batch: Vec<u32>| {
                 seen.lock().unwrap().push(batch.len());
                 async move { Ok::<_, StoreError>(batch) }
@@ -201,7 +201,7 @@ mod tests {
             let echo = echo.clone();
             async move { echo.call(0).await.unwrap() }
         });
-        // The first call has been taken, and its batch awaits the turn.
+        // The first call has been taken, and its batch awaits the slot.
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         let later = futures::future::join_all((1..4).map(|n| echo.call(n))).await;
         assert_eq!(first.await.unwrap(), 0);

@@ -1,7 +1,7 @@
 //! What `retrocat user …` and `retrocat token …` do, on the catalog database.
 
-use super::{password, token};
-use crate::cli::{TokenCommand, UserCommand};
+use super::{TokenCommand, UserCommand};
+use crate::auth::{password, token};
 use crate::storage::Store;
 use crate::storage::accounts::{TokenKind, TokenRecord};
 use anyhow::{Context, bail};

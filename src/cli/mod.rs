@@ -1,9 +1,11 @@
 //! The command line: one binary, one subcommand per role (DESIGN.md).
 
+pub mod accounts;
+
 use crate::auth::Role;
 use crate::bench::BenchArgs;
 use crate::broker::{HeaderValue, dead_letters, topology};
-use crate::config::{HttpArgs, ProducerArgs, StorageArgs, WorkerArgs};
+use crate::config::{BrokerArgs, CoverArgs, DatabaseArgs, HttpArgs, ProducerArgs, WorkerArgs};
 use crate::producer::Outgoing;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -17,7 +19,13 @@ use std::time::Duration;
 #[command(name = "retrocat", version, about, long_about)]
 pub struct Cli {
     #[command(flatten)]
-    pub storage: StorageArgs,
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub covers: CoverArgs,
 
     /// Log format: text for people, json for log collectors.
     #[arg(long, env = "RETROCAT_LOG_FORMAT", default_value = "text", global = true,
