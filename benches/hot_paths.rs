@@ -15,11 +15,11 @@ use retrocat::broker::embedded::EmbeddedBroker;
 use retrocat::broker::{Broker, Message, Properties, Publish, QueueSpec, topology};
 use retrocat::cli::ServeArgs;
 use retrocat::domain::{
-    Developer, EventId, GameAction, GameDraft, GameEvent, GameTitle, ReleaseYear,
+    CatalogEvent, Developer, EventId, GameAction, GameDraft, GameEvent, GameTitle, ReleaseYear,
 };
 use retrocat::outbox::{Relay, RelayConfig};
 use retrocat::shutdown::Shutdown;
-use retrocat::storage::{self, NewGame, OutboxMessage, PoolConfig, Store};
+use retrocat::storage::{self, NewGame, PoolConfig, Store};
 use retrocat::telemetry::queues::QueueWatch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ fn event_codec(c: &mut Criterion) {
         .as_ref()
         .unwrap()
         .clone();
-    let body = OutboxMessage::game_event(&game, GameAction::Create, &EventId::generate()).body;
+    let body = CatalogEvent::game_changed(&game, GameAction::Create, &EventId::generate()).encode();
     let event = GameEvent::decode(&body, None).unwrap();
     let mut group = c.benchmark_group("event");
     group.throughput(Throughput::Bytes(body.len() as u64));

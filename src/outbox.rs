@@ -15,10 +15,7 @@
 
 use crate::backoff::reconnect_backoff;
 use crate::broker::meter::QueueMeter;
-use crate::broker::{Broker, Confirms, Message, Properties, Publish, headers, topology};
-use crate::domain::{
-    EventId, Game, GameAction, GameData, GameEvent, GameProcessed, ProcessingStatus, timestamp_now,
-};
+use crate::broker::{Broker, Confirms};
 use crate::shutdown::Shutdown;
 use crate::storage::{OutboxMessage, Store, StoreError};
 use crate::telemetry::metrics::OUTBOX_PUBLISHED;
@@ -29,110 +26,6 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-impl OutboxMessage {
-    /// The event of a catalog write, in the original system's format plus
-    /// `eventId`/`version`.
-    pub fn game_event(game: &Game, action: GameAction, event_id: &EventId) -> Self {
-        let game_data = (action != GameAction::Delete).then(|| GameData {
-            title: Some(game.title.clone()),
-            platform_id: Some(game.platform_id),
-            genre_id: Some(game.genre_id),
-            developer: Some(game.developer.clone()),
-            release_year: Some(game.release_year),
-            year_category: Some(game.year_category.clone()),
-            description: Some(game.description.clone()),
-            image_url: game.image_url.clone(),
-        });
-        let event = GameEvent {
-            game_id: game.id,
-            action,
-            game_data,
-            timestamp: Some(timestamp_now()),
-            event_id: Some(event_id.clone()),
-            version: Some(game.version),
-        };
-        Self {
-            exchange: topology::EVENTS_EXCHANGE.into(),
-            routing_key: action.routing_key().into(),
-            message_id: event_id.to_string(),
-            headers: Default::default(),
-            body: event.encode(),
-        }
-    }
-
-    /// The same message, sent with `traceparent` so that its consumer's span continues
-    /// the trace of the request that wrote it.
-    pub fn traced(mut self, traceparent: Option<&str>) -> Self {
-        if let Some(traceparent) = traceparent {
-            self.headers
-                .insert(headers::TRACEPARENT.into(), traceparent.into());
-        }
-        self
-    }
-
-    /// `game.processed` or `game.failed`: the outcome of processing one version.
-    pub fn game_processed(
-        game_id: i64,
-        version: i64,
-        status: ProcessingStatus,
-        event_id: &EventId,
-    ) -> Self {
-        let routing_key = match status {
-            ProcessingStatus::Failed => topology::GAME_FAILED_KEY,
-            _ => topology::GAME_PROCESSED_KEY,
-        };
-        let body = GameProcessed {
-            game_id,
-            version,
-            processing_status: status,
-            event_id: event_id.clone(),
-            timestamp: timestamp_now(),
-        };
-        Self {
-            exchange: topology::EVENTS_EXCHANGE.into(),
-            routing_key: routing_key.into(),
-            message_id: EventId::generate().to_string(),
-            headers: Default::default(),
-            body: serde_json::to_vec(&body).expect("GameProcessed always serializes"),
-        }
-    }
-
-    /// `platform.*` / `genre.*`: reference data changed. `entity` is `platform` or
-    /// `genre`, `change` is `created`, `updated` or `deleted`.
-    pub fn reference_event(entity: &str, change: &str, id: i64, name: Option<&str>) -> Self {
-        let event_id = EventId::generate();
-        let body = serde_json::json!({
-            "id": id,
-            "action": change,
-            "name": name,
-            "eventId": event_id,
-            "timestamp": timestamp_now(),
-        });
-        Self {
-            exchange: topology::EVENTS_EXCHANGE.into(),
-            routing_key: format!("{entity}.{change}"),
-            message_id: event_id.to_string(),
-            headers: Default::default(),
-            body: body.to_string().into_bytes(),
-        }
-    }
-
-    /// The message as the relay publishes it.
-    pub fn into_publish(self) -> Publish {
-        let mut properties = Properties::json(self.message_id);
-        properties.headers = self.headers;
-        Publish {
-            exchange: self.exchange,
-            routing_key: self.routing_key,
-            message: Message {
-                body: self.body.into(),
-                properties,
-            },
-            delay: None,
-        }
-    }
-}
 
 /// Relay settings.
 #[derive(Clone, Debug)]
@@ -297,7 +190,8 @@ mod tests {
     use super::*;
     use crate::broker::embedded::EmbeddedBroker;
     use crate::broker::{
-        BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, QueueSpec, QueueStats,
+        BrokerError, Consumer, Delivery, ExchangeKind, ExchangeSpec, Message, Publish, QueueSpec,
+        QueueStats, topology,
     };
     use crate::domain::{GenreDraft, GenreName};
     use crate::storage::sqlite::SqliteStore;

@@ -13,7 +13,7 @@
 use super::ApiContext;
 use super::error::ApiError;
 use crate::broker::{Broker, Consumer, Delivery, topology};
-use crate::domain::{EventId, GameEvent, GameProcessed, ProcessingStatus};
+use crate::domain::{CatalogEvent, EventId, ProcessingStatus};
 use crate::shutdown::Shutdown;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -53,29 +53,28 @@ pub struct LiveEvent {
 impl LiveEvent {
     /// Reads a `catalog.events` message; `None` for messages that are not about games.
     fn from_delivery(delivery: &Delivery) -> Option<Self> {
-        let body = &delivery.message.body;
+        let message = &delivery.message;
+        let message_id = message.properties.message_id.as_deref();
         let kind = delivery.routing_key.clone();
-        if kind == topology::GAME_PROCESSED_KEY || kind == topology::GAME_FAILED_KEY {
-            let processed: GameProcessed = serde_json::from_slice(body).ok()?;
-            return Some(Self {
+        match CatalogEvent::decode(&kind, &message.body, message_id).ok()? {
+            CatalogEvent::GameSettled(settled) => Some(Self {
                 kind,
-                game_id: processed.game_id,
-                version: Some(processed.version),
-                processing_status: Some(processed.processing_status),
-                event_id: Some(processed.event_id),
-                timestamp: Some(processed.timestamp),
-            });
+                game_id: settled.game_id,
+                version: Some(settled.version),
+                processing_status: Some(settled.processing_status),
+                event_id: Some(settled.event_id),
+                timestamp: Some(settled.timestamp),
+            }),
+            CatalogEvent::GameChanged(event) => Some(Self {
+                kind,
+                game_id: event.game_id,
+                version: event.version,
+                processing_status: None,
+                event_id: event.event_id,
+                timestamp: event.timestamp,
+            }),
+            CatalogEvent::ReferenceChanged(_) => None,
         }
-        let event =
-            GameEvent::decode(body, delivery.message.properties.message_id.as_deref()).ok()?;
-        Some(Self {
-            kind,
-            game_id: event.game_id,
-            version: event.version,
-            processing_status: None,
-            event_id: event.event_id,
-            timestamp: event.timestamp,
-        })
     }
 }
 

@@ -24,9 +24,6 @@ pub const GAME_EVENTS_QUEUE: &str = "game_events";
 pub const GAME_EVENTS_DLQ: &str = "game_events.dlq";
 /// Routing keys `game_events` is bound to: the changes that need processing.
 pub const GAME_EVENT_KEYS: [&str; 3] = ["game.created", "game.updated", "game.deleted"];
-/// Published when processing of a game's version finished, well or not.
-pub const GAME_PROCESSED_KEY: &str = "game.processed";
-pub const GAME_FAILED_KEY: &str = "game.failed";
 
 /// Dead letters, routed by the name of the queue they died in to its `.dlq`.
 pub const DEAD_LETTER_EXCHANGE: &str = "catalog.dlx";

@@ -2,6 +2,7 @@
 //! (HTTP bodies, messages on the wire), so the rest of the code can trust them.
 
 mod catalog;
+mod catalog_event;
 mod event;
 mod game;
 pub mod number;
@@ -10,6 +11,10 @@ pub mod text;
 mod thumbnail;
 
 pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName, manufacturer_name};
+pub use catalog_event::{
+    CatalogEvent, Change, GAME_FAILED_KEY, GAME_PROCESSED_KEY, NotAnEvent, Reference,
+    ReferenceChange,
+};
 pub use event::{
     CustomKind, CustomMessage, EventId, GameAction, GameData, GameEvent, GameProcessed,
     PoisonMessage, WorkMessage, timestamp_now,

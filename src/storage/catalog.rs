@@ -12,7 +12,9 @@ use super::rows::{self, Columns, GAME_BY_ID, GAME_COLUMNS, RETURNING_GAME};
 use super::sql::{Dialect, SqlStore, Value, now_ms, push_list, upsert};
 use super::writer::WriteTx;
 use super::{StoreError, WriteKind};
-use crate::domain::{EventId, Game, GameAction, GameDraft, ProcessingStatus, Thumbnail};
+use crate::domain::{
+    CatalogEvent, EventId, Game, GameAction, GameDraft, ProcessingStatus, Thumbnail,
+};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use sqlx::query::Query;
@@ -187,12 +189,8 @@ where
             .execute(&mut *tx)
             .await
             .map_err(DB::classify)?;
-        self.commit_with_event(
-            tx,
-            &OutboxMessage::game_event(&game, GameAction::Delete, &EventId::generate())
-                .traced(trace),
-        )
-        .await?;
+        let event = CatalogEvent::game_changed(&game, GameAction::Delete, &EventId::generate());
+        self.commit_with_event(tx, &event, trace).await?;
         Ok(())
     }
 
@@ -229,12 +227,8 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        self.commit_with_event(
-            tx,
-            &OutboxMessage::game_event(&game, GameAction::Update, &EventId::generate())
-                .traced(trace),
-        )
-        .await?;
+        let event = CatalogEvent::game_changed(&game, GameAction::Update, &EventId::generate());
+        self.commit_with_event(tx, &event, trace).await?;
         Ok(game)
     }
 
@@ -259,9 +253,8 @@ where
         let game = Self::fetch_game(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound { entity: "game", id })?;
-        let message = OutboxMessage::game_processed(id, game.version, status, &EventId::generate())
-            .traced(trace);
-        self.commit_with_event(tx, &message).await?;
+        let event = CatalogEvent::game_settled(id, game.version, status, &EventId::generate());
+        self.commit_with_event(tx, &event, trace).await?;
         Ok(game)
     }
 }
@@ -350,8 +343,8 @@ where
             .iter()
             .zip(batch)
             .map(|(game, new)| {
-                OutboxMessage::game_event(game, GameAction::Create, &new.event)
-                    .traced(new.trace.as_deref())
+                let event = CatalogEvent::game_changed(game, GameAction::Create, &new.event);
+                OutboxMessage::event(&event, new.trace.as_deref())
             })
             .collect();
         Self::insert_outbox(&mut tx, &events).await?;
@@ -425,10 +418,8 @@ where
             };
             answers[index] = Some(match game {
                 Some(game) => {
-                    events.push(
-                        OutboxMessage::game_event(&game, GameAction::Update, event)
-                            .traced(trace.as_deref()),
-                    );
+                    let changed = CatalogEvent::game_changed(&game, GameAction::Update, event);
+                    events.push(OutboxMessage::event(&changed, trace.as_deref()));
                     Ok(game)
                 }
                 None => Err(StoreError::NotFound {

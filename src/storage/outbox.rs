@@ -7,7 +7,8 @@ use super::StoreError;
 use super::rows::Columns;
 use super::sql::{Dialect, SqlStore, Value, now_ms, push_list};
 use super::writer::{WriteTx, Writer};
-use crate::broker::Headers;
+use crate::broker::{Headers, Message, Properties, Publish, headers, topology};
+use crate::domain::{CatalogEvent, EventId};
 use async_trait::async_trait;
 use sqlx::query::Query;
 use sqlx::{Database, Executor, Pool, QueryBuilder, Transaction};
@@ -31,6 +32,44 @@ pub struct OutboxMessage {
     pub message_id: String,
     pub headers: Headers,
     pub body: Vec<u8>,
+}
+
+impl OutboxMessage {
+    /// `event` as the relay publishes it on `catalog.events`, with the W3C
+    /// `traceparent` of the request that wrote it, if any: its consumer's span then
+    /// continues that trace.
+    pub fn event(event: &CatalogEvent, trace: Option<&str>) -> Self {
+        let mut headers = Headers::new();
+        if let Some(traceparent) = trace {
+            headers.insert(headers::TRACEPARENT.into(), traceparent.into());
+        }
+        let message_id = event
+            .message_id()
+            .cloned()
+            .unwrap_or_else(EventId::generate);
+        Self {
+            exchange: topology::EVENTS_EXCHANGE.into(),
+            routing_key: event.routing_key(),
+            message_id: message_id.to_string(),
+            headers,
+            body: event.encode(),
+        }
+    }
+
+    /// The message as the relay publishes it.
+    pub fn into_publish(self) -> Publish {
+        let mut properties = Properties::json(self.message_id);
+        properties.headers = self.headers;
+        Publish {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            message: Message {
+                body: self.body.into(),
+                properties,
+            },
+            delay: None,
+        }
+    }
 }
 
 /// Outbox events not yet confirmed by the broker.
@@ -168,13 +207,16 @@ where
     }
 
     /// Appends the write's event to the outbox in the same transaction, commits both,
-    /// and wakes the relay of this process (relays of other processes poll).
+    /// and wakes the relay of this process (relays of other processes poll). `trace`:
+    /// the W3C `traceparent` of the request that wrote, sent with the event.
     pub(super) async fn commit_with_event(
         &self,
         mut tx: WriteTx<DB>,
-        message: &OutboxMessage,
+        event: &CatalogEvent,
+        trace: Option<&str>,
     ) -> Result<(), StoreError> {
-        Self::insert_outbox(&mut tx, std::slice::from_ref(message)).await?;
+        let message = OutboxMessage::event(event, trace);
+        Self::insert_outbox(&mut tx, std::slice::from_ref(&message)).await?;
         tx.commit().await.map_err(DB::classify)?;
         self.outbox_written.notify_one();
         Ok(())

@@ -5,11 +5,10 @@
 //! game written meanwhile.
 
 use super::StoreError;
-use super::outbox::OutboxMessage;
 use super::rows::Columns;
 use super::sql::{Dialect, SqlStore, Value, is_duplicate};
 use super::writer::WriteTx;
-use crate::domain::{Genre, GenreDraft, Platform, PlatformDraft};
+use crate::domain::{CatalogEvent, Change, Genre, GenreDraft, Platform, PlatformDraft, Reference};
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Executor};
 
@@ -68,9 +67,13 @@ where
         let id = DB::insert_id(&mut tx, insert).await.map_err(|e| {
             Self::unique_conflict(e, &format!("platform {:?}", draft.name.as_str()))
         })?;
-        let message =
-            OutboxMessage::reference_event("platform", "created", id, Some(draft.name.as_str()));
-        self.commit_with_event(tx, &message).await?;
+        let event = CatalogEvent::reference_changed(
+            Reference::Platform,
+            Change::Created,
+            id,
+            Some(draft.name.as_str()),
+        );
+        self.commit_with_event(tx, &event, None).await?;
         Ok(Platform {
             id,
             name: draft.name.as_str().to_owned(),
@@ -95,7 +98,7 @@ where
         .execute(&mut *tx)
         .await
         .map_err(|e| Self::unique_conflict(e, &format!("platform {:?}", draft.name.as_str())))?;
-        self.commit_update(tx, "platform", id, draft.name.as_str(), &updated)
+        self.commit_update(tx, Reference::Platform, id, draft.name.as_str(), &updated)
             .await?;
         Ok(Platform {
             id,
@@ -106,8 +109,7 @@ where
     }
 
     async fn delete_platform(&self, id: i64) -> Result<(), StoreError> {
-        self.delete_reference("platforms", "platform", "platform_id", id)
-            .await
+        self.delete_reference(Reference::Platform, id).await
     }
 
     async fn create_genre(&self, draft: &GenreDraft) -> Result<Genre, StoreError> {
@@ -120,9 +122,13 @@ where
         let id = DB::insert_id(&mut tx, insert)
             .await
             .map_err(|e| Self::unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
-        let message =
-            OutboxMessage::reference_event("genre", "created", id, Some(draft.name.as_str()));
-        self.commit_with_event(tx, &message).await?;
+        let event = CatalogEvent::reference_changed(
+            Reference::Genre,
+            Change::Created,
+            id,
+            Some(draft.name.as_str()),
+        );
+        self.commit_with_event(tx, &event, None).await?;
         Ok(Genre {
             id,
             name: draft.name.as_str().to_owned(),
@@ -141,7 +147,7 @@ where
         .execute(&mut *tx)
         .await
         .map_err(|e| Self::unique_conflict(e, &format!("genre {:?}", draft.name.as_str())))?;
-        self.commit_update(tx, "genre", id, draft.name.as_str(), &updated)
+        self.commit_update(tx, Reference::Genre, id, draft.name.as_str(), &updated)
             .await?;
         Ok(Genre {
             id,
@@ -151,8 +157,7 @@ where
     }
 
     async fn delete_genre(&self, id: i64) -> Result<(), StoreError> {
-        self.delete_reference("genres", "genre", "genre_id", id)
-            .await
+        self.delete_reference(Reference::Genre, id).await
     }
 }
 
@@ -170,16 +175,19 @@ where
     async fn commit_update(
         &self,
         tx: WriteTx<DB>,
-        entity: &'static str,
+        entity: Reference,
         id: i64,
         name: &str,
         updated: &DB::QueryResult,
     ) -> Result<(), StoreError> {
         if DB::rows_affected(updated) == 0 {
-            return Err(StoreError::NotFound { entity, id });
+            return Err(StoreError::NotFound {
+                entity: entity.as_str(),
+                id,
+            });
         }
-        let message = OutboxMessage::reference_event(entity, "updated", id, Some(name));
-        self.commit_with_event(tx, &message).await
+        let event = CatalogEvent::reference_changed(entity, Change::Updated, id, Some(name));
+        self.commit_with_event(tx, &event, None).await
     }
 
     fn unique_conflict(error: sqlx::Error, what: &str) -> StoreError {
@@ -191,13 +199,11 @@ where
     }
 
     /// Deletes a platform or genre, refused while games use it.
-    async fn delete_reference(
-        &self,
-        table: &'static str,
-        entity: &'static str,
-        column: &'static str,
-        id: i64,
-    ) -> Result<(), StoreError> {
+    async fn delete_reference(&self, entity: Reference, id: i64) -> Result<(), StoreError> {
+        let (table, column) = match entity {
+            Reference::Platform => ("platforms", "platform_id"),
+            Reference::Genre => ("genres", "genre_id"),
+        };
         let mut tx = self.begin_write().await?;
         let used = sqlx::query(DB::sql(AssertSqlSafe(format!(
             "SELECT COUNT(*) AS used FROM games WHERE {column} = $1"
@@ -222,13 +228,13 @@ where
             _ => DB::classify(error),
         })?;
         if DB::rows_affected(&deleted) == 0 {
-            return Err(StoreError::NotFound { entity, id });
+            return Err(StoreError::NotFound {
+                entity: entity.as_str(),
+                id,
+            });
         }
-        self.commit_with_event(
-            tx,
-            &OutboxMessage::reference_event(entity, "deleted", id, None),
-        )
-        .await?;
+        let event = CatalogEvent::reference_changed(entity, Change::Deleted, id, None);
+        self.commit_with_event(tx, &event, None).await?;
         Ok(())
     }
 }
@@ -251,7 +257,8 @@ fn genre_from_row(row: &impl Columns) -> Result<Genre, StoreError> {
 }
 
 /// Why a platform or genre cannot be deleted yet.
-fn still_used(entity: &str, id: i64, used: i64) -> StoreError {
+fn still_used(entity: Reference, id: i64, used: i64) -> StoreError {
+    let entity = entity.as_str();
     StoreError::Conflict(format!(
         "{entity} {id} is used by {used} game(s); reassign or delete them first"
     ))

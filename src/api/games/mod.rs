@@ -8,7 +8,9 @@ use super::error::ApiError;
 use super::extract::{Id, Json, body_bytes};
 use crate::api::auth::gate::{Admin, Editor};
 use crate::broker::{BrokerError, topology};
-use crate::domain::{EventId, Game, GameAction, GameDraft, ProcessingStatus, ValidationError};
+use crate::domain::{
+    CatalogEvent, EventId, Game, GameAction, GameDraft, ProcessingStatus, ValidationError,
+};
 use crate::processing::thumbnail::ThumbnailError;
 use crate::storage::{Attempt, Cover, GameUpdate, NewGame, OutboxMessage};
 use crate::telemetry::trace;
@@ -260,9 +262,8 @@ async fn wait_for_processing(
     let Some(wait) = wait else {
         return Ok((done, game));
     };
-    let mut request = OutboxMessage::game_event(&game, written.action, &written.event)
-        .traced(written.trace.as_deref())
-        .into_publish();
+    let event = CatalogEvent::game_changed(&game, written.action, &written.event);
+    let mut request = OutboxMessage::event(&event, written.trace.as_deref()).into_publish();
     request.exchange = String::new();
     request.routing_key = topology::RPC_QUEUE.into();
     request.message.properties.priority = topology::RPC_MAX_PRIORITY;

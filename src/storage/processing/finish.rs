@@ -2,7 +2,7 @@
 //! inbox rows of the events they settle.
 
 use super::{FinishOutcome, ProcessingRecord, ProcessingResult};
-use crate::domain::ProcessingStatus;
+use crate::domain::{CatalogEvent, ProcessingStatus};
 use crate::storage::outbox::OutboxMessage;
 use crate::storage::rows::Columns;
 use crate::storage::sql::{Dialect, SqlStore, Value, push_list, upsert};
@@ -50,7 +50,8 @@ where
             .applied
             .iter()
             .map(|(r, status)| {
-                OutboxMessage::game_processed(r.game_id, r.version, *status, &r.event_id)
+                let event = CatalogEvent::game_settled(r.game_id, r.version, *status, &r.event_id);
+                OutboxMessage::event(&event, None)
             })
             .collect();
         Self::insert_outbox(&mut tx, &events).await?;
