@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, DlqCommand, QueueCommand, ServeArgs};
 use crate::config::{BrokerArgs, DatabaseArgs, HttpArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
+use crate::processing::pause::PauseWatch;
 use crate::processing::retention::Retention;
 use crate::processing::subscriber::Subscriber;
 use crate::processing::thumbnail::DecodeBudget;
@@ -73,6 +74,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             } else {
                 print!("{}", queues::table(&views));
+            }
+            Ok(())
+        }
+        Command::Queue(QueueCommand::Pause { queue }) => {
+            let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
+            match store.pause_queue(&queue).await? {
+                true => {
+                    eprintln!("paused {queue}: every worker stops taking from it within a second")
+                }
+                false => eprintln!("{queue} was paused already"),
+            }
+            Ok(())
+        }
+        Command::Queue(QueueCommand::Resume { queue }) => {
+            let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
+            match store.resume_queue(&queue).await? {
+                true => {
+                    eprintln!("resumed {queue}: every worker takes from it again within a second")
+                }
+                false => eprintln!("{queue} was not paused"),
             }
             Ok(())
         }
@@ -302,18 +323,19 @@ pub async fn run_worker(
         },
     );
     let worker = Arc::new(worker);
+    let pauses = PauseWatch::start(parts.store.clone(), shutdown.clone()).await;
     let (store, broker, prefetch) = (&parts.store, &parts.broker, args.prefetch.max(1));
     let subscribers = args
         .subscribers
         .iter()
         .map(|name| Subscriber::events(name, store.clone(), broker.clone(), prefetch))
         .chain([Subscriber::custom(store.clone(), broker.clone(), prefetch)])
-        .map(|subscriber| subscriber.run(shutdown.clone()));
+        .map(|subscriber| subscriber.run(&pauses, shutdown.clone()));
     tokio::join!(
         worker
             .clone()
-            .run(topology::GAME_EVENTS_QUEUE, shutdown.clone()),
-        worker.run(topology::RPC_QUEUE, shutdown.clone()),
+            .run(topology::GAME_EVENTS_QUEUE, &pauses, shutdown.clone()),
+        worker.run(topology::RPC_QUEUE, &pauses, shutdown.clone()),
         futures::future::join_all(subscribers),
         Retention::new(store.clone(), args.retain).run(shutdown.clone()),
     );

@@ -110,6 +110,8 @@ fn routes() -> Vec<Route> {
         route("delete", "/api/dlq/{id}", admin),
         route("get", "/api/queues", Nobody),
         route("get", "/api/queues/history", Nobody),
+        route("post", "/api/queues/{name}/pause", admin).at("/api/queues/audit/pause"),
+        route("post", "/api/queues/{name}/resume", admin).at("/api/queues/audit/resume"),
         route("post", "/api/auth/login", Nobody)
             .json(json!({"username": "nobody", "password": "not a password"})),
         route("get", "/api/auth/me", Needs::ValidTokenIfAny),

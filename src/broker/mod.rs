@@ -494,6 +494,7 @@ pub async fn consume_until_shutdown<Open, Opened, Drain, Drained>(
                 backoff = crate::backoff::reconnect_backoff();
                 drain(consumer).await;
             }
+            Err(_) if shutdown.is_triggered() => break,
             Err(error) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(%error, consumer = what, retry_in = ?delay, "cannot consume");

@@ -65,7 +65,8 @@ pub enum Command {
     /// Progress bars go to standard error on a terminal. Exits 1 when a request failed or
     /// an event was not processed in time.
     Bench(BenchArgs),
-    /// The queues of a running system, as GET /api/queues shows them.
+    /// The queues of a running system, as GET /api/queues shows them; pause and resume
+    /// their consumption.
     #[command(subcommand)]
     Queue(QueueCommand),
     /// Accounts of people, for the web UI and the API (POST /api/auth/login).
@@ -138,6 +139,25 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop consumption of a queue by every worker of every process, within a second.
+    ///
+    /// Work in flight finishes; the messages stay in the queue, and writes go on. The
+    /// pause is kept in the catalog database (DATABASE_URL), so it outlives restarts.
+    Pause {
+        /// game_events, catalog.rpc, custom_messages, audit, or audit.NAME.
+        #[arg(value_parser = parse_pausable)]
+        queue: String,
+    },
+    /// Let every worker consume a paused queue again, within a second.
+    Resume {
+        /// game_events, catalog.rpc, custom_messages, audit, or audit.NAME.
+        #[arg(value_parser = parse_pausable)]
+        queue: String,
+    },
+}
+
+fn parse_pausable(queue: &str) -> Result<String, String> {
+    crate::processing::pause::check_pausable(queue).map(|()| queue.to_owned())
 }
 
 #[derive(Subcommand, Debug, Clone)]

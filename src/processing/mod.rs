@@ -5,10 +5,12 @@
 //! [`fetch`]), and an attempt in its history. [`retry`] decides what happens after a
 //! failure: retry later with backoff, or dead-letter. [`subscriber`] keeps what the
 //! audit subscribers and the custom-message consumer receive. [`retention`] prunes
-//! that history, and the worker's, once older than `--retain`.
+//! that history, and the worker's, once older than `--retain`. [`pause`] stops and
+//! restarts every consumer of a queue that an operator paused.
 
 pub mod fetch;
 pub mod outcome;
+pub mod pause;
 pub mod retention;
 pub mod retry;
 pub mod subscriber;

@@ -10,7 +10,8 @@
 //! idempotently: a redelivered message finds its entry and adds nothing. A message
 //! that asks for a reply (`retrocat publish --wait`) gets one once it is recorded.
 
-use crate::broker::{Broker, Consumer, Delivery, topology};
+use super::pause::{PauseWatch, QueuePause};
+use crate::broker::{Broker, BrokerError, Consumer, Delivery, topology};
 use crate::domain::EventId;
 use crate::shutdown::Shutdown;
 use crate::storage::{ReceivedMessage, Store, StoreError};
@@ -62,27 +63,40 @@ impl Subscriber {
 
     /// Declares its queue (the audit queue is also part of the common topology; other
     /// subscribers receive from their first start on), then consumes it until
-    /// shutdown, reconnecting when the broker goes away.
-    pub async fn run(self, shutdown: Shutdown) {
+    /// shutdown, reconnecting when the broker goes away, and holding no consumer while
+    /// the queue is paused.
+    pub async fn run(self, pauses: &PauseWatch, shutdown: Shutdown) {
         let this = Arc::new(self);
+        let pause = pauses.of(&this.queue);
         let open = || async {
+            if !pause.resumed(&shutdown).await {
+                return Err(BrokerError::Unavailable("shutting down".into()));
+            }
             if this.name != CUSTOM {
                 topology::declare_subscriber(this.broker.as_ref(), &this.name).await?;
             }
             this.broker.consume(&this.queue, this.prefetch).await
         };
-        let drain = |consumer| this.clone().drain(consumer, shutdown.clone());
+        let drain = |consumer| this.clone().drain(consumer, &pause, &shutdown);
         crate::broker::consume_until_shutdown(&this.name, &shutdown, open, drain).await;
     }
 
     /// Records what the consumer has ready (up to the prefetch window) at a time: one
-    /// statement per batch, then the acknowledgements.
-    async fn drain(self: Arc<Self>, mut consumer: Consumer, shutdown: Shutdown) {
+    /// statement per batch, then the acknowledgements. Returns once the consumer ends,
+    /// the queue is paused, or shutdown is requested.
+    async fn drain(
+        self: Arc<Self>,
+        mut consumer: Consumer,
+        pause: &QueuePause,
+        shutdown: &Shutdown,
+    ) {
         let limit = usize::from(self.prefetch.max(1));
         let mut batch = Vec::with_capacity(limit);
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.wait() => return,
+                () = pause.paused() => return,
                 received = consumer.next_batch(&mut batch, limit) => if received == 0 {
                     return;
                 },

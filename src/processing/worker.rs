@@ -12,6 +12,7 @@
 
 use super::fetch::CoverFetcher;
 use super::outcome::{EndToEnd, OutcomeMetrics};
+use super::pause::{PauseWatch, QueuePause};
 use super::retry::{Failure, RetryPolicy};
 use super::thumbnail::{DecodeBudget, render};
 use crate::broker::{
@@ -129,23 +130,35 @@ impl Worker {
     /// with backoff when the broker goes away. On shutdown it stops taking deliveries,
     /// lets in-flight ones finish within the grace period, and leaves everything else
     /// unacknowledged.
-    pub async fn run(self: Arc<Self>, queue: &'static str, shutdown: Shutdown) {
-        crate::broker::consume_until_shutdown(
-            queue,
-            &shutdown,
-            || self.broker.consume(queue, self.config.prefetch),
-            |consumer| self.clone().drain(queue, consumer, &shutdown),
-        )
-        .await;
+    ///
+    /// While `queue` is paused it holds no consumer: it finishes what it has in flight,
+    /// gives back what it prefetched, and consumes again once the queue is resumed.
+    pub async fn run(
+        self: Arc<Self>,
+        queue: &'static str,
+        pauses: &PauseWatch,
+        shutdown: Shutdown,
+    ) {
+        let pause = pauses.of(queue);
+        let open = || async {
+            if !pause.resumed(&shutdown).await {
+                return Err(BrokerError::Unavailable("shutting down".into()));
+            }
+            self.broker.consume(queue, self.config.prefetch).await
+        };
+        let drain = |consumer| self.clone().drain(queue, consumer, &pause, &shutdown);
+        crate::broker::consume_until_shutdown(queue, &shutdown, open, drain).await;
         tracing::info!(queue, "worker stopped");
     }
 
     /// Processes deliveries from one consumer, up to `concurrency` at a time, until the
-    /// consumer ends (broker gone: the caller reconnects) or shutdown is requested.
+    /// consumer ends (broker gone: the caller reconnects), the queue is paused, or
+    /// shutdown is requested.
     async fn drain(
         self: Arc<Self>,
         queue: &'static str,
         mut consumer: crate::broker::Consumer,
+        pause: &QueuePause,
         shutdown: &Shutdown,
     ) {
         let metrics = Arc::new(OutcomeMetrics::new(queue));
@@ -154,12 +167,15 @@ impl Worker {
             if in_flight.len() >= self.config.concurrency.max(1) {
                 tokio::select! {
                     _ = shutdown.wait() => break,
+                    () = pause.paused() => break,
                     Some(joined) = in_flight.join_next() => log_task(joined),
                 }
                 continue;
             }
             tokio::select! {
+                biased;
                 _ = shutdown.wait() => break,
+                () = pause.paused() => break,
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_task(joined),
                 next = consumer.next() => match next {
                     Some(delivery) => {

@@ -8,8 +8,8 @@
 //! `Store` is made of one trait per concern, each with its SQL in the file of its name:
 //! [`catalog`] (games), [`references`] (platforms and genres), [`processing`] (a
 //! worker's start and finish, and the inbox), [`tasks`] (the processing views),
-//! [`received`] (what subscribers received), [`outbox`], [`accounts`] and
-//! [`retention`]. The SQL is written once for every backend ([`sql`]), with rows read
+//! [`received`] (what subscribers received), [`outbox`], [`pauses`] (paused queues),
+//! [`accounts`] and [`retention`]. The SQL is written once for every backend ([`sql`]), with rows read
 //! by [`rows`] and the list query built by [`game_query`].
 //!
 //! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB are the database servers
@@ -26,6 +26,7 @@ mod game_stream;
 mod group_commit;
 pub mod mysql;
 mod outbox;
+mod pauses;
 pub mod postgres;
 mod processing;
 mod received;
@@ -47,6 +48,7 @@ pub use game_query::{GamePage, GameQuery, GameSort, PageRequest};
 pub use game_stream::GameBatches;
 pub use group_commit::GroupCommit;
 pub use outbox::{Outbox, OutboxBacklog, OutboxLease, OutboxMessage};
+pub use pauses::Pauses;
 pub use processing::{
     FinishOutcome, Processing, ProcessingRecord, ProcessingResult, StartOutcome, StartRequest,
     WorkItem,
@@ -180,6 +182,7 @@ pub trait Store:
     + Processing
     + Received
     + Outbox
+    + Pauses
     + Retention
     + 'static
 {
@@ -194,6 +197,7 @@ impl<T> Store for T where
         + Processing
         + Received
         + Outbox
+        + Pauses
         + Retention
         + 'static
 {

@@ -84,6 +84,9 @@ struct Sample {
     queues: Vec<QueueSample>,
     outbox: Option<OutboxBacklog>,
     outbox_meter: MeterTotals,
+    /// The queues paused ([`crate::storage::Pauses`]); none when the database did
+    /// not answer.
+    paused: Vec<String>,
     /// What this process's worker settled and finished.
     charts: charts::Take,
 }
@@ -157,9 +160,10 @@ impl QueueWatch {
                 None => None,
             }
         };
-        let (stats, outbox, ping, managed) = tokio::join!(
+        let (stats, outbox, paused, ping, managed) = tokio::join!(
             stats,
             self.store.outbox_backlog(),
+            self.store.paused_queues(),
             self.broker.ping(),
             managed
         );
@@ -181,6 +185,7 @@ impl QueueWatch {
             queues: queues.collect(),
             outbox: outbox.ok(),
             outbox_meter: QueueMeter::of(OUTBOX).totals(),
+            paused: paused.unwrap_or_default(),
             charts: charts::take(),
         }
     }
@@ -270,7 +275,7 @@ impl QueueWatch {
                 unacked: stats.and_then(|s| s.unacked),
                 delayed: stats.map(|s| s.delayed),
                 consumers: stats.map(|s| s.consumers),
-                paused: false,
+                paused: latest.paused.iter().any(|paused| paused == queue),
                 publish_rate: rates.publish,
                 deliver_rate: rates.deliver,
                 ack_rate: rates.ack,
