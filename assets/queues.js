@@ -43,8 +43,48 @@ function age(seconds) {
   return `${Math.floor(seconds / 60)} min ${Math.floor(seconds % 60)} s`;
 }
 
+// ---- Pause and resume (admin) ---------------------------------------------------------
+//
+// The table comes from the server's sampler, a second behind at most: what a pause or
+// resume answered is shown until a sample agrees with it, so the button never flips back.
+
+/** Queue name → paused, as the last pause or resume answered. */
+const answered = new Map();
+
+function isPaused(queue) {
+  if (!answered.has(queue.name)) return queue.paused;
+  if (answered.get(queue.name) === queue.paused) answered.delete(queue.name);
+  return answered.has(queue.name) ? answered.get(queue.name) : queue.paused;
+}
+
+async function setPaused(name, pause) {
+  try {
+    const state = await api(`/api/queues/${encodeURIComponent(name)}/${pause ? "pause" : "resume"}`, { method: "POST" });
+    answered.set(name, state.paused);
+    $("queues-error").textContent = "";
+  } catch (error) {
+    $("queues-error").textContent = `${pause ? "Pause" : "Resume"} ${name}: ${error.message}`;
+  }
+  await loadQueues();
+}
+
+function pauseButton(queue, paused) {
+  if (!queue.pausable) return null;
+  const button = el("button", {
+    textContent: paused ? "Resume" : "Pause",
+    title: paused
+      ? "Every worker consumes this queue again within a second"
+      : "Every worker stops taking from this queue within a second; its messages wait",
+    onclick: () => setPaused(queue.name, !paused),
+  });
+  button.dataset.action = paused ? "resume" : "pause";
+  button.dataset.needs = "admin";
+  return button;
+}
+
 function queueRow(queue) {
   const num = (text) => el("td", { className: "num", textContent: text });
+  const paused = isPaused(queue);
   const row = el(
     "tr",
     {},
@@ -53,14 +93,16 @@ function queueRow(queue) {
     num(count(queue.unacked)),
     num(count(queue.delayed)),
     num(count(queue.consumers)),
-    el("td", {}, queue.paused ? statusBadge("paused") : null),
+    el("td", {}, paused ? statusBadge("paused") : null),
     num(rate(queue.publishRate)),
     num(rate(queue.deliverRate)),
     num(rate(queue.ackRate)),
     num(age(queue.oldestAgeSeconds)),
     el("td", { textContent: queue.source || "" }),
+    el("td", {}, pauseButton(queue, paused)),
   );
   row.dataset.queue = queue.name;
+  row.dataset.paused = String(paused);
   return row;
 }
 

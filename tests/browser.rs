@@ -209,12 +209,13 @@ impl Browser {
         .await;
     }
 
+    /// Clicks `css` once it is shown; again if the page redrew it between finding and
+    /// clicking (tables redrawn by polling replace their buttons every few seconds).
     async fn click(&self, css: &str) {
-        self.find_shown(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        eventually(&format!("click {css}"), WAIT, || async {
+            self.find_shown(css).await.click().await.ok()
+        })
+        .await;
     }
 
     /// Replaces what the field `css` holds with `value`, typed.
@@ -599,7 +600,7 @@ async fn a_message_sent_from_the_producer_page_shows_as_received() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_queues_page_lists_game_events_and_charts_what_processing_did() {
+async fn the_queues_page_charts_processing_and_pauses_and_resumes_game_events() {
     let Some(browser) = Browser::start().await else {
         return;
     };
@@ -623,6 +624,39 @@ async fn the_queues_page_lists_game_events_and_charts_what_processing_did() {
         })
         .await;
     }
+
+    // Paused from the page, game_events holds what is created meanwhile; resumed, the
+    // workers take it.
+    let row = "tbody#queues tr[data-queue=game_events]";
+    browser
+        .click(&format!("{row} button[data-action=pause]"))
+        .await;
+    browser
+        .wait_for_text(&format!("{row} button[data-action=resume]"), "Resume")
+        .await;
+    assert_eq!(
+        browser.attr(row, "data-paused").await.as_deref(),
+        Some("true")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = create_games(serve.base(), "Held", 5, 4, &AtomicUsize::new(0)).await;
+    browser
+        .wait_for_text(&format!("{row} td:nth-child(2)"), "5")
+        .await;
+    let effects = Effects::open(&deployment).await;
+    assert_eq!(
+        effects.unfinished(&held).await,
+        held,
+        "processed while paused"
+    );
+    browser.screenshot("queues-paused").await;
+    browser
+        .click(&format!("{row} button[data-action=resume]"))
+        .await;
+    effects.wait_until_completed(&held, WAIT).await;
+    browser
+        .wait_for_text(&format!("{row} button[data-action=pause]"), "Pause")
+        .await;
     browser.screenshot("queues").await;
     browser.quit().await;
     serve.stop().await;

@@ -45,6 +45,10 @@ pub const AUDIT_QUEUE: &str = "audit";
 pub const UNROUTED_EXCHANGE: &str = "catalog.unrouted";
 pub const UNROUTED_QUEUE: &str = "unrouted";
 
+/// The durable queues retrocat's consumers take from, by a fixed name: those an
+/// operator can pause, with the named event subscribers' `audit.NAME`.
+pub const CONSUMED: [&str; 4] = [GAME_EVENTS_QUEUE, RPC_QUEUE, CUSTOM_QUEUE, AUDIT_QUEUE];
+
 /// The prefix of each API instance's live-feed queue (`live_feed.<instance>`).
 pub const LIVE_FEED_PREFIX: &str = "live_feed.";
 

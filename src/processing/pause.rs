@@ -21,15 +21,6 @@ use tokio::sync::watch;
 /// plus the time the deliveries in flight take to finish.
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
 
-/// The queues retrocat's consumers take from, with a fixed name; the named event
-/// subscribers' `audit.NAME` can be paused too.
-pub const PAUSABLE: [&str; 4] = [
-    topology::GAME_EVENTS_QUEUE,
-    topology::RPC_QUEUE,
-    topology::CUSTOM_QUEUE,
-    topology::AUDIT_QUEUE,
-];
-
 /// Whether `queue` is one that retrocat's consumers take from: dead-letter queues,
 /// `unrouted` and the live feeds have no consumer a pause could stop.
 pub fn check_pausable(queue: &str) -> Result<(), String> {
@@ -37,13 +28,13 @@ pub fn check_pausable(queue: &str) -> Result<(), String> {
         .strip_prefix(topology::AUDIT_QUEUE)
         .and_then(|rest| rest.strip_prefix('.'))
         .is_some_and(|name| subscriber::parse_name(name).is_ok());
-    if PAUSABLE.contains(&queue) || subscriber {
+    if topology::CONSUMED.contains(&queue) || subscriber {
         return Ok(());
     }
     Err(format!(
         "{queue:?} is not a queue retrocat consumes; one of {} or audit.NAME of a \
          named subscriber",
-        PAUSABLE.join(", ")
+        topology::CONSUMED.join(", ")
     ))
 }
 
@@ -142,7 +133,7 @@ mod tests {
 
     #[test]
     fn only_the_queues_retrocat_consumes_can_be_paused() {
-        for queue in PAUSABLE.into_iter().chain(["audit.archive"]) {
+        for queue in topology::CONSUMED.into_iter().chain(["audit.archive"]) {
             assert_eq!(check_pausable(queue), Ok(()), "{queue}");
         }
         for queue in [

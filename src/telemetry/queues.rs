@@ -56,6 +56,8 @@ pub struct QueueView {
     pub delayed: Option<u64>,
     pub consumers: Option<u64>,
     pub paused: bool,
+    /// Whether retrocat consumes the queue, so that an admin can pause it.
+    pub pausable: bool,
     /// Messages in per second over the last 10 s.
     pub publish_rate: Option<f64>,
     /// Deliveries to this process's consumers per second.
@@ -276,6 +278,7 @@ impl QueueWatch {
                 delayed: stats.map(|s| s.delayed),
                 consumers: stats.map(|s| s.consumers),
                 paused: latest.paused.iter().any(|paused| paused == queue),
+                pausable: topology::CONSUMED.contains(&queue),
                 publish_rate: rates.publish,
                 deliver_rate: rates.deliver,
                 ack_rate: rates.ack,
@@ -393,6 +396,7 @@ fn outbox_view(latest: &Sample, earlier: Option<&Sample>) -> QueueView {
         delayed: None,
         consumers: None,
         paused: false,
+        pausable: false,
         publish_rate: rates.publish,
         deliver_rate: None,
         ack_rate: rates.ack,
