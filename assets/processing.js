@@ -139,6 +139,61 @@ async function loadDeadLetters() {
   if (!dead.length) deadLetterNote("No dead letters.");
 }
 
+// ---- Dead letters in bulk (admin) ----------------------------------------------------
+//
+// Counts what the filter matches first and asks before acting. The server acts on the
+// oldest 10,000 letters a call; the page calls again while more are left, and meanwhile
+// shows the dead-letter queue's depth going down (GET /api/queues, sampled a second).
+
+const DLQ = "game_events.dlq";
+
+async function dlqDepth() {
+  const queues = await api("/api/queues");
+  const row = queues.find((queue) => queue.name === DLQ);
+  return row ? row.ready : null;
+}
+
+async function actOnAll(replay) {
+  const reason = $("dlq-reason").value.trim();
+  const query = reason ? `?reason=${encodeURIComponent(reason)}` : "";
+  const what = reason ? `dead letters whose reason contains "${reason}"` : "dead letters";
+  const [verb, verbing] = replay ? ["Replayed", "Replaying"] : ["Purged", "Purging"];
+  const progress = $("dlq-progress");
+  $("dlq-error").textContent = "";
+  let watch = null;
+  try {
+    const counted = await api(`/api/dlq/count${query}`);
+    if (!counted.matched) {
+      progress.textContent = `No ${what}.`;
+      return;
+    }
+    const more = counted.left ? `, among the oldest ${counted.scanned} (${counted.left} more follow)` : "";
+    if (!confirm(`${replay ? "Replay" : "Purge"} ${counted.matched} ${what} of ${DLQ}${more}?`)) return;
+    progress.textContent = `${verbing} ${counted.matched} ${what}…`;
+    watch = setInterval(async () => {
+      const left = await dlqDepth().catch(() => null);
+      if (left !== null) progress.textContent = `${verbing}… ${left} left in ${DLQ}`;
+    }, 1000);
+    let done = 0;
+    for (;;) {
+      const pass = await api(`/api/dlq${replay ? "/replay" : ""}${query}`, { method: replay ? "POST" : "DELETE" });
+      done += pass.done;
+      if (!pass.left || !pass.done) break;
+    }
+    progress.textContent = `${verb} ${done} ${what}.`;
+  } catch (error) {
+    progress.textContent = "";
+    $("dlq-error").textContent = error.message;
+  } finally {
+    clearInterval(watch);
+  }
+  await loadDeadLetters();
+  refresh();
+}
+
+$("dlq-replay-all").addEventListener("click", () => actOnAll(true));
+$("dlq-purge-all").addEventListener("click", () => actOnAll(false));
+
 const refresh = debounce(() => {
   loadTasks().catch(console.error);
   loadDeadLetters().catch(console.error);

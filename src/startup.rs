@@ -3,8 +3,8 @@
 use crate::api::server::ServerLimits;
 use crate::api::{self, ApiContext, stream::LiveFeed};
 use crate::bench;
-use crate::broker::{self, Broker, dead_letters, topology};
-use crate::cli::{Cli, Command, DlqCommand, QueueCommand, ServeArgs};
+use crate::broker::{self, Broker, topology};
+use crate::cli::{Cli, Command, QueueCommand, ServeArgs};
 use crate::config::{BrokerArgs, DatabaseArgs, HttpArgs, WorkerArgs};
 use crate::outbox::Relay;
 use crate::processing::fetch::CoverFetcher;
@@ -18,7 +18,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::{self, Store};
 use crate::telemetry::management::Management;
 use crate::telemetry::queues::{self, QueueWatch};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -61,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq(command) => {
             let broker = connect_declared_broker(&cli.broker).await?;
-            run_dlq(broker.as_ref(), command).await?;
+            crate::cli::dlq::run(broker.as_ref(), command).await?;
             // Replay and purge acknowledge; the process exits right after.
             Ok(broker.close().await?)
         }
@@ -185,38 +185,6 @@ async fn connect_declared_broker(args: &BrokerArgs) -> anyhow::Result<Arc<dyn Br
 }
 
 /// `retrocat dlq …`: prints what it found or did, one JSON object a line.
-async fn run_dlq(broker: &dyn Broker, command: DlqCommand) -> anyhow::Result<()> {
-    let (acted, id, queue) = match command {
-        DlqCommand::List { queue, limit } => {
-            for dead in dead_letters::list(broker, &queue.queue, limit).await? {
-                println!("{}", serde_json::to_string(&dead)?);
-            }
-            return Ok(());
-        }
-        DlqCommand::Replay { id, queue } => (
-            dead_letters::replay(broker, &queue.queue, &id).await?,
-            id,
-            queue,
-        ),
-        DlqCommand::Purge { id, queue } => (
-            dead_letters::purge(broker, &queue.queue, &id).await?,
-            id,
-            queue,
-        ),
-    };
-    match acted {
-        Some(dead) => {
-            println!("{}", serde_json::to_string(&dead)?);
-            Ok(())
-        }
-        None => bail!(
-            "no message {id} among the oldest {} of {}",
-            dead_letters::MAX_SCAN,
-            queue.queue
-        ),
-    }
-}
-
 async fn bind(http: &HttpArgs) -> anyhow::Result<TcpListener> {
     bind_addr(http.listen_addr()).await
 }

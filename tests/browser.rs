@@ -239,6 +239,14 @@ impl Browser {
             .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
     }
 
+    /// The text of the `confirm()` a click opened, once it is open.
+    async fn dialog_text(&self) -> String {
+        eventually("a dialog to read", WAIT, || async {
+            self.client.get_alert_text().await.ok()
+        })
+        .await
+    }
+
     /// Accepts the `confirm()` a click opened, once it is open.
     async fn accept_dialog(&self) {
         eventually("a dialog to accept", WAIT, || async {
@@ -508,7 +516,7 @@ async fn wait_for_counters_to_match(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn processing_counts_the_catalog_and_a_replayed_dead_letter_is_processed() {
+async fn processing_counts_the_catalog_and_replayed_dead_letters_are_processed() {
     let Some(browser) = Browser::start().await else {
         return;
     };
@@ -565,6 +573,30 @@ async fn processing_counts_the_catalog_and_a_replayed_dead_letter_is_processed()
     );
     let shown = wait_for_counters_to_match(&browser, &serve).await;
     assert_eq!(shown["failed"], 0, "{shown:?}");
+
+    // Three more die while the host is down again. "Replay all…" with a reason counts
+    // them, asks, and replays them.
+    healthy.store(false, Ordering::SeqCst);
+    let mut more = Vec::new();
+    for n in 0..3 {
+        let body = with(game_body(&format!("Outage {n}")), "imageUrl", json!(cover));
+        more.push(serve.create_game(&body).await["id"].as_i64().unwrap());
+    }
+    for &id in &more {
+        wait_for_status(&serve, id, "failed").await;
+    }
+    healthy.store(true, Ordering::SeqCst);
+    browser.fill("#dlq-reason", "503").await;
+    browser.click("#dlq-replay-all").await;
+    let asked = browser.dialog_text().await;
+    assert!(asked.contains("Replay 3 dead letters"), "{asked}");
+    browser.accept_dialog().await;
+    browser
+        .wait_for_text_containing("#dlq-progress", "Replayed 3")
+        .await;
+    for &id in &more {
+        wait_for_status(&serve, id, "completed").await;
+    }
     browser.screenshot("processing").await;
     browser.quit().await;
     serve.stop().await;

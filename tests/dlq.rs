@@ -251,3 +251,65 @@ async fn an_unopenable_dead_letter_is_listed_with_its_reason_and_stays(broker: T
 }
 
 on_every_broker!(an_unopenable_dead_letter_is_listed_with_its_reason_and_stays);
+
+#[tokio::test]
+async fn retrocat_dlq_acts_on_every_matching_message_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let retrocat = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
+            .args(args)
+            .env("RETROCAT_BROKER_PATH", dir.path().join("broker.db"))
+            .env_remove("RABBITMQ_URL")
+            .output()
+            .expect("run retrocat")
+    };
+    let report = |output: std::process::Output| -> Value {
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        serde_json::from_slice(&output.stdout).expect("one JSON object")
+    };
+    for n in 0..3 {
+        let message = format!("stray {n}");
+        let sent = retrocat(&["publish", &message, "--routing-key", "nobody.listens"]);
+        assert!(sent.status.success());
+    }
+    let unrouted = ["--queue", "unrouted"];
+
+    let none = report(retrocat(
+        &[&["dlq", "purge", "--all", "--reason", "x"], &unrouted[..]].concat(),
+    ));
+    assert_eq!(
+        (&none["matched"], &none["done"]),
+        (&json!(0), &json!(0)),
+        "{none}"
+    );
+    // Unrouted messages name no queue to go back to: each is skipped, and stays.
+    let output = retrocat(&[&["dlq", "replay", "--all"], &unrouted[..]].concat());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("3 could not be replayed"));
+    let skipped = report(output);
+    assert_eq!(
+        (&skipped["skipped"], &skipped["done"]),
+        (&json!(3), &json!(0)),
+        "{skipped}"
+    );
+    let output = retrocat(&[&["dlq", "purge", "--all"], &unrouted[..]].concat());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("purged 3 of unrouted"));
+    let purged = report(output);
+    assert_eq!(purged["done"], 3, "{purged}");
+    let listed = retrocat(&["dlq", "list", "--queue", "unrouted"]);
+    assert!(listed.stdout.is_empty());
+
+    for refused in [
+        &["dlq", "replay"][..],
+        &["dlq", "purge", "some-id", "--all"],
+        &["dlq", "purge", "--reason", "503"],
+        &["dlq", "replay", "--all", "--before", "yesterday"],
+    ] {
+        let output = retrocat(refused);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{refused:?} is a usage error"
+        );
+    }
+}

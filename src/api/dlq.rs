@@ -1,9 +1,12 @@
-//! Dead letters over HTTP: list a dead-letter queue, replay or purge one message.
+//! Dead letters over HTTP: list a dead-letter queue, replay or purge one message, or
+//! count, replay or purge every letter a filter matches.
 
 use super::ApiContext;
 use super::auth::gate::Admin;
 use super::error::ApiError;
-use crate::broker::dead_letters::{self, DeadLetter, DeadLetterError};
+use crate::broker::dead_letters::{
+    self, BulkAction, BulkReport, DeadLetter, DeadLetterError, Filter,
+};
 use crate::broker::topology;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -19,6 +22,9 @@ pub fn router() -> OpenApiRouter<ApiContext> {
         .routes(routes!(list))
         .routes(routes!(replay))
         .routes(routes!(purge))
+        .routes(routes!(count_bulk))
+        .routes(routes!(replay_bulk))
+        .routes(routes!(purge_bulk))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -51,20 +57,70 @@ struct MessageId {
 
 impl Params {
     fn queue(&self) -> Result<&str, ApiError> {
-        let queue = self.queue.as_deref().unwrap_or(topology::GAME_EVENTS_DLQ);
-        if dead_letters::QUEUES.contains(&queue) {
-            Ok(queue)
-        } else {
-            Err(ApiError::bad_field(
-                "queue",
-                format!("one of {}", dead_letters::QUEUES.join(", ")),
-            ))
-        }
+        dead_letter_queue(self.queue.as_deref())
+    }
+}
+
+/// The dead-letter queue a query names, `game_events.dlq` when it names none.
+fn dead_letter_queue(queue: Option<&str>) -> Result<&str, ApiError> {
+    let queue = queue.unwrap_or(topology::GAME_EVENTS_DLQ);
+    if dead_letters::QUEUES.contains(&queue) {
+        Ok(queue)
+    } else {
+        Err(ApiError::bad_field(
+            "queue",
+            format!("one of {}", dead_letters::QUEUES.join(", ")),
+        ))
+    }
+}
+
+/// The filter of a bulk action: which letters of which dead-letter queue. Every
+/// letter of `game_events.dlq` when empty.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct BulkParams {
+    /// The dead-letter queue (`game_events.dlq` by default).
+    #[param(schema_with = queue_names)]
+    queue: Option<String>,
+    /// Only letters whose reason contains this text.
+    reason: Option<String>,
+    /// Only letters dead-lettered before this time (RFC 3339, e.g.
+    /// `2026-12-07T12:00:00Z`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    before: Option<String>,
+    /// Only letters dead-lettered at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    after: Option<String>,
+}
+
+impl BulkParams {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let time = |field: &'static str, text: &Option<String>| {
+            text.as_deref()
+                .map(|text| {
+                    chrono::DateTime::parse_from_rfc3339(text)
+                        .map(|at| at.to_utc())
+                        .map_err(|_| {
+                            ApiError::bad_field(
+                                field,
+                                "an RFC 3339 time, e.g. 2026-12-07T12:00:00Z",
+                            )
+                        })
+                })
+                .transpose()
+        };
+        Ok(Filter {
+            reason: self.reason.clone(),
+            before: time("before", &self.before)?,
+            after: time("after", &self.after)?,
+        })
     }
 }
 
 /// The query string, or why it could not be read.
 type ParamsQuery = Result<Query<Params>, QueryRejection>;
+type BulkQuery = Result<Query<BulkParams>, QueryRejection>;
 
 /// Dead letters
 ///
@@ -134,6 +190,65 @@ async fn purge(
         .await?
         .map(|_| StatusCode::NO_CONTENT)
         .ok_or_else(|| not_found(queue, &id))
+}
+
+/// Count dead letters
+///
+/// How many letters of a dead-letter queue the filter matches, among its oldest 10,000:
+/// what a bulk replay or purge with the same filter would take. Every letter stays.
+#[utoipa::path(get, path = "/api/dlq/count", tag = "dead letters",
+    security(("bearer" = [])), params(BulkParams),
+    responses((status = 200, description = "What the filter matches", body = BulkReport)))]
+async fn count_bulk(
+    _: Admin,
+    State(ctx): State<ApiContext>,
+    query: BulkQuery,
+) -> Result<axum::Json<BulkReport>, ApiError> {
+    run_bulk(&ctx, query, BulkAction::Count).await
+}
+
+/// Replay dead letters in bulk
+///
+/// Sends every letter the filter matches, among the queue's oldest 10,000, back to the
+/// queue it died in, as a replay of one does; `left` counts the messages past those,
+/// for another call. Interrupted and run again, each letter is still processed once.
+/// Letters that cannot be opened stay, counted as `skipped`.
+#[utoipa::path(post, path = "/api/dlq/replay", tag = "dead letters",
+    security(("bearer" = [])), params(BulkParams),
+    responses((status = 200, description = "What was replayed", body = BulkReport)))]
+async fn replay_bulk(
+    _: Admin,
+    State(ctx): State<ApiContext>,
+    query: BulkQuery,
+) -> Result<axum::Json<BulkReport>, ApiError> {
+    run_bulk(&ctx, query, BulkAction::Replay).await
+}
+
+/// Purge dead letters in bulk
+///
+/// Removes every letter the filter matches, among the queue's oldest 10,000; `left`
+/// counts the messages past those, for another call.
+#[utoipa::path(delete, path = "/api/dlq", tag = "dead letters",
+    security(("bearer" = [])), params(BulkParams),
+    responses((status = 200, description = "What was purged", body = BulkReport)))]
+async fn purge_bulk(
+    _: Admin,
+    State(ctx): State<ApiContext>,
+    query: BulkQuery,
+) -> Result<axum::Json<BulkReport>, ApiError> {
+    run_bulk(&ctx, query, BulkAction::Purge).await
+}
+
+async fn run_bulk(
+    ctx: &ApiContext,
+    query: BulkQuery,
+    action: BulkAction,
+) -> Result<axum::Json<BulkReport>, ApiError> {
+    let Query(params) = query?;
+    let queue = dead_letter_queue(params.queue.as_deref())?;
+    let filter = params.filter()?;
+    let report = dead_letters::bulk(ctx.broker.as_ref(), queue, &filter, action, |_| {}).await?;
+    Ok(axum::Json(report))
 }
 
 fn not_found(queue: &str, id: &str) -> ApiError {

@@ -1,12 +1,14 @@
 //! The command line: one binary, one subcommand per role (DESIGN.md).
 
 pub mod accounts;
+pub mod dlq;
 
 use crate::auth::Role;
 use crate::bench::BenchArgs;
 use crate::broker::{HeaderValue, dead_letters, topology};
 use crate::config::{BrokerArgs, CoverArgs, DatabaseArgs, HttpArgs, ProducerArgs, WorkerArgs};
 use crate::producer::Outgoing;
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -170,20 +172,53 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Send a message back to the queue it died in, its retry count reset.
+    /// Send a message back to the queue it died in, its retry count reset; with --all,
+    /// every message the filter matches (interrupted and run again, each is still
+    /// processed once).
     Replay {
         /// The message's id, as `list` shows it.
-        id: String,
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[command(flatten)]
+        bulk: DlqBulk,
         #[command(flatten)]
         queue: DlqQueue,
     },
-    /// Remove a message for good.
+    /// Remove a message for good; with --all, every message the filter matches.
     Purge {
         /// The message's id, as `list` shows it.
-        id: String,
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[command(flatten)]
+        bulk: DlqBulk,
         #[command(flatten)]
         queue: DlqQueue,
     },
+}
+
+/// Every message of the queue, or those a filter matches, instead of one.
+#[derive(Args, Debug, Clone)]
+pub struct DlqBulk {
+    /// Every message the filter below matches (all of them without one), in passes of
+    /// the oldest 10,000, with progress on standard error.
+    #[arg(long, conflicts_with = "id")]
+    pub all: bool,
+    /// With --all: only messages whose reason contains this text.
+    #[arg(long, requires = "all")]
+    pub reason: Option<String>,
+    /// With --all: only messages dead-lettered before this time (RFC 3339, e.g.
+    /// 2026-12-07T12:00:00Z).
+    #[arg(long, requires = "all", value_parser = parse_time)]
+    pub before: Option<DateTime<Utc>>,
+    /// With --all: only messages dead-lettered at or after this time (RFC 3339).
+    #[arg(long, requires = "all", value_parser = parse_time)]
+    pub after: Option<DateTime<Utc>>,
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.to_utc())
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2026-12-07T12:00:00Z"))
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,4 +1,5 @@
-//! Inspecting and acting on a dead-letter queue: list, replay, purge.
+//! Inspecting and acting on a dead-letter queue: list, replay, purge; [`bulk`] acts on
+//! every letter a filter matches.
 //!
 //! Built on the [`Broker`] trait alone, so it works the same on both brokers: the
 //! messages are taken as deliveries and, unless acted on, requeued, which puts them
@@ -12,6 +13,10 @@
 //! not replayed: sent back, its body would be sealed again over the old seal, and no
 //! consumer could ever read it. [`replay`] refuses it with
 //! [`DeadLetterError::Unopenable`]; put its key back in the list to replay it.
+
+mod bulk;
+
+pub use bulk::{BulkAction, BulkReport, Filter, bulk};
 
 use super::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
 use crate::domain::EventId;
@@ -152,23 +157,41 @@ pub async fn replay(
     let Some((found, delivery)) = find(broker, dlq, id).await? else {
         return Ok(None);
     };
-    if let Some(reason) = found.unopenable.clone() {
-        put_back(vec![delivery]).await;
+    let copy = match replay_copy(&found, &delivery.message) {
+        Ok(copy) => copy,
+        Err(refused) => {
+            put_back(vec![delivery]).await;
+            return Err(refused);
+        }
+    };
+    // Published before the dead letter is removed: a crash in between leaves a copy in
+    // both places, never in neither.
+    broker.publish(vec![copy]).await?;
+    delivery.ack().await?;
+    Ok(Some(found))
+}
+
+/// What replaying `dead` (read from `message`) publishes: the message, back to the
+/// queue it died in, without the headers of its death and with its replay count one
+/// up. Refused for a letter that cannot be opened, or that names no queue.
+fn replay_copy(dead: &DeadLetter, message: &Message) -> Result<Publish, DeadLetterError> {
+    if let Some(reason) = dead.unopenable.clone() {
         return Err(DeadLetterError::Unopenable {
-            id: id.to_owned(),
+            id: dead.id.clone(),
             reason,
         });
     }
-    let Some(queue) = found.queue.clone() else {
+    let Some(queue) = dead.queue.as_deref() else {
         // `unrouted` holds such messages: no queue refused them, none took them.
         return Err(BrokerError::NotFound(format!(
-            "message {id} does not say which queue it died in ({} header): there is no \
+            "message {} does not say which queue it died in ({} header): there is no \
              queue to replay it to",
+            dead.id,
             headers::DEAD_LETTER_QUEUE
         ))
         .into());
     };
-    let mut message = delivery.message.clone();
+    let mut message = message.clone();
     let headers = &mut message.properties.headers;
     for name in [
         headers::RETRY_COUNT,
@@ -178,14 +201,8 @@ pub async fn replay(
     ] {
         headers.remove(name);
     }
-    headers.insert(REPLAY_COUNT.into(), found.replays.saturating_add(1).into());
-    // Published before the dead letter is removed: a crash in between leaves a copy in
-    // both places, never in neither.
-    broker
-        .publish(vec![Publish::to_queue(&queue, message)])
-        .await?;
-    delivery.ack().await?;
-    Ok(Some(found))
+    headers.insert(REPLAY_COUNT.into(), dead.replays.saturating_add(1).into());
+    Ok(Publish::to_queue(queue, message))
 }
 
 /// Removes the message `id` from `dlq`. `Ok(None)` when it holds no such message.
