@@ -4,6 +4,7 @@
 //! whole configuration and the defaults run the complete system with nothing installed.
 
 use crate::api::RouterConfig;
+use crate::api::admission::AdmissionLimits;
 use crate::api::server::ServerLimits;
 use crate::auth::AuthMode;
 use crate::broker::QueueType;
@@ -221,6 +222,19 @@ pub struct HttpArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stream_subscribers: u32,
 
+    /// Events waiting in the outbox for the broker past which catalog writes are
+    /// refused with 503 and Retry-After, until the relay catches up; reads are still
+    /// served. An outbox row takes about 500 bytes.
+    #[arg(long, env = "RETROCAT_MAX_OUTBOX_BACKLOG",
+          default_value_t = crate::api::admission::DEFAULT_MAX_BACKLOG,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_outbox_backlog: u64,
+
+    /// Also refuse catalog writes while the oldest event in the outbox has waited
+    /// longer than this for the broker (e.g. 5m). Unset: its age is no limit.
+    #[arg(long, env = "RETROCAT_MAX_OUTBOX_AGE", value_parser = parse_positive_duration)]
+    pub max_outbox_age: Option<Duration>,
+
     /// Events published per broker round trip by the outbox relay, and at most awaiting
     /// the broker's confirms at once.
     #[arg(long, env = "RETROCAT_RELAY_BATCH", default_value_t = 500)]
@@ -316,6 +330,13 @@ impl HttpArgs {
             cors_origins: self.cors_origins.clone(),
             public_hosts: self.public_hosts.clone(),
             max_body_bytes: self.max_body_bytes,
+        }
+    }
+
+    pub fn admission(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            max_backlog: self.max_outbox_backlog,
+            max_age: self.max_outbox_age,
         }
     }
 

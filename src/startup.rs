@@ -239,7 +239,8 @@ pub async fn run_api(
     )
     .with_publish_policy(http.producer.policy())
     .with_decode_budget(parts.decode_budget)
-    .with_auth(http.auth.mode, http.auth.session_ttl);
+    .with_auth(http.auth.mode, http.auth.session_ttl)
+    .with_admission(http.admission());
     let app = api::router(ctx, &http.router());
     let addr = listener.local_addr()?;
     tracing::info!("retrocat listening on http://{addr}");

@@ -1,11 +1,14 @@
 //! Health endpoints: the original's `/health`, plus `/healthz` (alive) and `/readyz`
-//! (database and broker reachable) for orchestrators, and `/metrics` for Prometheus.
+//! (database and broker reachable; on the API, whether it takes catalog writes) for
+//! orchestrators, and `/metrics` for Prometheus.
 //! Every role serves them: the API on its address, a worker on `--listen`.
 
 use super::ApiContext;
+use super::admission::AdmissionLimits;
 use crate::broker::Broker;
 use crate::storage::Store;
 use crate::telemetry::metrics;
+use crate::telemetry::queues::QueueWatch;
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -19,6 +22,8 @@ use utoipa_axum::routes;
 pub struct Probed {
     pub store: Arc<dyn Store>,
     pub broker: Arc<dyn Broker>,
+    /// For the API: whether it takes catalog writes now (`api::admission`).
+    pub admission: Option<(AdmissionLimits, QueueWatch)>,
 }
 
 impl FromRef<ApiContext> for Probed {
@@ -26,6 +31,7 @@ impl FromRef<ApiContext> for Probed {
         Self {
             store: ctx.store.clone(),
             broker: ctx.broker.clone(),
+            admission: Some((ctx.admission, ctx.queues.clone())),
         }
     }
 }
@@ -58,6 +64,11 @@ struct Health {
     /// `embedded` or `rabbitmq`: which broker answers as `rabbitmq` above.
     broker: &'static str,
     outbox_pending: Option<u64>,
+    /// On the API: `accepted`, or why catalog writes are refused (the outbox backlog
+    /// is past its limit: `--max-outbox-backlog`, `--max-outbox-age`). Reads are
+    /// served either way, so this alone does not make the API unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes: Option<String>,
     timestamp: String,
 }
 
@@ -77,6 +88,11 @@ async fn check(ctx: &Probed) -> (StatusCode, Health) {
         } else {
             None
         },
+        writes: ctx.admission.as_ref().map(|(limits, queues)| {
+            limits
+                .refusal_now(queues)
+                .map_or_else(|| "accepted".to_owned(), |refusal| refusal.reason)
+        }),
         timestamp: crate::domain::timestamp_now(),
     };
     let status = if ready {

@@ -6,6 +6,7 @@
 //! registered from its handler's `#[utoipa::path]` declaration, so the router and
 //! `/openapi.json` come from one source (see [`openapi`]).
 
+pub mod admission;
 mod audit;
 pub mod auth;
 mod dlq;
@@ -36,6 +37,7 @@ use crate::storage::GroupCommit;
 use crate::storage::{GameUpdate, NewGame, Store, StoreError, WriteKind};
 use crate::telemetry::queues::QueueWatch;
 use crate::telemetry::{metrics, trace};
+use admission::AdmissionLimits;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -69,6 +71,8 @@ pub struct ApiContext {
     pub gate: auth::gate::Gate,
     /// How long a login's token lasts (`--session-ttl`).
     pub session_ttl: chrono::TimeDelta,
+    /// What the outbox may hold before catalog writes are refused.
+    pub admission: AdmissionLimits,
     /// Creates and updates, group-committed: those in flight together share one
     /// transaction.
     creates: Arc<GroupCommit<NewGame, Result<Game, StoreError>, StoreError>>,
@@ -104,6 +108,7 @@ impl ApiContext {
         Self {
             gate: auth::gate::Gate::new(store.clone(), AuthMode::default()),
             session_ttl: auth::DEFAULT_SESSION_TTL,
+            admission: AdmissionLimits::default(),
             store,
             broker,
             live,
@@ -128,6 +133,13 @@ impl ApiContext {
     pub fn with_auth(mut self, mode: AuthMode, session_ttl: chrono::TimeDelta) -> Self {
         self.gate = auth::gate::Gate::new(self.store.clone(), mode);
         self.session_ttl = session_ttl;
+        self
+    }
+
+    /// The context with catalog writes refused past `limits` rather than the default
+    /// (`--max-outbox-backlog`, `--max-outbox-age`).
+    pub fn with_admission(mut self, limits: AdmissionLimits) -> Self {
+        self.admission = limits;
         self
     }
 
@@ -221,7 +233,11 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
 /// original's `/health`), counted like the API's requests.
 pub fn probes(store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Router {
     let (probes, _) = health::router()
-        .with_state(health::Probed { store, broker })
+        .with_state(health::Probed {
+            store,
+            broker,
+            admission: None,
+        })
         .split_for_parts();
     probes
         .layer(axum::middleware::from_fn(metrics::track_http))

@@ -182,7 +182,9 @@ fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
                 add("500", "The server failed to answer; the error was logged");
                 add(
                     "503",
-                    "The database or the broker cannot be reached: try again",
+                    "The database or the broker cannot be reached: try again. On a \
+                     catalog write also: the outbox backlog is past its limit \
+                     (--max-outbox-backlog), try again after Retry-After",
                 );
             }
             for (status, response) in responses.iter_mut() {

@@ -1,6 +1,7 @@
 //! `/api/platforms` and `/api/genres`: the catalog's reference data.
 
 use super::ApiContext;
+use super::admission::Admitted;
 use super::auth::gate::Admin;
 use super::error::ApiError;
 use super::extract::{Id, Json};
@@ -112,6 +113,7 @@ async fn platforms(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Platf
     ))]
 async fn create_platform(
     _: Admin,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Json(body): Json<PlatformBody>,
 ) -> Result<(StatusCode, axum::Json<Platform>), ApiError> {
@@ -131,6 +133,7 @@ async fn create_platform(
     ))]
 async fn update_platform(
     _: Admin,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     Json(body): Json<PlatformBody>,
@@ -151,6 +154,7 @@ async fn update_platform(
     ))]
 async fn delete_platform(
     _: Admin,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
@@ -176,6 +180,7 @@ async fn genres(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Genre>>,
     ))]
 async fn create_genre(
     _: Admin,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Json(body): Json<GenreBody>,
 ) -> Result<(StatusCode, axum::Json<Genre>), ApiError> {
@@ -195,6 +200,7 @@ async fn create_genre(
     ))]
 async fn update_genre(
     _: Admin,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     Json(body): Json<GenreBody>,
@@ -215,6 +221,7 @@ async fn update_genre(
     ))]
 async fn delete_genre(
     _: Admin,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {

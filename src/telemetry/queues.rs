@@ -227,27 +227,40 @@ impl QueueWatch {
         }
     }
 
+    /// The outbox as last sampled, with its drain rate over the last 10 s; `None`
+    /// before the first sample, or when the database did not answer it. For admission
+    /// control, on every catalog write: no round trip.
+    pub fn outbox(&self) -> Option<OutboxSample> {
+        let samples = self.samples.lock().expect("samples lock");
+        let latest = samples.back()?;
+        let backlog = latest.outbox?;
+        let drain_rate = rate_base(&samples, latest).map(|earlier| {
+            let settled =
+                (latest.outbox_meter.settled).saturating_sub(earlier.outbox_meter.settled);
+            settled as f64 / latest.at.duration_since(earlier.at).as_secs_f64()
+        });
+        Some(OutboxSample {
+            pending: backlog.pending,
+            oldest_age: backlog.oldest_age,
+            drain_rate,
+        })
+    }
+
     /// The rows of `GET /api/queues`, from the latest sample, with rates over the
     /// last 10 s. Before the first sample, one is taken now.
     pub async fn views(&self) -> Vec<QueueView> {
         let (latest, earlier) = {
             let samples = self.samples.lock().expect("samples lock");
             let latest = samples.back().cloned();
-            let earlier = latest.as_ref().and_then(|latest| {
-                samples
-                    .iter()
-                    .rev()
-                    .find(|sample| latest.at.duration_since(sample.at) >= RATE_WINDOW)
-                    .or(samples.front())
-                    .cloned()
-            });
+            let earlier = latest
+                .as_ref()
+                .and_then(|latest| rate_base(&samples, latest).cloned());
             (latest, earlier)
         };
         let latest = match latest {
             Some(latest) => latest,
             None => self.sample().await,
         };
-        let earlier = earlier.filter(|earlier| latest.at > earlier.at);
         let whole = self.broker.kind() == "embedded";
         let source = if whole { "embedded" } else { "amqp" };
         let mut views = vec![outbox_view(&latest, earlier.as_ref())];
@@ -288,6 +301,29 @@ impl QueueWatch {
         }
         views
     }
+}
+
+/// The sample rates are measured from, up to `latest`: the newest one 10 s older, or
+/// the oldest kept; `None` when there is no earlier one.
+fn rate_base<'a>(samples: &'a VecDeque<Sample>, latest: &Sample) -> Option<&'a Sample> {
+    samples
+        .iter()
+        .rev()
+        .find(|sample| latest.at.duration_since(sample.at) >= RATE_WINDOW)
+        .or(samples.front())
+        .filter(|earlier| latest.at > earlier.at)
+}
+
+/// The outbox in the latest sample, as admission control reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutboxSample {
+    /// Events waiting for the broker.
+    pub pending: u64,
+    /// How long the oldest of them has waited.
+    pub oldest_age: Option<Duration>,
+    /// Events the broker confirmed per second over the last 10 s; `None` before two
+    /// samples.
+    pub drain_rate: Option<f64>,
 }
 
 #[derive(Default)]

@@ -4,6 +4,7 @@ mod body;
 mod list;
 
 use super::ApiContext;
+use super::admission::Admitted;
 use super::error::ApiError;
 use super::extract::{Id, Json, body_bytes};
 use crate::api::auth::gate::{Admin, Editor};
@@ -123,6 +124,7 @@ async fn existing(ctx: &ApiContext, id: i64) -> Result<Game, ApiError> {
 )]
 async fn create(
     _: Editor,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     query: Result<Query<WaitParam>, QueryRejection>,
     Json(body): Json<GameBody>,
@@ -163,6 +165,7 @@ async fn create(
 )]
 async fn update(
     _: Editor,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     query: Result<Query<WaitParam>, QueryRejection>,
@@ -291,6 +294,7 @@ async fn wait_for_processing(
 )]
 async fn remove(
     _: Editor,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
@@ -364,6 +368,7 @@ async fn process_complete(
 )]
 async fn upload_cover(
     _: Editor,
+    _: Admitted,
     State(ctx): State<ApiContext>,
     Id(id): Id,
     request: Request,
