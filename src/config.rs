@@ -5,6 +5,7 @@
 
 use crate::api::RouterConfig;
 use crate::api::admission::AdmissionLimits;
+use crate::api::rate_limit::RateLimit;
 use crate::api::server::ServerLimits;
 use crate::auth::AuthMode;
 use crate::broker::QueueType;
@@ -230,6 +231,12 @@ pub struct HttpArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_outbox_backlog: u64,
 
+    /// Requests each client address may make to /api/, e.g. 50/s or 600/m, in bursts
+    /// of as many; past it, 429 with Retry-After. Clients are told apart by address,
+    /// so behind a proxy limit at the proxy. Unset: no limit.
+    #[arg(long, env = "RETROCAT_RATE_LIMIT")]
+    pub rate_limit: Option<RateLimit>,
+
     /// Also refuse catalog writes while the oldest event in the outbox has waited
     /// longer than this for the broker (e.g. 5m). Unset: its age is no limit.
     #[arg(long, env = "RETROCAT_MAX_OUTBOX_AGE", value_parser = parse_positive_duration)]
@@ -330,6 +337,7 @@ impl HttpArgs {
             cors_origins: self.cors_origins.clone(),
             public_hosts: self.public_hosts.clone(),
             max_body_bytes: self.max_body_bytes,
+            rate_limit: self.rate_limit,
         }
     }
 

@@ -181,3 +181,44 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     assert!(answered(&mut third, limit).await, "then it is served");
     serve.stop().await;
 }
+
+#[tokio::test]
+async fn past_its_rate_limit_a_client_gets_429_and_its_requests_do_nothing() {
+    let app = TestApp::spawn_with(Roles::ApiOnly, &["--rate-limit", "5/s"]).await;
+    // A burst of 5 is served; the requests that follow at once are refused.
+    let mut served = 0;
+    let refused = loop {
+        let response = app.get("/api/games?limit=1").await;
+        if response.status() != 200 {
+            break response;
+        }
+        served += 1;
+        assert!(served < 20, "20 requests at once, none refused");
+    };
+    assert!(served >= 5, "the burst of 5 was cut at {served}");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("--rate-limit"),
+        "{problem}"
+    );
+    // A refused write writes nothing.
+    let write = app
+        .post_json("/api/games", &common::game_body("Rate Limited"))
+        .await;
+    assert_eq!(write.status(), 429);
+    // Probes and metrics are never limited.
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(app.get(probe).await.status(), 200, "{probe}");
+    }
+    // A second later the client is served again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let games = app.get_json("/api/games?search=Rate%20Limited").await;
+    assert_eq!(games, serde_json::json!([]));
+    app.stop().await;
+}

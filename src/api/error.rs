@@ -57,6 +57,13 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
+    /// The client made more requests than `--rate-limit` allows (see
+    /// `api::rate_limit`); the answer says when to try again (`Retry-After`).
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: Duration,
+    },
     /// A request sent on through the broker got no reply in time.
     #[error("{0}")]
     NoReply(String),
@@ -95,6 +102,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             Self::Unavailable(_) | Self::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoReply(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,6 +121,7 @@ impl ApiError {
             Self::MisdirectedRequest(_) => "Misdirected request",
             Self::Unavailable(_) => "Service unavailable",
             Self::AtCapacity { .. } => "At capacity",
+            Self::TooManyRequests { .. } => "Too many requests",
             Self::NoReply(_) => "No reply in time",
             Self::Internal(_) => "Internal server error",
         }
@@ -243,7 +252,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Self::AtCapacity { retry_after, .. } = &self {
+        if let Self::AtCapacity { retry_after, .. } | Self::TooManyRequests { retry_after, .. } =
+            &self
+        {
             // Whole seconds (RFC 9110), at least one: 0 would invite an immediate retry.
             let seconds = retry_after.as_secs().max(1);
             response

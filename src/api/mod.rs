@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod origin;
 mod processing;
 mod queues;
+pub mod rate_limit;
 mod reference;
 pub mod server;
 pub mod stream;
@@ -181,15 +182,26 @@ pub struct RouterConfig {
     pub public_hosts: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Requests each client address may make (`--rate-limit`); none: no limit.
+    pub rate_limit: Option<rate_limit::RateLimit>,
 }
 
 /// The API and the web UI, ready to serve.
 pub fn router(ctx: ApiContext, http: &RouterConfig) -> Router {
     let origins = trusted_origins(&http.cors_origins);
     let (api, _) = routes().split_for_parts();
-    api.route("/api/{*rest}", axum::routing::any(unknown_route))
+    let mut router = api
+        .route("/api/{*rest}", axum::routing::any(unknown_route))
         .with_state(ctx)
-        .merge(crate::web::router())
+        .merge(crate::web::router());
+    if let Some(limit) = http.rate_limit {
+        let limiter = rate_limit::ClientLimiter::new(limit);
+        router = router.layer(axum::middleware::from_fn_with_state(
+            limiter,
+            rate_limit::limit,
+        ));
+    }
+    router
         .layer(axum::middleware::map_response(log_internal_error))
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

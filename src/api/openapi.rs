@@ -8,8 +8,8 @@
 //! Every error is answered as `application/problem+json`. A declaration names the
 //! errors particular to its route (404: no such game); [`document`] gives each error
 //! the `Problem` body, and adds those a route gives by its kind: 400, 413 and 415 where
-//! it takes a body, 400 where it takes parameters, and 500 and 503 under `/api/`, where
-//! it reaches the database or the broker.
+//! it takes a body, 400 where it takes parameters, and under `/api/` 429 (past
+//! `--rate-limit`), and 500 and 503, where it reaches the database or the broker.
 
 use super::ApiContext;
 use super::error::{FieldError, Problem};
@@ -179,6 +179,11 @@ fn complete_errors(document: &mut utoipa::openapi::OpenApi) {
                 );
             }
             if path.starts_with("/api/") {
+                add(
+                    "429",
+                    "This client address made more requests than --rate-limit allows (when \
+                     set): try again after Retry-After",
+                );
                 add("500", "The server failed to answer; the error was logged");
                 add(
                     "503",
