@@ -43,9 +43,18 @@ function taskRow(task) {
   return row;
 }
 
+/** The tasks view's query: the filters of the form above it, those left blank omitted. */
+function taskQuery() {
+  const query = new URLSearchParams({ limit: "200" });
+  for (const field of $("task-filters").elements) {
+    if (field.name && field.value.trim()) query.set(field.name, field.value.trim());
+  }
+  return query;
+}
+
 async function loadTasks() {
   const counted = loadCounters(); // alongside the rows, not after them
-  const tasks = await api("/api/tasks?limit=200");
+  const tasks = await api(`/api/tasks?${taskQuery()}`);
   $("tasks").replaceChildren(...tasks.map(taskRow));
   if (selected) await showHistory(selected, false);
   await counted;
@@ -190,6 +199,8 @@ async function actOnAll(replay) {
   await loadDeadLetters();
   refresh();
 }
+
+$("task-filters").addEventListener("input", debounce(() => loadTasks().catch(console.error), 300));
 
 $("dlq-replay-all").addEventListener("click", () => actOnAll(true));
 $("dlq-purge-all").addEventListener("click", () => actOnAll(false));

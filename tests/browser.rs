@@ -597,6 +597,16 @@ async fn processing_counts_the_catalog_and_replayed_dead_letters_are_processed()
     for &id in &more {
         wait_for_status(&serve, id, "completed").await;
     }
+
+    // The tasks view, filtered by title and status.
+    browser.fill("#task-search", "Outage 1").await;
+    browser.select("#task-status", "completed").await;
+    eventually("the tasks filtered", WAIT, || async {
+        let rows = browser.count("#tasks tr").await;
+        let shown = browser.text("#tasks tr").await?;
+        (rows == 1 && shown.contains("Outage 1")).then_some(())
+    })
+    .await;
     browser.screenshot("processing").await;
     browser.quit().await;
     serve.stop().await;

@@ -147,7 +147,7 @@ async fn retention_prunes_what_is_older_than_the_period_and_nothing_newer(backen
     let fresh_v1 = process(store, fresh, 1, vec![completed()]).await;
     store.record_received(&[received("new")]).await.unwrap();
 
-    let tasks = store.tasks(1000).await.unwrap();
+    let tasks = store.tasks(&Default::default(), 1000).await.unwrap();
     let history_of = |id: i64| async move { store.history(id).await.unwrap() };
     let (kept_history, running_history, fresh_history) = (
         history_of(kept).await,
@@ -175,7 +175,7 @@ async fn retention_prunes_what_is_older_than_the_period_and_nothing_newer(backen
         .collect();
     assert_eq!(left, ["new"], "only the message received since the cutoff");
     assert_eq!(
-        store.tasks(1000).await.unwrap(),
+        store.tasks(&Default::default(), 1000).await.unwrap(),
         tasks,
         "every game's task reads as before: attempts, last error, duration"
     );

@@ -3,8 +3,16 @@
 
 use super::ApiContext;
 use super::error::ApiError;
-use crate::storage::{PendingGame, StatusCounts, TaskView};
-use axum::extract::{RawQuery, State};
+use super::openapi::{blank_or, query_param};
+use crate::domain::ProcessingStatus;
+use crate::domain::text::{ONE_LINE_PATTERN, check_one_line};
+use crate::storage::{PendingGame, StatusCounts, TaskFilter, TaskView};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use chrono::DateTime;
+use utoipa::IntoParams;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -35,25 +43,162 @@ async fn pending(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Pending
 
 /// Recent processing
 ///
-/// The most recently changed games with their attempts, last error and duration.
-/// Other parameters are ignored.
+/// The most recently changed games that the filters take, with their attempts, last
+/// error and duration. A blank filter is as if absent; other parameters are ignored.
 #[utoipa::path(get, path = "/api/tasks", tag = "processing",
-    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 500,
-        description = "At most this many games (100 by default)")),
-    responses((status = 200, description = "The games", body = Vec<TaskView>)))]
+    params(TaskQuery),
+    responses((status = 200, description = "The games, most recently changed first",
+        body = Vec<TaskView>)))]
 async fn tasks(
     State(ctx): State<ApiContext>,
-    RawQuery(raw): RawQuery,
+    TaskQuery(filter, limit): TaskQuery,
 ) -> Result<axum::Json<Vec<TaskView>>, ApiError> {
-    let mut limit = 100;
-    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        if key == "limit" {
-            limit = value
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=500).contains(n))
-                .ok_or_else(|| ApiError::bad_field("limit", "must be between 1 and 500"))?;
+    Ok(axum::Json(ctx.store.tasks(&filter, limit).await?))
+}
+
+/// The filters and limit of `GET /api/tasks`, validated.
+struct TaskQuery(TaskFilter, u32);
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parse_task_query(parts.uri.query().unwrap_or(""))
+    }
+}
+
+fn parse_task_query(query: &str) -> Result<TaskQuery, ApiError> {
+    let (mut filter, mut limit) = (TaskFilter::default(), 100);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        // As `GET /api/games` reads its filters: spaces around a value are dropped, and
+        // a blank one is as if absent.
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        let text = |field: &'static str| {
+            check_one_line(value)
+                .map(|()| Some(value.to_string()))
+                .map_err(|reason| ApiError::bad_field(field, reason))
+        };
+        let time = |field: &'static str| {
+            DateTime::parse_from_rfc3339(value)
+                .map(|at| Some(at.to_utc()))
+                .map_err(|_| {
+                    ApiError::bad_field(field, "an RFC 3339 time, e.g. 2026-12-07T12:00:00Z")
+                })
+        };
+        match key.as_ref() {
+            "limit" => {
+                limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| ApiError::bad_field("limit", "must be between 1 and 500"))?;
+            }
+            "search" => filter.search = text("search")?,
+            "worker" => filter.worker = text("worker")?,
+            "error" => filter.error = text("error")?,
+            "status" => {
+                let status = ProcessingStatus::parse(value).ok_or_else(|| {
+                    ApiError::bad_field("status", "pending, processing, completed or failed")
+                })?;
+                filter.status = Some(status);
+            }
+            "since" => filter.since = time("since")?,
+            "until" => filter.until = time("until")?,
+            _ => {}
         }
     }
-    Ok(axum::Json(ctx.store.tasks(limit).await?))
+    Ok(TaskQuery(filter, limit))
+}
+
+/// The parameters [`parse_task_query`] reads.
+impl IntoParams for TaskQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let text = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(ONE_LINE_PATTERN))
+        };
+        let time = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        };
+        let statuses = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ProcessingStatus::ALL.map(ProcessingStatus::as_str)));
+        let limit = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(500));
+        vec![
+            query_param("search", "A part of the title, in any case", text().into()),
+            query_param(
+                "status",
+                "Games at this processing status",
+                blank_or(statuses),
+            ),
+            query_param(
+                "worker",
+                "Games an attempt of this worker (`--worker-id`) processed",
+                text().into(),
+            ),
+            query_param(
+                "error",
+                "A part of the last attempt's error, in any case",
+                text().into(),
+            ),
+            query_param(
+                "since",
+                "Changed at or after this time (RFC 3339)",
+                blank_or(time()),
+            ),
+            query_param(
+                "until",
+                "Changed before this time (RFC 3339)",
+                blank_or(time()),
+            ),
+            query_param(
+                "limit",
+                "At most this many games (100 by default)",
+                blank_or(limit),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_query_reads_its_filters_and_refuses_bad_ones_by_name() {
+        let TaskQuery(filter, limit) = parse_task_query(
+            "search=Zel&status=failed&worker=w1&error=503&since=2026-12-07T12:00:00Z&limit=7&colour=red&until=",
+        )
+        .unwrap();
+        assert_eq!(limit, 7);
+        assert_eq!(filter.search.as_deref(), Some("Zel"));
+        assert_eq!(filter.status, Some(ProcessingStatus::Failed));
+        assert_eq!(filter.worker.as_deref(), Some("w1"));
+        assert_eq!(filter.error.as_deref(), Some("503"));
+        assert_eq!(
+            filter.since.unwrap().to_rfc3339(),
+            "2026-12-07T12:00:00+00:00"
+        );
+        assert_eq!(filter.until, None, "a blank filter is as if absent");
+        for (query, field) in [
+            ("status=done", "status"),
+            ("since=yesterday", "since"),
+            ("search=a%00b", "search"),
+            ("limit=0", "limit"),
+        ] {
+            let Err(ApiError::BadRequest { errors, .. }) = parse_task_query(query) else {
+                panic!("{query} was taken");
+            };
+            assert_eq!(errors[0].field, field, "{query}");
+        }
+    }
 }

@@ -170,15 +170,20 @@ pub(super) fn games_query<Q: QuerySink>(
     Ok(())
 }
 
-/// `AND (title LIKE '%search%' OR developer LIKE '%search%')`, with `search` literal.
-fn push_like<Q: QuerySink>(sql: &mut Q, like: &str, search: &str) {
+/// The `LIKE` pattern (with `ESCAPE '!'`) of the texts that hold `part` literally.
+pub(super) fn holding(part: &str) -> String {
     // `!` escapes the wildcards: a backslash, the usual choice, starts an escape
     // sequence in MySQL's string literals, so `ESCAPE '\'` would not parse there.
-    let escaped = search
+    let escaped = part
         .replace('!', "!!")
         .replace('%', "!%")
         .replace('_', "!_");
-    let pattern = format!("%{escaped}%");
+    format!("%{escaped}%")
+}
+
+/// `AND (title LIKE '%search%' OR developer LIKE '%search%')`, with `search` literal.
+fn push_like<Q: QuerySink>(sql: &mut Q, like: &str, search: &str) {
+    let pattern = holding(search);
     sql.push(format_args!(" AND (g.title {like} "))
         .push_text(pattern.clone())
         .push(format_args!(" ESCAPE '!' OR g.developer {like} "))

@@ -56,7 +56,7 @@ pub use processing::{
 pub use received::{Received, ReceivedMessage};
 pub use references::References;
 pub use retention::{PruneReport, Retention};
-pub use tasks::{Attempt, AttemptOutcome, PendingGame, StatusCounts, TaskView, Tasks};
+pub use tasks::{Attempt, AttemptOutcome, PendingGame, StatusCounts, TaskFilter, TaskView, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

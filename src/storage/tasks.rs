@@ -3,13 +3,14 @@
 //! `processing_attempts`.
 
 use super::StoreError;
+use super::game_query::holding;
 use super::rows::{Columns, status};
 use super::sql::{Dialect, SqlStore, Value};
 use crate::domain::ProcessingStatus;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Executor;
+use sqlx::{Executor, QueryBuilder};
 
 /// One game still waiting for processing, in the original's `/api/processing` shape.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -55,6 +56,22 @@ pub struct TaskView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Which games the tasks view lists (`GET /api/tasks`); every one when empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// A part of the title, in any case.
+    pub search: Option<String>,
+    pub status: Option<ProcessingStatus>,
+    /// Games that an attempt of this worker (`--worker-id`) processed.
+    pub worker: Option<String>,
+    /// A part of the last attempt's error, in any case.
+    pub error: Option<String>,
+    /// Updated at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Updated before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// How one processing attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -92,8 +109,9 @@ pub struct Attempt {
 pub trait Tasks: Send + Sync {
     /// Games still `pending`, newest first (the original's `/api/processing`).
     async fn pending_games(&self) -> Result<Vec<PendingGame>, StoreError>;
-    /// The most recently updated games with their processing summary.
-    async fn tasks(&self, limit: u32) -> Result<Vec<TaskView>, StoreError>;
+    /// The most recently updated games that `filter` takes, with their processing
+    /// summary.
+    async fn tasks(&self, filter: &TaskFilter, limit: u32) -> Result<Vec<TaskView>, StoreError>;
     /// Games by processing status, over the whole catalog.
     async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError>;
@@ -105,6 +123,7 @@ where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     i64: Value<DB>,
+    String: Value<DB>,
 {
     async fn pending_games(&self) -> Result<Vec<PendingGame>, StoreError> {
         let rows = sqlx::query(
@@ -117,9 +136,45 @@ where
         rows.iter().map(pending_game_from_row).collect()
     }
 
-    async fn tasks(&self, limit: u32) -> Result<Vec<TaskView>, StoreError> {
-        let rows = sqlx::query(DB::sql(TASKS))
-            .bind(i64::from(limit))
+    async fn tasks(&self, filter: &TaskFilter, limit: u32) -> Result<Vec<TaskView>, StoreError> {
+        let like = DB::LIKE;
+        let mut sql = QueryBuilder::<DB>::new(tasks_query());
+        if let Some(search) = &filter.search {
+            sql.push(format_args!(" AND g.title {like} "))
+                .push_bind(holding(search))
+                .push(" ESCAPE '!'");
+        }
+        if let Some(status) = filter.status {
+            sql.push(" AND g.processing_status = ")
+                .push_bind(status.as_str().to_owned());
+        }
+        if let Some(worker) = &filter.worker {
+            sql.push(
+                " AND EXISTS (SELECT 1 FROM processing_attempts w \
+                 WHERE w.game_id = g.id AND w.worker = ",
+            )
+            .push_bind(worker.clone())
+            .push(")");
+        }
+        if let Some(error) = &filter.error {
+            sql.push(format_args!(" AND ({LAST_ERROR}) {like} "))
+                .push_bind(holding(error))
+                .push(" ESCAPE '!'");
+        }
+        if let Some(since) = filter.since {
+            sql.push(" AND g.updated_at >= ")
+                .push_bind(since.timestamp_millis());
+        }
+        if let Some(until) = filter.until {
+            sql.push(" AND g.updated_at < ")
+                .push_bind(until.timestamp_millis());
+        }
+        sql.push(format_args!(
+            " ORDER BY g.updated_at DESC, g.id DESC LIMIT {}",
+            i64::from(limit)
+        ));
+        let rows = sql
+            .build()
             .fetch_all(&self.pool)
             .await
             .map_err(DB::classify)?;
@@ -162,16 +217,22 @@ fn pending_game_from_row(row: &impl Columns) -> Result<PendingGame, StoreError> 
     })
 }
 
-/// The query behind [`task_from_row`]; `$1` is the limit.
-const TASKS: &str = "SELECT g.id, g.title, g.processing_status, g.version, \
-     g.updated_at, \
-     (SELECT COUNT(*) FROM processing_attempts a \
-       WHERE a.game_id = g.id AND a.version = g.version) AS attempts, \
-     (SELECT a.error FROM processing_attempts a \
-       WHERE a.game_id = g.id ORDER BY a.id DESC LIMIT 1) AS last_error, \
-     (SELECT a.duration_ms FROM processing_attempts a \
-       WHERE a.game_id = g.id ORDER BY a.id DESC LIMIT 1) AS last_duration_ms \
-     FROM games g ORDER BY g.updated_at DESC, g.id DESC LIMIT $1";
+/// The error of a game's latest attempt.
+const LAST_ERROR: &str =
+    "SELECT a.error FROM processing_attempts a WHERE a.game_id = g.id ORDER BY a.id DESC LIMIT 1";
+
+/// The query behind [`task_from_row`], before its filters (`AND …`), order and limit.
+fn tasks_query() -> String {
+    format!(
+        "SELECT g.id, g.title, g.processing_status, g.version, g.updated_at, \
+         (SELECT COUNT(*) FROM processing_attempts a \
+           WHERE a.game_id = g.id AND a.version = g.version) AS attempts, \
+         ({LAST_ERROR}) AS last_error, \
+         (SELECT a.duration_ms FROM processing_attempts a \
+           WHERE a.game_id = g.id ORDER BY a.id DESC LIMIT 1) AS last_duration_ms \
+         FROM games g WHERE 1 = 1"
+    )
+}
 
 fn task_from_row(row: &impl Columns) -> Result<TaskView, StoreError> {
     Ok(TaskView {
