@@ -200,6 +200,8 @@ async function actOnAll(replay) {
   refresh();
 }
 
+// The forms act as their fields change or their buttons are clicked: Enter submits nothing.
+for (const form of [$("task-filters"), $("dlq-bulk")]) form.addEventListener("submit", (event) => event.preventDefault());
 $("task-filters").addEventListener("input", debounce(() => loadTasks().catch(console.error), 300));
 
 $("dlq-replay-all").addEventListener("click", () => actOnAll(true));

@@ -111,17 +111,20 @@ async fn dead_letter_queries_are_checked() {
     app.stop().await;
 }
 
+/// `retrocat ARGS` on the embedded broker's file in `dir`, run to the end.
+fn retrocat_on_embedded_broker(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
+        .args(args)
+        .env("RETROCAT_BROKER_PATH", dir.join("broker.db"))
+        .env_remove("RABBITMQ_URL")
+        .output()
+        .expect("run retrocat")
+}
+
 #[tokio::test]
 async fn retrocat_dlq_lists_and_purges_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let retrocat = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
-            .args(args)
-            .env("RETROCAT_BROKER_PATH", dir.path().join("broker.db"))
-            .env_remove("RABBITMQ_URL")
-            .output()
-            .expect("run retrocat")
-    };
+    let retrocat = |args: &[&str]| retrocat_on_embedded_broker(dir.path(), args);
     let sent = retrocat(&[
         "publish",
         "stray",
@@ -255,14 +258,7 @@ on_every_broker!(an_unopenable_dead_letter_is_listed_with_its_reason_and_stays);
 #[tokio::test]
 async fn retrocat_dlq_acts_on_every_matching_message_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let retrocat = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_retrocat"))
-            .args(args)
-            .env("RETROCAT_BROKER_PATH", dir.path().join("broker.db"))
-            .env_remove("RABBITMQ_URL")
-            .output()
-            .expect("run retrocat")
-    };
+    let retrocat = |args: &[&str]| retrocat_on_embedded_broker(dir.path(), args);
     let report = |output: std::process::Output| -> Value {
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(output.status.success(), "{stderr}");
