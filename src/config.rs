@@ -13,6 +13,7 @@ use crate::broker::sealed::MessageKeys;
 use crate::broker::topology::TopologyConfig;
 use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
+use crate::processing::fetch::breaker::BreakerConfig;
 use crate::processing::retry::RetryPolicy;
 use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::WorkerConfig;
@@ -399,6 +400,22 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETROCAT_ALLOW_PRIVATE_FETCH")]
     pub allow_private_fetch: bool,
 
+    /// Failures of a cover host (timeouts, network errors, 5xx) within
+    /// --breaker-window that open its circuit breaker: its covers are then not fetched
+    /// until --breaker-cool-down has passed, and the games wait without using up an
+    /// attempt.
+    #[arg(long, env = "RETROCAT_BREAKER_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: u32,
+
+    /// How far back a cover host's failures count toward opening its breaker.
+    #[arg(long, env = "RETROCAT_BREAKER_WINDOW", default_value = "30s", value_parser = parse_positive_duration)]
+    pub breaker_window: Duration,
+
+    /// How long an open breaker refuses a host before one fetch probes it again.
+    #[arg(long, env = "RETROCAT_BREAKER_COOL_DOWN", default_value = "30s", value_parser = parse_positive_duration)]
+    pub breaker_cool_down: Duration,
+
     /// Time limit for fetching one cover image.
     #[arg(long, env = "RETROCAT_FETCH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -460,6 +477,11 @@ impl WorkerArgs {
             timeout: self.fetch_timeout,
             max_bytes: self.fetch_max_bytes,
             allow_private: self.allow_private_fetch,
+            breaker: BreakerConfig {
+                failures: self.breaker_failures,
+                window: self.breaker_window,
+                cool_down: self.breaker_cool_down,
+            },
             ..FetchConfig::default()
         }
     }

@@ -22,8 +22,12 @@
 //! 5. One timeout covers the whole fetch (lookups, redirects, body), and the body is
 //!    streamed and abandoned as soon as it exceeds [`FetchConfig::max_bytes`].
 
+pub mod breaker;
+
+use breaker::{BreakerConfig, Breakers};
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -46,6 +50,8 @@ pub struct FetchConfig {
     pub allow_private: bool,
     /// Redirects followed before giving up.
     pub max_redirects: u8,
+    /// When a host's circuit breaker opens ([`breaker`]).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for FetchConfig {
@@ -55,6 +61,7 @@ impl Default for FetchConfig {
             max_bytes: 10 * 1024 * 1024,
             allow_private: false,
             max_redirects: 3,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -74,6 +81,9 @@ pub enum FetchError {
     InvalidUrl(String),
     #[error("network error: {0}")]
     Network(String),
+    /// The host's circuit breaker is open: no request was made ([`breaker`]).
+    #[error("{host} failed repeatedly: its circuit breaker is open for {}", humantime::format_duration(*.wait))]
+    CircuitOpen { host: String, wait: Duration },
 }
 
 impl FetchError {
@@ -84,7 +94,7 @@ impl FetchError {
         match self {
             Self::Refused(_) | Self::TooLarge { .. } | Self::InvalidUrl(_) => true,
             Self::Status(status) => (400..500).contains(status) && !matches!(status, 408 | 429),
-            Self::Timeout | Self::Network(_) => false,
+            Self::Timeout | Self::Network(_) | Self::CircuitOpen { .. } => false,
         }
     }
 
@@ -115,6 +125,7 @@ fn error_chain<'a>(
 pub struct CoverFetcher {
     client: reqwest::Client,
     config: FetchConfig,
+    breakers: Arc<Breakers>,
 }
 
 impl CoverFetcher {
@@ -131,17 +142,43 @@ impl CoverFetcher {
             // Building fails only when TLS cannot be set up, and the provider installed
             // above is compiled in: that would be a broken build, not a runtime condition.
             .expect("the HTTP client for cover fetches can be built");
-        Self { client, config }
+        let breakers = Arc::new(Breakers::new(config.breaker));
+        Self {
+            client,
+            config,
+            breakers,
+        }
     }
 
     /// Fetches `url` and returns its body, following redirects, within the configured
     /// time and size limits and refusing non-public targets unless allowed.
+    /// A host whose circuit breaker is open is not asked: [`FetchError::CircuitOpen`].
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
         let url = Url::parse(url)
             .map_err(|err| FetchError::InvalidUrl(format!("{}: {err}", redacted_url(url))))?;
-        tokio::time::timeout(self.config.timeout, self.follow(url))
+        // A URL without a host (or of a scheme we do not fetch) is refused by `follow`.
+        let host = url
+            .host_str()
+            .zip(url.port_or_known_default())
+            .map(|(host, port)| format!("{host}:{port}"));
+        if let Some(host) = &host {
+            self.breakers
+                .admit(host)
+                .map_err(|wait| FetchError::CircuitOpen {
+                    host: host.clone(),
+                    wait,
+                })?;
+        }
+        let fetched = tokio::time::timeout(self.config.timeout, self.follow(url))
             .await
-            .map_err(|_| FetchError::Timeout)?
+            .unwrap_or(Err(FetchError::Timeout));
+        if let Some(host) = &host {
+            let answered = fetched
+                .as_ref()
+                .map_or_else(FetchError::is_permanent, |_| true);
+            self.breakers.record(host, answered);
+        }
+        fetched
     }
 
     /// Requests `url`, then each redirect target, each one vetted before it is requested.

@@ -15,6 +15,10 @@ pub enum Failure {
     Permanent(String),
     #[error("{0}")]
     Transient(String),
+    /// Not tried: a dependency is known to be failing (a cover host's open circuit
+    /// breaker). Retried after `wait`, and not counted as an attempt.
+    #[error("{reason}")]
+    Deferred { reason: String, wait: Duration },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +48,9 @@ impl RetryPolicy {
     /// spread a burst, and few enough that a burst's retries share a handful of
     /// RabbitMQ delay queues rather than declaring one each.
     pub fn delay_after(&self, attempt: u32, failure: &Failure) -> Option<Duration> {
+        if let Failure::Deferred { wait, .. } = failure {
+            return Some(*wait);
+        }
         if matches!(failure, Failure::Permanent(_)) || attempt >= self.max_attempts {
             return None;
         }

@@ -10,7 +10,7 @@
 //! describes; `finish_processing` commits the result together with the inbox row, so a
 //! crash before the acknowledgement leads to a redelivery that changes nothing.
 
-use super::fetch::CoverFetcher;
+use super::fetch::{CoverFetcher, FetchError};
 use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::pause::{PauseWatch, QueuePause};
 use super::retry::{Failure, RetryPolicy};
@@ -359,6 +359,15 @@ impl Worker {
                 }
                 Ok(outcome)
             }
+            Err(Failure::Deferred { reason, wait }) => {
+                // Not an attempt: the copy keeps the retry count this delivery had.
+                self.retry_later(delivery, attempt - 1, wait).await?;
+                tracing::info!(game_id = item.game_id, ?wait, %reason, "processing deferred");
+                Ok(Outcome::Retried {
+                    attempt,
+                    delay: wait,
+                })
+            }
             Err(failure) => match self.config.retry.delay_after(attempt, &failure) {
                 Some(delay) => {
                     let retry = ProcessingResult::Retry {
@@ -409,19 +418,19 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Publishes a copy of the delivery with a delay and an incremented retry count,
+    /// Publishes a copy of the delivery with a delay and `retries` as its retry count,
     /// then acknowledges the original: the retry survives a crash between the two
     /// (the copy is confirmed before the original is released).
     async fn retry_later(
         &self,
         delivery: Delivery,
-        attempt: u32,
+        retries: u32,
         delay: Duration,
     ) -> Result<(), BrokerError> {
         let mut properties = delivery.message.properties.clone();
         properties
             .headers
-            .insert(headers::RETRY_COUNT.into(), i64::from(attempt).into());
+            .insert(headers::RETRY_COUNT.into(), i64::from(retries).into());
         // A request was answered ("retried") already; its retry is an ordinary event.
         properties.reply_to = None;
         properties.correlation_id = None;
@@ -460,10 +469,13 @@ impl Worker {
         } else if let Some(url) = &item.image_url {
             Some(self.fetcher.fetch(url).await.map_err(|e| {
                 let message = format!("fetching {}: {e}", redacted_url(url));
-                if e.is_permanent() {
-                    Failure::Permanent(message)
-                } else {
-                    Failure::Transient(message)
+                match e {
+                    FetchError::CircuitOpen { wait, .. } => Failure::Deferred {
+                        reason: message,
+                        wait,
+                    },
+                    e if e.is_permanent() => Failure::Permanent(message),
+                    _ => Failure::Transient(message),
                 }
             })?)
         } else {

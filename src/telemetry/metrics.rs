@@ -28,6 +28,7 @@ pub const QUEUE_MESSAGES: &str = "retrocat_queue_messages";
 pub const QUEUE_CONSUMERS: &str = "retrocat_queue_consumers";
 pub const DEAD_LETTERS: &str = "retrocat_dead_letters";
 pub const BROKER_CONNECTED: &str = "retrocat_broker_connected";
+pub const CIRCUIT_STATE: &str = "retrocat_circuit_state";
 pub const BUILD_INFO: &str = "retrocat_build_info";
 
 /// Bucket bounds of every `_seconds` histogram: from half a millisecond (a read
@@ -94,6 +95,10 @@ fn describe() {
     describe_gauge!(QUEUE_CONSUMERS, "Consumers of a queue");
     describe_gauge!(DEAD_LETTERS, "Messages in a queue's dead-letter queue");
     describe_gauge!(BROKER_CONNECTED, "1 while the broker answers, 0 otherwise");
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "A cover host's circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is in the label");
 }
 

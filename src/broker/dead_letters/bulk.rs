@@ -13,7 +13,7 @@
 //! (`processing::worker`): the second copy is a duplicate, and changes nothing. So
 //! each letter is processed once, however often a bulk replay is interrupted.
 
-use super::{DeadLetter, MAX_SCAN, NEXT_DELIVERY, put_back, replay_copy};
+use super::{DeadLetter, MAX_SCAN, NEXT_DELIVERY, SCAN_AGAIN_AFTER, put_back, replay_copy};
 use crate::broker::{Broker, BrokerError, Delivery, Publish};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -97,7 +97,13 @@ pub async fn bulk(
     action: BulkAction,
     mut progress: impl FnMut(&BulkReport),
 ) -> Result<BulkReport, BrokerError> {
-    let ready = broker.queue_depth(dlq).await?;
+    let mut ready = broker.queue_depth(dlq).await?;
+    if ready == 0 {
+        // Letters just put back by another reader (a pass before this one, on RabbitMQ)
+        // are not counted ready for a moment: look once more before saying none.
+        tokio::time::sleep(SCAN_AGAIN_AFTER).await;
+        ready = broker.queue_depth(dlq).await?;
+    }
     let count = ready.min(MAX_SCAN as u64);
     let mut report = BulkReport {
         left: ready - count,

@@ -59,6 +59,7 @@ fn local_fetcher() -> CoverFetcher {
         max_bytes: 2048,
         allow_private: true,
         max_redirects: 3,
+        ..FetchConfig::default()
     })
 }
 
