@@ -78,24 +78,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Queue(QueueCommand::Pause { queue }) => {
-            let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
-            match store.pause_queue(&queue).await? {
-                true => {
-                    eprintln!("paused {queue}: every worker stops taking from it within a second")
-                }
-                false => eprintln!("{queue} was paused already"),
-            }
-            Ok(())
+            set_paused(&cli.database, &queue, true).await
         }
         Command::Queue(QueueCommand::Resume { queue }) => {
-            let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
-            match store.resume_queue(&queue).await? {
-                true => {
-                    eprintln!("resumed {queue}: every worker takes from it again within a second")
-                }
-                false => eprintln!("{queue} was not paused"),
-            }
-            Ok(())
+            set_paused(&cli.database, &queue, false).await
         }
         Command::User(command) => {
             let store = storage::connect(&cli.database.database_url, cli.database.pool()).await?;
@@ -185,6 +171,28 @@ async fn connect_declared_broker(args: &BrokerArgs) -> anyhow::Result<Arc<dyn Br
 }
 
 /// `retrocat dlq …`: prints what it found or did, one JSON object a line.
+/// `retrocat queue pause|resume QUEUE`: through the catalog database, which every
+/// consuming process reads.
+async fn set_paused(database: &DatabaseArgs, queue: &str, paused: bool) -> anyhow::Result<()> {
+    let store = storage::connect(&database.database_url, database.pool()).await?;
+    let changed = if paused {
+        store.pause_queue(queue).await?
+    } else {
+        store.resume_queue(queue).await?
+    };
+    match (paused, changed) {
+        (true, true) => {
+            eprintln!("paused {queue}: every worker stops taking from it within a second")
+        }
+        (true, false) => eprintln!("{queue} was paused already"),
+        (false, true) => {
+            eprintln!("resumed {queue}: every worker takes from it again within a second")
+        }
+        (false, false) => eprintln!("{queue} was not paused"),
+    }
+    Ok(())
+}
+
 async fn bind(http: &HttpArgs) -> anyhow::Result<TcpListener> {
     bind_addr(http.listen_addr()).await
 }

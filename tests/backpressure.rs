@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::rabbitmq::{Vhost, rabbitmqctl};
+use common::rabbitmq::Vhost;
 use common::{Backend, Roles, TestApp, eventually, game_body};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -38,7 +38,7 @@ async fn past_the_outbox_backlog_limit_writes_wait_and_reads_go_on() {
 
     // The broker away: writes are still taken, up to the limit and a little past it
     // (the backlog is sampled once a second), their events held in the outbox.
-    rabbitmqctl(&["delete_vhost", &vhost.name]).expect("delete the vhost");
+    vhost.delete();
     let mut accepted = Vec::new();
     for n in 0..=LIMIT {
         let game = app.create_game(&game_body(&format!("Held {n:02}"))).await;
@@ -84,17 +84,7 @@ async fn past_the_outbox_backlog_limit_writes_wait_and_reads_go_on() {
     assert_eq!(app.get("/api/games?limit=5").await.status(), 200);
 
     // The broker back: what was accepted is processed, and writes are taken again.
-    rabbitmqctl(&["add_vhost", &vhost.name]).expect("add the vhost again");
-    rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &vhost.name,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ])
-    .expect("grant the vhost again");
+    vhost.add();
     for &id in &accepted {
         app.wait_for_status(id, "completed", 1).await;
     }

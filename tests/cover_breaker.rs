@@ -7,7 +7,7 @@
 mod common;
 
 use common::brokers::{TestBroker, on_every_broker};
-use common::{Backend, Roles, TestApp, eventually, game_body, png, with};
+use common::{Backend, Roles, TestApp, counting_cover_server, eventually, game_body, with};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,34 +15,6 @@ use std::time::Duration;
 
 const GAMES: usize = 20;
 const ATTEMPTS: usize = 10;
-
-/// A cover host that counts the requests it gets and answers 503 until `healthy`.
-/// Returns the cover's URL and the host's `HOST:PORT`.
-async fn counting_cover_host(
-    healthy: Arc<AtomicBool>,
-    asked: Arc<AtomicUsize>,
-) -> (String, String) {
-    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
-    let cover = png(32, 32);
-    let app = Router::new().route(
-        "/cover.png",
-        get(move || {
-            let (cover, healthy, asked) = (cover.clone(), healthy.clone(), asked.clone());
-            async move {
-                asked.fetch_add(1, Ordering::SeqCst);
-                if healthy.load(Ordering::SeqCst) {
-                    ([("content-type", "image/png")], cover).into_response()
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE.into_response()
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/cover.png"), addr.to_string())
-}
 
 /// Waits until `/metrics` shows the breaker of `host` in `state` (0 closed, 2 open).
 async fn wait_for_breaker(app: &TestApp, host: &str, state: u8) {
@@ -82,7 +54,10 @@ async fn a_failing_cover_host_is_left_alone_until_it_recovers(broker: TestBroker
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicUsize::new(0)),
     );
-    let (cover, host) = counting_cover_host(healthy.clone(), asked.clone()).await;
+    let host = counting_cover_server(healthy.clone(), asked.clone())
+        .await
+        .to_string();
+    let cover = format!("http://{host}/cover.png");
     let mut ids = Vec::new();
     for n in 0..GAMES {
         let body = with(

@@ -5,7 +5,7 @@
 mod common;
 
 use common::processes::{Deployment, Process, free_port, http_client};
-use common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
+use common::rabbitmq::{Amqp, Vhost};
 use common::{Backend, TestApp, eventually, game_body, on_every_backend, with};
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
@@ -431,7 +431,7 @@ async fn queues_on_rabbitmq_show_a_backlog_consumers_and_the_outbox_while_it_is_
 
     // The vhost gone, RabbitMQ is away for every process: writes still succeed, and
     // their events wait in the outbox, where /api/queues shows them.
-    rabbitmqctl(&["delete_vhost", &vhost.name]).expect("delete the vhost");
+    vhost.delete();
     create(&api, "Waiting", 5, None).await;
     wait_row(&api, "outbox", "ready", json!(5)).await;
     // The oldest of them ages while nothing can publish it.
@@ -454,17 +454,7 @@ async fn queues_on_rabbitmq_show_a_backlog_consumers_and_the_outbox_while_it_is_
     assert_eq!(value(&scrape, "retrocat_outbox_pending", &[]), 5.0);
 
     // Back: the relay publishes them, the worker processes them.
-    rabbitmqctl(&["add_vhost", &vhost.name]).expect("add the vhost again");
-    rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &vhost.name,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ])
-    .expect("grant the vhost again");
+    vhost.add();
     wait_row(&api, "outbox", "ready", json!(0)).await;
     let scrape = wait_completed(&worker, 55.0).await;
     assert_eq!(value(&scrape, "retrocat_broker_connected", &[]), 1.0);

@@ -78,13 +78,7 @@ async fn pause_queue(
     State(ctx): State<ApiContext>,
     Path(QueueName { name }): Path<QueueName>,
 ) -> Result<axum::Json<PauseState>, ApiError> {
-    pause::check_pausable(&name).map_err(ApiError::NotFound)?;
-    let changed = ctx.store.pause_queue(&name).await?;
-    Ok(axum::Json(PauseState {
-        name,
-        paused: true,
-        changed,
-    }))
+    set_paused(&ctx, name, true).await
 }
 
 /// Resume a queue
@@ -101,11 +95,24 @@ async fn resume_queue(
     State(ctx): State<ApiContext>,
     Path(QueueName { name }): Path<QueueName>,
 ) -> Result<axum::Json<PauseState>, ApiError> {
+    set_paused(&ctx, name, false).await
+}
+
+/// Pauses or resumes the queue `name`, if retrocat consumes it.
+async fn set_paused(
+    ctx: &ApiContext,
+    name: String,
+    paused: bool,
+) -> Result<axum::Json<PauseState>, ApiError> {
     pause::check_pausable(&name).map_err(ApiError::NotFound)?;
-    let changed = ctx.store.resume_queue(&name).await?;
+    let changed = if paused {
+        ctx.store.pause_queue(&name).await?
+    } else {
+        ctx.store.resume_queue(&name).await?
+    };
     Ok(axum::Json(PauseState {
         name,
-        paused: false,
+        paused,
         changed,
     }))
 }

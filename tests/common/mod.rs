@@ -522,13 +522,24 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
 /// A cover server on 127.0.0.1 that answers 503 until `healthy` is set, then a PNG:
 /// a cover whose fetch fails until the test says otherwise. Returns the cover's URL.
 pub async fn flaky_cover_server(healthy: Arc<AtomicBool>) -> String {
+    let addr = counting_cover_server(healthy, Arc::default()).await;
+    format!("http://{addr}/cover.png")
+}
+
+/// [`flaky_cover_server`], counting in `asked` the requests it gets; returns its
+/// address (the cover is `/cover.png`).
+pub async fn counting_cover_server(
+    healthy: Arc<AtomicBool>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
     use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
     let cover = png(64, 64);
     let app = Router::new().route(
         "/cover.png",
         get(move || {
-            let (cover, healthy) = (cover.clone(), healthy.clone());
+            let (cover, healthy, asked) = (cover.clone(), healthy.clone(), asked.clone());
             async move {
+                asked.fetch_add(1, Ordering::SeqCst);
                 if healthy.load(Ordering::SeqCst) {
                     ([("content-type", "image/png")], cover).into_response()
                 } else {
@@ -540,7 +551,7 @@ pub async fn flaky_cover_server(healthy: Arc<AtomicBool>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/cover.png")
+    addr
 }
 
 /// A machine token of `role` named `name` in `app`'s database, expiring at

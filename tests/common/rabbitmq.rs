@@ -88,17 +88,28 @@ impl Vhost {
             url: url.to_string(),
             node,
         };
-        vhost
-            .rabbitmqctl(&["add_vhost", &vhost.name])
+        vhost.add();
+        Some(vhost)
+    }
+
+    /// Deletes the vhost, as if RabbitMQ went away for every client of it, until
+    /// [`Vhost::add`] (or the drop) makes it again.
+    pub fn delete(&self) {
+        self.rabbitmqctl(&["delete_vhost", &self.name])
+            .expect("delete the vhost");
+    }
+
+    /// Makes the vhost, empty, and lets the URL's user (guest by default) use it.
+    pub fn add(&self) {
+        self.rabbitmqctl(&["add_vhost", &self.name])
             .expect("add a vhost");
+        let url = url::Url::parse(&self.url).expect("a RabbitMQ URL");
         let user = match url.username() {
             "" => "guest",
             user => user,
         };
-        vhost
-            .rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"])
+        self.rabbitmqctl(&["set_permissions", "-p", &self.name, user, ".*", ".*", ".*"])
             .expect("grant the test user the vhost");
-        Some(vhost)
     }
 
     fn rabbitmqctl(&self, args: &[&str]) -> Result<String, String> {
