@@ -5,7 +5,6 @@
 
 use crate::api::RouterConfig;
 use crate::api::admission::AdmissionLimits;
-use crate::api::rate_limit::RateLimit;
 use crate::api::server::ServerLimits;
 use crate::auth::AuthMode;
 use crate::broker::QueueType;
@@ -18,6 +17,7 @@ use crate::processing::retry::RetryPolicy;
 use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::WorkerConfig;
 use crate::producer::PublishPolicy;
+use crate::rate::RateLimit;
 use crate::storage::PoolConfig;
 use crate::telemetry::management::Management;
 use clap::Args;
@@ -416,6 +416,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETROCAT_BREAKER_COOL_DOWN", default_value = "30s", value_parser = parse_positive_duration)]
     pub breaker_cool_down: Duration,
 
+    /// Fetches of covers from one host (HOST:PORT) a worker makes, e.g. 10/s, in bursts
+    /// of as many; more wait their turn. Unset: no limit.
+    #[arg(long, env = "RETROCAT_FETCH_RATE_PER_HOST")]
+    pub fetch_rate_per_host: Option<RateLimit>,
+
     /// Time limit for fetching one cover image.
     #[arg(long, env = "RETROCAT_FETCH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -477,6 +482,7 @@ impl WorkerArgs {
             timeout: self.fetch_timeout,
             max_bytes: self.fetch_max_bytes,
             allow_private: self.allow_private_fetch,
+            rate_per_host: self.fetch_rate_per_host,
             breaker: BreakerConfig {
                 failures: self.breaker_failures,
                 window: self.breaker_window,

@@ -45,6 +45,7 @@ mod hostile;
 pub mod outbox;
 pub mod processing;
 pub mod producer;
+pub mod rate;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

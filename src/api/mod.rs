@@ -183,7 +183,7 @@ pub struct RouterConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Requests each client address may make (`--rate-limit`); none: no limit.
-    pub rate_limit: Option<rate_limit::RateLimit>,
+    pub rate_limit: Option<crate::rate::RateLimit>,
 }
 
 /// The API and the web UI, ready to serve.

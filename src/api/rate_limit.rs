@@ -13,44 +13,18 @@
 //! forgotten once there are many, so the table stays bounded.
 
 use super::error::ApiError;
+use crate::rate::RateLimit;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::DefaultKeyedRateLimiter;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Addresses kept before the idle ones are forgotten.
 const ADDRESSES_KEPT: usize = 10_000;
-
-/// `--rate-limit`: requests per second (or minute) per client address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Requests a client may make at once, and per `per`.
-    pub requests: NonZeroU32,
-    pub per: Duration,
-}
-
-impl std::str::FromStr for RateLimit {
-    type Err = String;
-
-    /// `N/s` or `N/m`: N requests a second or a minute.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let wrong =
-            || format!("{text:?}: a rate such as 50/s or 600/m (requests per second or minute)");
-        let (count, unit) = text.split_once('/').ok_or_else(wrong)?;
-        let requests = count.trim().parse::<NonZeroU32>().map_err(|_| wrong())?;
-        let per = match unit.trim() {
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            _ => return Err(wrong()),
-        };
-        Ok(Self { requests, per })
-    }
-}
 
 /// The limiter the API's requests pass: one per API instance.
 #[derive(Clone)]
@@ -60,11 +34,8 @@ pub struct ClientLimiter {
 
 impl ClientLimiter {
     pub fn new(limit: RateLimit) -> Self {
-        let quota = Quota::with_period(limit.per / limit.requests.get())
-            .expect("a period of at least a nanosecond per request")
-            .allow_burst(limit.requests);
         Self {
-            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(quota)),
+            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(limit.quota())),
         }
     }
 
@@ -103,23 +74,6 @@ pub async fn limit(State(limiter): State<ClientLimiter>, request: Request, next:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_rate_reads_as_requests_per_second_or_minute() {
-        let limit: RateLimit = "50/s".parse().unwrap();
-        assert_eq!(
-            (limit.requests.get(), limit.per),
-            (50, Duration::from_secs(1))
-        );
-        let limit: RateLimit = " 600 / m ".parse().unwrap();
-        assert_eq!(
-            (limit.requests.get(), limit.per),
-            (600, Duration::from_secs(60))
-        );
-        for wrong in ["", "50", "0/s", "-1/s", "50/h", "fifty/s", "50/s/s"] {
-            assert!(wrong.parse::<RateLimit>().is_err(), "{wrong:?}");
-        }
-    }
 
     #[test]
     fn each_address_has_its_own_burst_then_waits() {

@@ -24,7 +24,9 @@
 
 pub mod breaker;
 
+use crate::rate::RateLimit;
 use breaker::{BreakerConfig, Breakers};
+use governor::DefaultKeyedRateLimiter;
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -37,6 +39,9 @@ use reqwest::{Response, Url, redirect};
 use url::Host;
 
 use crate::domain::{has_credentials, redacted_url};
+
+/// Hosts whose fetch rate is remembered before the idle ones are forgotten.
+const HOSTS_KEPT: usize = 10_000;
 
 /// Limits for one fetch.
 #[derive(Clone, Debug)]
@@ -52,6 +57,8 @@ pub struct FetchConfig {
     pub max_redirects: u8,
     /// When a host's circuit breaker opens ([`breaker`]).
     pub breaker: BreakerConfig,
+    /// Fetches from one host at most this often; more wait their turn.
+    pub rate_per_host: Option<RateLimit>,
 }
 
 impl Default for FetchConfig {
@@ -62,6 +69,7 @@ impl Default for FetchConfig {
             allow_private: false,
             max_redirects: 3,
             breaker: BreakerConfig::default(),
+            rate_per_host: None,
         }
     }
 }
@@ -126,6 +134,8 @@ pub struct CoverFetcher {
     client: reqwest::Client,
     config: FetchConfig,
     breakers: Arc<Breakers>,
+    /// `--fetch-rate-per-host`, keyed by `HOST:PORT`.
+    host_rates: Option<Arc<DefaultKeyedRateLimiter<String>>>,
 }
 
 impl CoverFetcher {
@@ -143,10 +153,14 @@ impl CoverFetcher {
             // above is compiled in: that would be a broken build, not a runtime condition.
             .expect("the HTTP client for cover fetches can be built");
         let breakers = Arc::new(Breakers::new(config.breaker));
+        let host_rates = config
+            .rate_per_host
+            .map(|rate| Arc::new(DefaultKeyedRateLimiter::keyed(rate.quota())));
         Self {
             client,
             config,
             breakers,
+            host_rates,
         }
     }
 
@@ -168,6 +182,12 @@ impl CoverFetcher {
                     host: host.clone(),
                     wait,
                 })?;
+            if let Some(rates) = &self.host_rates {
+                if rates.len() > HOSTS_KEPT {
+                    rates.retain_recent();
+                }
+                rates.until_key_ready(host).await;
+            }
         }
         let fetched = tokio::time::timeout(self.config.timeout, self.follow(url))
             .await

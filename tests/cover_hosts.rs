@@ -1,8 +1,8 @@
-//! The cover fetch's circuit breaker: a cover host that fails every request is asked
-//! far less than once per attempt of every game while its breaker is open, the games
-//! wait without using up their attempts, and once the host recovers the breaker
-//! closes and every game completes. On both brokers, since a deferred game waits in
-//! the broker's delayed retry.
+//! Cover hosts: one that fails every request is asked far less than once per attempt
+//! of every game while its circuit breaker is open, the games wait without using up
+//! their attempts, and once it recovers the breaker closes and every game completes
+//! (on both brokers, since a deferred game waits in the broker's delayed retry); and
+//! the fetches from one host keep to `--fetch-rate-per-host`.
 
 mod common;
 
@@ -90,5 +90,41 @@ async fn a_failing_cover_host_is_left_alone_until_it_recovers(broker: TestBroker
         app.wait_for_status(id, "completed", 1).await;
     }
     wait_for_breaker(&app, &host, 0).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetches_from_one_host_keep_to_its_rate() {
+    let app = TestApp::spawn_with(Roles::Serve, &["--fetch-rate-per-host", "5/s"]).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let host = counting_cover_server(Arc::new(AtomicBool::new(true)), asked.clone()).await;
+    let cover = format!("http://{host}/cover.png");
+    let mut ids = Vec::new();
+    for n in 0..GAMES {
+        let body = with(
+            game_body(&format!("Rated {n:02}")),
+            "imageUrl",
+            json!(cover),
+        );
+        ids.push(app.create_game(&body).await["id"].as_i64().unwrap());
+    }
+    eventually("a first fetch", Duration::from_secs(30), || async {
+        (asked.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    // A burst of 5, then one every 200 ms: at most 10 in the first second (and two
+    // for the time the first one took to be seen), where 16 would be fetched at once
+    // without the limit.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let in_a_second = asked.load(Ordering::SeqCst);
+    eprintln!("{in_a_second} fetches in the first second, for {GAMES} games");
+    assert!(
+        in_a_second <= 11,
+        "{in_a_second} fetches in the first second"
+    );
+    for &id in &ids {
+        app.wait_for_status(id, "completed", 1).await;
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), GAMES, "one fetch a game");
     app.stop().await;
 }
