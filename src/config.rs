@@ -22,6 +22,7 @@ use crate::storage::PoolConfig;
 use crate::telemetry::management::Management;
 use clap::Args;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,6 +244,13 @@ pub struct HttpArgs {
     #[arg(long, env = "RETROCAT_MAX_OUTBOX_AGE", value_parser = parse_positive_duration)]
     pub max_outbox_age: Option<Duration>,
 
+    /// Most ready messages game_events may hold: past it, the outbox relay waits, and
+    /// the events wait in the outbox until the workers make room (catalog writes go on,
+    /// up to --max-outbox-backlog). Retries and other processes' relays may still add
+    /// to the queue. Unset: no bound.
+    #[arg(long, env = "RETROCAT_MAX_QUEUE_LENGTH")]
+    pub max_queue_length: Option<NonZeroU64>,
+
     /// Events published per broker round trip by the outbox relay, and at most awaiting
     /// the broker's confirms at once.
     #[arg(long, env = "RETROCAT_RELAY_BATCH", default_value_t = 500)]
@@ -360,6 +368,7 @@ impl HttpArgs {
     pub fn relay(&self) -> RelayConfig {
         RelayConfig {
             batch_size: self.relay_batch.max(1),
+            max_queue_length: self.max_queue_length,
             ..RelayConfig::default()
         }
     }

@@ -1,7 +1,12 @@
-//! Admission control: with the broker away, the outbox fills; past
-//! `--max-outbox-backlog`, catalog writes get 503 with `Retry-After` while reads are
-//! served and `/readyz` says why; once the broker is back, every write accepted before
-//! is processed, and writes are taken again.
+//! Backpressure.
+//! - Admission control: with the broker away, the outbox fills; past
+//!   `--max-outbox-backlog`, catalog writes get 503 with `Retry-After` while reads are
+//!   served and `/readyz` says why; once the broker is back, every write accepted
+//!   before is processed, and writes are taken again.
+//! - A bounded queue: with `--max-queue-length` and no worker taking from
+//!   `game_events`, the relay fills the queue to its bound and the outbox holds the
+//!   rest; once the workers take again, every event is processed, once. On both
+//!   brokers.
 
 mod common;
 
@@ -92,5 +97,84 @@ async fn past_the_outbox_backlog_limit_writes_wait_and_reads_go_on() {
     let after = app.create_game(&game_body("Taken Again")).await;
     app.wait_for_status(after["id"].as_i64().unwrap(), "completed", 1)
         .await;
+    app.stop().await;
+}
+
+/// `GET /api/queues`'s row of `name` once `test` holds of it.
+async fn wait_for_row(app: &TestApp, name: &str, test: impl Fn(&Value) -> bool) -> Value {
+    eventually(
+        &format!("{name} in /api/queues"),
+        Duration::from_secs(30),
+        || async {
+            let rows = app.get_json("/api/queues").await;
+            let row = rows.as_array()?.iter().find(|row| row["name"] == name)?;
+            test(row).then(|| row.clone())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_holds_events_in_the_outbox_on_the_embedded_broker() {
+    a_full_queue_holds_events_in_the_outbox(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_holds_events_in_the_outbox_on_rabbitmq() {
+    let Some(vhost) = Vhost::create() else { return };
+    a_full_queue_holds_events_in_the_outbox(Some(&vhost.url)).await;
+}
+
+/// With `game_events` bounded at 20 and paused, 60 creates: 20 events in the queue
+/// and 40 in the outbox, held there; resumed, every game is processed once.
+async fn a_full_queue_holds_events_in_the_outbox(rabbitmq_url: Option<&str>) {
+    let app = TestApp::spawn_on_broker(
+        Backend::Sqlite,
+        rabbitmq_url,
+        Roles::Serve,
+        &["--max-queue-length", "20"],
+    )
+    .await;
+    // A worker consumes game_events; paused, none does.
+    wait_for_row(&app, "game_events", |row| row["consumers"] == 1).await;
+    let paused = app
+        .post_json("/api/queues/game_events/pause", &json!({}))
+        .await;
+    assert_eq!(paused.status(), 200);
+    wait_for_row(&app, "game_events", |row| row["consumers"] == 0).await;
+
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let game = app
+            .create_game(&game_body(&format!("Bounded {n:02}")))
+            .await;
+        ids.push(game["id"].as_i64().unwrap());
+    }
+    // The queue fills to its bound and no further; the outbox holds the rest.
+    wait_for_row(&app, "outbox", |row| row["ready"] == 40).await;
+    wait_for_row(&app, "game_events", |row| row["ready"] == 20).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, held) in [("game_events", 20), ("outbox", 40)] {
+        let row = wait_for_row(&app, name, |_| true).await;
+        assert_eq!(row["ready"], held, "{row}");
+    }
+
+    // Room again: every event is processed, once.
+    let resumed = app
+        .post_json("/api/queues/game_events/resume", &json!({}))
+        .await;
+    assert_eq!(resumed.status(), 200);
+    for &id in &ids {
+        app.wait_for_status(id, "completed", 1).await;
+    }
+    wait_for_row(&app, "outbox", |row| row["ready"] == 0).await;
+    for &id in &ids {
+        let attempts = app.get_json(&format!("/api/games/{id}/history")).await;
+        assert_eq!(
+            attempts.as_array().map(Vec::len),
+            Some(1),
+            "game {id}: {attempts}"
+        );
+    }
     app.stop().await;
 }

@@ -41,7 +41,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Every role in one process: HTTP API and web UI, outbox relay, workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// HTTP API, web UI, outbox relay and live-feed subscriber.
     Api(HttpArgs),
     /// Consumers only; run several to share the work.
@@ -333,6 +333,6 @@ impl Command {
 
     /// `serve` with its defaults and environment: what runs when no command is given.
     pub fn default_serve() -> Self {
-        Self::Serve(ServeArgs::parse_from(["retrocat serve"]))
+        Self::Serve(Box::new(ServeArgs::parse_from(["retrocat serve"])))
     }
 }

@@ -12,7 +12,13 @@
 //! 10 ms at a steady 500 events/s, and an event written meanwhile would wait for them
 //! too. Up to a batch of rows ([`RelayConfig::batch_size`]) awaits confirms at once;
 //! the batches are marked sent in order, as their confirms come.
+//!
+//! With `--max-queue-length`, the relay also keeps `game_events` within a bound (see
+//! [`bound`]).
 
+pub mod bound;
+
+use self::bound::QueueBound;
 use crate::backoff::reconnect_backoff;
 use crate::broker::meter::QueueMeter;
 use crate::broker::{Broker, Confirms};
@@ -23,6 +29,7 @@ use crate::telemetry::queues::OUTBOX;
 use futures::FutureExt;
 use futures::future::{self, MaybeDone};
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +39,12 @@ use std::time::{Duration, Instant};
 pub struct RelayConfig {
     /// Rows published per broker round trip.
     pub batch_size: u32,
-    /// How often to look for rows written by other processes.
+    /// How often to look for rows written by other processes, and for room in a full
+    /// queue.
     pub poll_interval: Duration,
+    /// The most ready messages `game_events` may hold before the relay waits
+    /// (`--max-queue-length`); `None`: no bound.
+    pub max_queue_length: Option<NonZeroU64>,
 }
 
 impl Default for RelayConfig {
@@ -41,6 +52,7 @@ impl Default for RelayConfig {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_millis(250),
+            max_queue_length: None,
         }
     }
 }
@@ -63,6 +75,8 @@ pub struct Relay {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     config: RelayConfig,
+    /// Held by the one pass that runs at a time.
+    bound: tokio::sync::Mutex<Option<QueueBound>>,
 }
 
 impl Relay {
@@ -70,6 +84,7 @@ impl Relay {
         Self {
             store,
             broker,
+            bound: tokio::sync::Mutex::new(config.max_queue_length.map(QueueBound::new)),
             config,
         }
     }
@@ -83,6 +98,13 @@ impl Relay {
             // wait is not missed.
             let written = self.store.outbox_written().notified();
             match self.relay_pass().await {
+                Ok(Pass { full: true, .. }) => {
+                    backoff = reconnect_backoff();
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = shutdown.wait() => {}
+                    }
+                }
                 Ok(Pass { more: true, .. }) => {
                     backoff = reconnect_backoff();
                     continue;
@@ -111,14 +133,17 @@ impl Relay {
     /// One relay pass: leases the outbox and publishes until nothing waits (or the
     /// lease has lasted [`LEASE_LIMIT`]): takes batches of rows and sends them while
     /// fewer than a batch await their confirms, and marks each batch sent once
-    /// confirmed, oldest first. On an error the lease is dropped: its unmarked rows are
-    /// published again by the next pass.
+    /// confirmed, oldest first. It takes no more rows than the queue's bound leaves
+    /// room for, and ends once the queue is full. On an error the lease is dropped: its
+    /// unmarked rows are published again by the next pass.
     #[tracing::instrument(skip(self), err)]
     pub async fn relay_pass(&self) -> Result<Pass, RelayError> {
         let Some(mut lease) = self.store.lease_outbox().await? else {
             return Ok(Pass::default());
         };
         let started = Instant::now();
+        let mut bound = self.bound.lock().await;
+        let mut full = false;
         // Batches sent, oldest first: each one's rows, and its confirms.
         let mut confirming: VecDeque<(usize, MaybeDone<Confirms>)> = VecDeque::new();
         let mut unconfirmed = 0;
@@ -142,8 +167,17 @@ impl Relay {
             // The rows awaiting confirms stay within one batch: more would only move
             // a backlog from the outbox into the broker's queues, which RabbitMQ then
             // writes to disk.
-            let room = self.config.batch_size as usize - unconfirmed;
+            let mut room = self.config.batch_size as usize - unconfirmed;
             more = started.elapsed() >= LEASE_LIMIT;
+            if let Some(bound) = bound.as_mut()
+                && room > 0
+                && !more
+                && !drained
+            {
+                let broker = self.broker.as_ref();
+                room = bound.room(broker, room as u64, unconfirmed as u64).await? as usize;
+                full = room == 0;
+            }
             let taking = room > 0 && !more;
             // Registered before the take: a commit after it wakes the wait below.
             let written = self.store.outbox_written().notified();
@@ -152,6 +186,9 @@ impl Relay {
                 drained = batch.len() < room;
                 if !batch.is_empty() {
                     let rows = batch.len();
+                    if let Some(bound) = bound.as_mut() {
+                        bound.sent(rows as u64);
+                    }
                     let batch = batch.into_iter().map(OutboxMessage::into_publish);
                     let confirms = self.broker.send(batch.collect()).await?;
                     confirming.push_back((rows, future::maybe_done(confirms)));
@@ -172,7 +209,7 @@ impl Relay {
         tracing::debug!(sent, "outbox rows published");
         metrics::counter!(OUTBOX_PUBLISHED).increment(sent as u64);
         QueueMeter::of(OUTBOX).settled(sent as u64);
-        Ok(Pass { sent, more })
+        Ok(Pass { sent, more, full })
     }
 }
 
@@ -183,6 +220,8 @@ pub struct Pass {
     pub sent: usize,
     /// The pass ended at its time limit: rows may wait still.
     pub more: bool,
+    /// The pass ended with `game_events` at its bound: rows wait for room.
+    pub full: bool,
 }
 
 #[cfg(test)]
