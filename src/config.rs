@@ -14,6 +14,7 @@ use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
 use crate::processing::fetch::breaker::BreakerConfig;
 use crate::processing::retry::RetryPolicy;
+use crate::processing::throttle::QueueRate;
 use crate::processing::thumbnail::DecodeBudget;
 use crate::processing::worker::WorkerConfig;
 use crate::producer::PublishPolicy;
@@ -443,6 +444,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETROCAT_WORKER_ID")]
     pub worker_id: Option<String>,
 
+    /// Deliveries of a queue processed per second or minute by every worker together:
+    /// QUEUE=RATE, e.g. game_events=200/s (catalog.rpc too), repeated or
+    /// comma-separated. Each worker takes its share, by its part of the queue's
+    /// consumers, read every 2 s. Unset: as fast as the workers go.
+    #[arg(long, env = "RETROCAT_MAX_RATE", value_delimiter = ',')]
+    pub max_rate: Vec<QueueRate>,
+
     /// Subscribers of every domain event this process runs, each with its own queue and
     /// log (`GET /api/audit?subscriber=NAME`): `audit` is the audit log; more names
     /// (e.g. audit,archive) add independent subscribers.
@@ -482,6 +490,7 @@ impl WorkerArgs {
                 .worker_id
                 .clone()
                 .unwrap_or_else(crate::processing::worker::default_worker_id),
+            max_rates: self.max_rate.clone(),
             ..WorkerConfig::default()
         }
     }

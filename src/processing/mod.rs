@@ -6,7 +6,8 @@
 //! failure: retry later with backoff, or dead-letter. [`subscriber`] keeps what the
 //! audit subscribers and the custom-message consumer receive. [`retention`] prunes
 //! that history, and the worker's, once older than `--retain`. [`pause`] stops and
-//! restarts every consumer of a queue that an operator paused.
+//! restarts every consumer of a queue that an operator paused, and [`throttle`] keeps
+//! a queue's processing within `--max-rate`.
 
 pub mod fetch;
 pub mod outcome;
@@ -14,5 +15,6 @@ pub mod pause;
 pub mod retention;
 pub mod retry;
 pub mod subscriber;
+pub mod throttle;
 pub mod thumbnail;
 pub mod worker;

@@ -14,6 +14,7 @@ use super::fetch::{CoverFetcher, FetchError};
 use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::pause::{PauseWatch, QueuePause};
 use super::retry::{Failure, RetryPolicy};
+use super::throttle::{QueueRate, Throttle};
 use super::thumbnail::{DecodeBudget, render};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
@@ -56,6 +57,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Names this worker in the attempts it records.
     pub worker_id: String,
+    /// The processing rate limits of its queues (`--max-rate`), shared with the other
+    /// workers.
+    pub max_rates: Vec<QueueRate>,
 }
 
 impl Default for WorkerConfig {
@@ -69,6 +73,7 @@ impl Default for WorkerConfig {
             decode_budget: DecodeBudget::default(),
             shutdown_grace: Duration::from_secs(10),
             worker_id: default_worker_id(),
+            max_rates: Vec::new(),
         }
     }
 }
@@ -133,6 +138,7 @@ impl Worker {
     ///
     /// While `queue` is paused it holds no consumer: it finishes what it has in flight,
     /// gives back what it prefetched, and consumes again once the queue is resumed.
+    /// With a `--max-rate` of the queue, it takes deliveries no faster than its share.
     pub async fn run(
         self: Arc<Self>,
         queue: &'static str,
@@ -140,25 +146,36 @@ impl Worker {
         shutdown: Shutdown,
     ) {
         let pause = pauses.of(queue);
+        let throttle = self
+            .config
+            .max_rates
+            .iter()
+            .find(|limit| limit.queue == queue)
+            .map(|limit| Throttle::start(limit.rate, queue, self.broker.clone(), shutdown.clone()));
         let open = || async {
             if !pause.resumed(&shutdown).await {
                 return Err(BrokerError::Unavailable("shutting down".into()));
             }
             self.broker.consume(queue, self.config.prefetch).await
         };
-        let drain = |consumer| self.clone().drain(queue, consumer, &pause, &shutdown);
+        let drain = |consumer| {
+            let throttle = throttle.as_deref();
+            self.clone()
+                .drain(queue, consumer, &pause, throttle, &shutdown)
+        };
         crate::broker::consume_until_shutdown(queue, &shutdown, open, drain).await;
         tracing::info!(queue, "worker stopped");
     }
 
-    /// Processes deliveries from one consumer, up to `concurrency` at a time, until the
-    /// consumer ends (broker gone: the caller reconnects), the queue is paused, or
-    /// shutdown is requested.
+    /// Processes deliveries from one consumer, up to `concurrency` at a time and no
+    /// faster than `throttle` admits them, until the consumer ends (broker gone: the
+    /// caller reconnects), the queue is paused, or shutdown is requested.
     async fn drain(
         self: Arc<Self>,
         queue: &'static str,
         mut consumer: crate::broker::Consumer,
         pause: &QueuePause,
+        throttle: Option<&Throttle>,
         shutdown: &Shutdown,
     ) {
         let metrics = Arc::new(OutcomeMetrics::new(queue));
@@ -179,6 +196,15 @@ impl Worker {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_task(joined),
                 next = consumer.next() => match next {
                     Some(delivery) => {
+                        if let Some(throttle) = throttle {
+                            // Unsettled, a delivery dropped here is delivered again.
+                            tokio::select! {
+                                biased;
+                                _ = shutdown.wait() => break,
+                                () = pause.paused() => break,
+                                () = throttle.admit() => {}
+                            }
+                        }
                         let (worker, metrics) = (self.clone(), metrics.clone());
                         in_flight.spawn(async move {
                             let arrived = Instant::now();

@@ -1,0 +1,154 @@
+//! A processing rate limit per queue (`--max-rate game_events=200/s`), across every
+//! worker process without a word between them: each process takes the share of the
+//! rate that its consumer is of the queue's consumers, as the broker counts them, and
+//! reads that count again every [`SHARE_EVERY`]. The approximation: for up to that long
+//! after a worker starts or stops, the shares add up to more or less than the rate; and
+//! a consumer that is not retrocat's (the original system's) counts as a share, which it
+//! does not keep to.
+
+use crate::broker::{Broker, topology};
+use crate::rate::RateLimit;
+use crate::shutdown::Shutdown;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often a worker reads the queue's consumers again to recompute its share.
+pub const SHARE_EVERY: Duration = Duration::from_secs(2);
+
+/// The queues a worker processes, whose rate `--max-rate` may limit.
+const LIMITABLE: [&str; 2] = [topology::GAME_EVENTS_QUEUE, topology::RPC_QUEUE];
+
+/// `QUEUE=RATE` of `--max-rate`: the most deliveries of the queue processed per second
+/// (or minute) by every worker together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRate {
+    pub queue: String,
+    pub rate: RateLimit,
+}
+
+impl std::str::FromStr for QueueRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (queue, rate) = text.split_once('=').ok_or_else(|| {
+            format!("{text:?}: QUEUE=RATE, such as game_events=200/s or catalog.rpc=600/m")
+        })?;
+        let queue = queue.trim();
+        if !LIMITABLE.contains(&queue) {
+            return Err(format!(
+                "{queue:?}: --max-rate limits a queue the workers process: {}",
+                LIMITABLE.join(" or ")
+            ));
+        }
+        Ok(Self {
+            queue: queue.to_owned(),
+            rate: rate.parse()?,
+        })
+    }
+}
+
+/// This process's share of a queue's rate.
+pub struct Throttle {
+    rate: RateLimit,
+    /// The limiter of the share, and the consumers it was computed for.
+    share: Mutex<(u64, Arc<DefaultDirectRateLimiter>)>,
+}
+
+impl Throttle {
+    /// The throttle of `queue` at `rate`, its share read from `broker` now and every
+    /// [`SHARE_EVERY`] until shutdown.
+    pub fn start(
+        rate: RateLimit,
+        queue: &'static str,
+        broker: Arc<dyn Broker>,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        let throttle = Arc::new(Self {
+            rate,
+            share: Mutex::new((1, Arc::new(RateLimiter::direct(share_quota(rate, 1))))),
+        });
+        let watched = throttle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SHARE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.wait() => return,
+                }
+                match broker.queue_stats(queue).await {
+                    Ok(stats) => watched.shared_by(queue, stats.consumers),
+                    Err(error) => tracing::debug!(%error, queue, "consumers not read"),
+                }
+            }
+        });
+        throttle
+    }
+
+    /// Waits until this process may take one more delivery.
+    pub async fn admit(&self) {
+        let limiter = self.share.lock().expect("throttle lock").1.clone();
+        limiter.until_ready().await;
+    }
+
+    /// Recomputes the share for `consumers` (this one among them; 0 while it has none).
+    fn shared_by(&self, queue: &str, consumers: u64) {
+        let consumers = consumers.max(1);
+        let mut share = self.share.lock().expect("throttle lock");
+        if share.0 != consumers {
+            let quota = share_quota(self.rate, consumers);
+            tracing::info!(queue, consumers, one_delivery_every = ?quota.replenish_interval(),
+                "this worker's share of --max-rate");
+            *share = (consumers, Arc::new(RateLimiter::direct(quota)));
+        }
+    }
+}
+
+/// One of `consumers` shares of `rate`: a delivery every `per × consumers / requests`,
+/// in bursts of the share's part of the rate's burst (at least one).
+fn share_quota(rate: RateLimit, consumers: u64) -> Quota {
+    let consumers = u32::try_from(consumers).unwrap_or(u32::MAX);
+    let period = rate.per.saturating_mul(consumers) / rate.requests.get();
+    let burst = NonZeroU32::new(rate.requests.get() / consumers).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("a period of at least a nanosecond")
+        .allow_burst(burst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_rate_names_a_queue_the_workers_process() {
+        let rate: QueueRate = "game_events=200/s".parse().unwrap();
+        assert_eq!(rate.queue, "game_events");
+        assert_eq!(rate.rate, "200/s".parse().unwrap());
+        assert!("catalog.rpc = 10/m".parse::<QueueRate>().is_ok());
+        for wrong in [
+            "game_events",
+            "audit=5/s",
+            "game_events.dlq=5/s",
+            "game_events=0/s",
+        ] {
+            assert!(wrong.parse::<QueueRate>().is_err(), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn each_of_the_consumers_gets_its_share_of_the_rate() {
+        let rate: RateLimit = "200/s".parse().unwrap();
+        let whole = share_quota(rate, 1);
+        assert_eq!(whole.replenish_interval(), Duration::from_millis(5));
+        assert_eq!(whole.burst_size().get(), 200);
+        let quarter = share_quota(rate, 4);
+        assert_eq!(quarter.replenish_interval(), Duration::from_millis(20));
+        assert_eq!(quarter.burst_size().get(), 50);
+        // More consumers than deliveries a period: each still takes one at a time.
+        let thin = share_quota("2/s".parse().unwrap(), 4);
+        assert_eq!(thin.replenish_interval(), Duration::from_secs(2));
+        assert_eq!(thin.burst_size().get(), 1);
+    }
+}
