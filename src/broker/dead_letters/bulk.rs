@@ -149,7 +149,7 @@ pub async fn bulk(
     }
     report.done += batch.settle(broker).await?;
     drop(consumer);
-    put_back(kept).await;
+    put_back(broker, dlq, kept).await;
     progress(&report);
     Ok(report)
 }

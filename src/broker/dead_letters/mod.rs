@@ -31,6 +31,9 @@ const NEXT_DELIVERY: Duration = Duration::from_secs(2);
 /// How long a search that missed waits before it looks once more (see [`find`]).
 const SCAN_AGAIN_AFTER: Duration = Duration::from_millis(250);
 
+/// How long [`put_back`] waits at most for the broker to count what it put back.
+const PUT_BACK_WAIT: Duration = Duration::from_secs(1);
+
 /// How many of the oldest messages replay and purge look through for the one named:
 /// each is held, unsettled, until the search ends, so the search is bounded.
 pub const MAX_SCAN: usize = 10_000;
@@ -160,7 +163,7 @@ pub async fn replay(
     let copy = match replay_copy(&found, &delivery.message) {
         Ok(copy) => copy,
         Err(refused) => {
-            put_back(vec![delivery]).await;
+            put_back(broker, dlq, vec![delivery]).await;
             return Err(refused);
         }
     };
@@ -274,21 +277,40 @@ async fn take(
         held.push(delivery);
     }
     drop(consumer);
-    put_back(held).await;
+    put_back(broker, queue, held).await;
     Ok(taken)
 }
 
-/// Requeues deliveries taken only to be read, each in its place, and waits until the
-/// broker has been told: dropped unsettled they would go back too, but on RabbitMQ
-/// only once a background task got to it, so that a replay or purge right after a
-/// list could miss them. A failed requeue is no loss: the delivery goes back with its
-/// channel.
-async fn put_back(held: Vec<Delivery>) {
+/// Requeues deliveries of `queue` taken only to be read, each in its place, and waits
+/// (up to [`PUT_BACK_WAIT`]) until the broker counts them ready again: dropped
+/// unsettled they would go back too, but on RabbitMQ only once a background task got
+/// to it, and even a requeue it was told of is counted a moment later; a replay or
+/// purge right after a list or another pass, which reads the depth first, would miss
+/// them. A failed requeue is no loss: the delivery goes back with its channel.
+async fn put_back(broker: &dyn Broker, queue: &str, held: Vec<Delivery>) {
+    if held.is_empty() {
+        return;
+    }
+    let expected = broker
+        .queue_depth(queue)
+        .await
+        .map(|depth| depth + held.len() as u64);
     for delivery in held {
         if let Err(error) = delivery.nack(true).await {
             tracing::debug!(%error, "dead letter left to go back with its channel");
         }
     }
+    let Ok(expected) = expected else { return };
+    let counted = async {
+        while broker
+            .queue_depth(queue)
+            .await
+            .is_ok_and(|depth| depth < expected)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(PUT_BACK_WAIT, counted).await;
 }
 
 #[cfg(test)]
