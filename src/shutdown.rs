@@ -5,6 +5,7 @@
 //! hold: a worker completes its in-flight deliveries (or leaves them unacknowledged for
 //! redelivery) rather than being aborted halfway through a transaction.
 
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A cloneable shutdown signal: a flag plus a wake-up for everyone waiting on it.
@@ -30,6 +31,24 @@ impl Shutdown {
     /// Resolves once shutdown has been triggered (immediately if it already was).
     pub async fn wait(&self) {
         self.token.cancelled().await
+    }
+
+    /// Runs `task` now, then every `period` (later when a run takes longer), until
+    /// shutdown: the pollers and samplers.
+    pub async fn every<F: Future<Output = ()>>(
+        &self,
+        period: Duration,
+        mut task: impl FnMut() -> F,
+    ) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.wait() => return,
+            }
+            task().await;
+        }
     }
 
     /// Triggers shutdown on SIGINT or SIGTERM; returns when one arrived.

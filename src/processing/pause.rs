@@ -51,13 +51,7 @@ impl PauseWatch {
         let first = store.paused_queues().await.unwrap_or_default();
         let (sender, paused) = watch::channel(first.into_iter().collect());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = shutdown.wait() => return,
-                }
+            let poll = || async {
                 match store.paused_queues().await {
                     Ok(now) => {
                         let now: BTreeSet<String> = now.into_iter().collect();
@@ -69,7 +63,8 @@ impl PauseWatch {
                     }
                     Err(error) => tracing::debug!(%error, "paused queues not read"),
                 }
-            }
+            };
+            shutdown.every(POLL_EVERY, poll).await;
         });
         Self { paused }
     }

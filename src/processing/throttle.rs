@@ -6,6 +6,7 @@
 //! a consumer that is not retrocat's (the original system's) counts as a share, which it
 //! does not keep to.
 
+use super::pause::QueuePause;
 use crate::broker::{Broker, topology};
 use crate::rate::RateLimit;
 use crate::shutdown::Shutdown;
@@ -71,18 +72,14 @@ impl Throttle {
         });
         let watched = throttle.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SHARE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = shutdown.wait() => return,
-                }
-                match broker.queue_stats(queue).await {
-                    Ok(stats) => watched.shared_by(queue, stats.consumers),
-                    Err(error) => tracing::debug!(%error, queue, "consumers not read"),
-                }
-            }
+            shutdown
+                .every(SHARE_EVERY, || async {
+                    match broker.queue_stats(queue).await {
+                        Ok(stats) => watched.shared_by(queue, stats.consumers),
+                        Err(error) => tracing::debug!(%error, queue, "consumers not read"),
+                    }
+                })
+                .await;
         });
         throttle
     }
@@ -103,6 +100,24 @@ impl Throttle {
                 "this worker's share of --max-rate");
             *share = (consumers, Arc::new(RateLimiter::direct(quota)));
         }
+    }
+}
+
+/// Waits until `throttle` (if any) lets this worker take one more delivery: false if
+/// the queue was paused or shutdown came first.
+pub async fn admitted(
+    throttle: Option<&Throttle>,
+    pause: &QueuePause,
+    shutdown: &Shutdown,
+) -> bool {
+    let Some(throttle) = throttle else {
+        return true;
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.wait() => false,
+        () = pause.paused() => false,
+        () = throttle.admit() => true,
     }
 }
 

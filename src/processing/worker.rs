@@ -14,7 +14,7 @@ use super::fetch::{CoverFetcher, FetchError};
 use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::pause::{PauseWatch, QueuePause};
 use super::retry::{Failure, RetryPolicy};
-use super::throttle::{QueueRate, Throttle};
+use super::throttle::{QueueRate, Throttle, admitted};
 use super::thumbnail::{DecodeBudget, render};
 use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
@@ -196,14 +196,8 @@ impl Worker {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => log_task(joined),
                 next = consumer.next() => match next {
                     Some(delivery) => {
-                        if let Some(throttle) = throttle {
-                            // Unsettled, a delivery dropped here is delivered again.
-                            tokio::select! {
-                                biased;
-                                _ = shutdown.wait() => break,
-                                () = pause.paused() => break,
-                                () = throttle.admit() => {}
-                            }
+                        if !admitted(throttle, pause, shutdown).await {
+                            break; // Unsettled, the delivery is delivered again.
                         }
                         let (worker, metrics) = (self.clone(), metrics.clone());
                         in_flight.spawn(async move {

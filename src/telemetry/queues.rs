@@ -133,13 +133,7 @@ impl QueueWatch {
     /// Samples once a second until shutdown. Also drains the metrics recorder's
     /// histogram buffers, which otherwise grow until the next scrape.
     pub async fn run(self, shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.wait() => return,
-            }
+        let take = || async {
             let sample = self.sample().await;
             publish_gauges(&sample);
             super::metrics::handle().run_upkeep();
@@ -148,7 +142,8 @@ impl QueueWatch {
                 samples.pop_front();
             }
             samples.push_back(sample);
-        }
+        };
+        shutdown.every(SAMPLE_EVERY, take).await;
     }
 
     /// Every watched queue and the outbox, now.
