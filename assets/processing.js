@@ -43,21 +43,41 @@ function taskRow(task) {
   return row;
 }
 
-/** The tasks view's query: the filters of the form above it, those left blank omitted. */
-function taskQuery() {
-  const query = new URLSearchParams({ limit: "200" });
+/** The tasks view's query: the filters and order of the form above it, those left blank
+ * omitted, for a page of `limit` rows. */
+function taskQuery(limit) {
+  const query = new URLSearchParams({ limit: String(limit) });
   for (const field of $("task-filters").elements) {
     if (field.name && field.value.trim()) query.set(field.name, field.value.trim());
   }
   return query;
 }
 
+/** The cursor of the page after the rows shown, if more follow. */
+let nextTasks = null;
+
+function showMoreTasks(cursor) {
+  nextTasks = cursor;
+  $("tasks-more").classList.toggle("hidden", !cursor);
+}
+
+/** The first rows again, as many as are shown (200 at least, 500 at most). */
 async function loadTasks() {
   const counted = loadCounters(); // alongside the rows, not after them
-  const tasks = await api(`/api/tasks?${taskQuery()}`);
-  $("tasks").replaceChildren(...tasks.map(taskRow));
+  const shown = Math.min(500, Math.max(200, $("tasks").children.length));
+  const page = await api(`/api/tasks?${taskQuery(shown)}`);
+  $("tasks").replaceChildren(...page.items.map(taskRow));
+  showMoreTasks(page.nextCursor);
   if (selected) await showHistory(selected, false);
   await counted;
+}
+
+async function loadMoreTasks() {
+  const query = taskQuery(200);
+  query.set("cursor", nextTasks);
+  const page = await api(`/api/tasks?${query}`);
+  $("tasks").append(...page.items.map(taskRow));
+  showMoreTasks(page.nextCursor);
 }
 
 async function showHistory(task, scroll = true) {
@@ -202,7 +222,10 @@ async function actOnAll(replay) {
 
 // The forms act as their fields change or their buttons are clicked: Enter submits nothing.
 for (const form of [$("task-filters"), $("dlq-bulk")]) form.addEventListener("submit", (event) => event.preventDefault());
-$("task-filters").addEventListener("input", debounce(() => loadTasks().catch(console.error), 300));
+// A select fires `change` (and, in most browsers, `input` too): the debounce makes one load.
+const filterTasks = debounce(() => loadTasks().catch(console.error), 300);
+for (const event of ["input", "change"]) $("task-filters").addEventListener(event, filterTasks);
+$("tasks-more").addEventListener("click", () => loadMoreTasks().catch(console.error));
 
 $("dlq-replay-all").addEventListener("click", () => actOnAll(true));
 $("dlq-purge-all").addEventListener("click", () => actOnAll(false));

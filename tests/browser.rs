@@ -598,7 +598,7 @@ async fn processing_counts_the_catalog_and_replayed_dead_letters_are_processed()
         wait_for_status(&serve, id, "completed").await;
     }
 
-    // The tasks view, filtered by title and status.
+    // The tasks view, filtered by title and status, then sorted.
     browser.fill("#task-search", "Outage 1").await;
     browser.select("#task-status", "completed").await;
     eventually("the tasks filtered", WAIT, || async {
@@ -607,6 +607,18 @@ async fn processing_counts_the_catalog_and_replayed_dead_letters_are_processed()
         (rows == 1 && shown.contains("Outage 1")).then_some(())
     })
     .await;
+    // By title, the first row is the first title; reversed, the last.
+    browser.fill("#task-search", "Outage").await;
+    browser.select("#task-status", "").await;
+    for (order, first_title) in [("title", "Outage 0"), ("-title", "Outage 2")] {
+        browser.select("#task-sort", order).await;
+        eventually(&format!("the tasks in {order} order"), WAIT, || async {
+            let rows = browser.count("#tasks tr").await;
+            let first = browser.text("#tasks tr").await?;
+            (rows == 3 && first.contains(first_title)).then_some(())
+        })
+        .await;
+    }
     browser.screenshot("processing").await;
     browser.quit().await;
     serve.stop().await;

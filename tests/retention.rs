@@ -10,8 +10,8 @@ use common::{Backend, Roles, TestApp, game_body, on_every_backend};
 use retrocat::broker::topology;
 use retrocat::domain::{EventId, ProcessingStatus};
 use retrocat::storage::{
-    ProcessingRecord, ProcessingResult, PruneReport, ReceivedMessage, StartOutcome, StartRequest,
-    Store,
+    PageRequest, ProcessingRecord, ProcessingResult, PruneReport, ReceivedMessage, StartOutcome,
+    StartRequest, Store,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -147,7 +147,11 @@ async fn retention_prunes_what_is_older_than_the_period_and_nothing_newer(backen
     let fresh_v1 = process(store, fresh, 1, vec![completed()]).await;
     store.record_received(&[received("new")]).await.unwrap();
 
-    let tasks = store.tasks(&Default::default(), 1000).await.unwrap();
+    let tasks = store
+        .tasks(&Default::default(), &all())
+        .await
+        .unwrap()
+        .items;
     let history_of = |id: i64| async move { store.history(id).await.unwrap() };
     let (kept_history, running_history, fresh_history) = (
         history_of(kept).await,
@@ -175,7 +179,11 @@ async fn retention_prunes_what_is_older_than_the_period_and_nothing_newer(backen
         .collect();
     assert_eq!(left, ["new"], "only the message received since the cutoff");
     assert_eq!(
-        store.tasks(&Default::default(), 1000).await.unwrap(),
+        store
+            .tasks(&Default::default(), &all())
+            .await
+            .unwrap()
+            .items,
         tasks,
         "every game's task reads as before: attempts, last error, duration"
     );
@@ -238,3 +246,11 @@ async fn retention_prunes_what_is_older_than_the_period_and_nothing_newer(backen
 }
 
 on_every_backend!(retention_prunes_what_is_older_than_the_period_and_nothing_newer);
+
+/// A page that holds every task the tests make.
+fn all() -> PageRequest {
+    PageRequest {
+        limit: PageRequest::MAX_LIMIT,
+        cursor: None,
+    }
+}

@@ -6,10 +6,13 @@ use super::error::ApiError;
 use super::openapi::{blank_or, query_param};
 use crate::domain::ProcessingStatus;
 use crate::domain::text::{ONE_LINE_PATTERN, check_one_line};
-use crate::storage::{PendingGame, StatusCounts, TaskFilter, TaskView};
+use crate::storage::{
+    PageRequest, PendingGame, StatusCounts, TaskFilter, TaskPage, TaskSort, TaskView,
+};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use chrono::DateTime;
+use serde::Serialize;
 use utoipa::IntoParams;
 use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -43,21 +46,45 @@ async fn pending(State(ctx): State<ApiContext>) -> Result<axum::Json<Vec<Pending
 
 /// Recent processing
 ///
-/// The most recently changed games that the filters take, with their attempts, last
-/// error and duration. A blank filter is as if absent; other parameters are ignored.
+/// The games that the filters take, most recently changed first unless `sort` says
+/// otherwise, with their attempts, last error and duration. Without `limit` or
+/// `cursor`, the first 100 as an array; with either, a page, as `GET /api/games`
+/// pages. A blank filter is as if absent; other parameters are ignored.
 #[utoipa::path(get, path = "/api/tasks", tag = "processing",
     params(TaskQuery),
-    responses((status = 200, description = "The games, most recently changed first",
-        body = Vec<TaskView>)))]
+    responses((status = 200, description = "The games, as an array or, paginated, a page",
+        body = TaskList)))]
 async fn tasks(
     State(ctx): State<ApiContext>,
-    TaskQuery(filter, limit): TaskQuery,
-) -> Result<axum::Json<Vec<TaskView>>, ApiError> {
-    Ok(axum::Json(ctx.store.tasks(&filter, limit).await?))
+    TaskQuery {
+        filter,
+        page,
+        paged,
+    }: TaskQuery,
+) -> Result<axum::Json<TaskList>, ApiError> {
+    let found = ctx.store.tasks(&filter, &page).await?;
+    Ok(axum::Json(if paged {
+        TaskList::Page(found)
+    } else {
+        TaskList::All(found.items)
+    }))
 }
 
-/// The filters and limit of `GET /api/tasks`, validated.
-struct TaskQuery(TaskFilter, u32);
+/// The answer of `GET /api/tasks`: an array, or a page.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum TaskList {
+    All(Vec<TaskView>),
+    Page(TaskPage),
+}
+
+/// The filters, order and page of `GET /api/tasks`, validated.
+struct TaskQuery {
+    filter: TaskFilter,
+    page: PageRequest,
+    /// `limit` or `cursor` was given: the answer is a page.
+    paged: bool,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for TaskQuery {
     type Rejection = ApiError;
@@ -67,8 +94,16 @@ impl<S: Send + Sync> FromRequestParts<S> for TaskQuery {
     }
 }
 
+/// As many tasks as an answer holds when the query does not say.
+const DEFAULT_LIMIT: u32 = 100;
+
 fn parse_task_query(query: &str) -> Result<TaskQuery, ApiError> {
-    let (mut filter, mut limit) = (TaskFilter::default(), 100);
+    let mut filter = TaskFilter::default();
+    let mut page = PageRequest {
+        limit: DEFAULT_LIMIT,
+        cursor: None,
+    };
+    let mut paged = false;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         // As `GET /api/games` reads its filters: spaces around a value are dropped, and
         // a blank one is as if absent.
@@ -90,11 +125,24 @@ fn parse_task_query(query: &str) -> Result<TaskQuery, ApiError> {
         };
         match key.as_ref() {
             "limit" => {
-                limit = value
+                let max = PageRequest::MAX_LIMIT;
+                page.limit = value
                     .parse::<u32>()
                     .ok()
-                    .filter(|n| (1..=500).contains(n))
-                    .ok_or_else(|| ApiError::bad_field("limit", "must be between 1 and 500"))?;
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_field("limit", format!("must be between 1 and {max}"))
+                    })?;
+                paged = true;
+            }
+            "cursor" => {
+                page.cursor = Some(value.to_owned());
+                paged = true;
+            }
+            "sort" => {
+                filter.sort = TaskSort::parse(value).ok_or_else(|| {
+                    ApiError::bad_field("sort", format!("must be one of {}", TaskSort::NAMES))
+                })?;
             }
             "search" => filter.search = text("search")?,
             "worker" => filter.worker = text("worker")?,
@@ -110,7 +158,11 @@ fn parse_task_query(query: &str) -> Result<TaskQuery, ApiError> {
             _ => {}
         }
     }
-    Ok(TaskQuery(filter, limit))
+    Ok(TaskQuery {
+        filter,
+        page,
+        paged,
+    })
 }
 
 /// The parameters [`parse_task_query`] reads.
@@ -132,7 +184,10 @@ impl IntoParams for TaskQuery {
         let limit = ObjectBuilder::new()
             .schema_type(Type::Integer)
             .minimum(Some(1))
-            .maximum(Some(500));
+            .maximum(Some(PageRequest::MAX_LIMIT));
+        let sorts = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^-?(updatedAt|title)$"));
         vec![
             query_param("search", "A part of the title, in any case", text().into()),
             query_param(
@@ -161,9 +216,19 @@ impl IntoParams for TaskQuery {
                 blank_or(time()),
             ),
             query_param(
+                "sort",
+                "`-updatedAt` (the default) or `title`; a leading `-` reverses",
+                blank_or(sorts),
+            ),
+            query_param(
                 "limit",
-                "At most this many games (100 by default)",
+                "A page of at most this many games (100 by default)",
                 blank_or(limit),
+            ),
+            query_param(
+                "cursor",
+                "The previous page's `nextCursor`",
+                ObjectBuilder::new().schema_type(Type::String).into(),
             ),
         ]
     }
@@ -175,11 +240,16 @@ mod tests {
 
     #[test]
     fn a_task_query_reads_its_filters_and_refuses_bad_ones_by_name() {
-        let TaskQuery(filter, limit) = parse_task_query(
-            "search=Zel&status=failed&worker=w1&error=503&since=2026-12-07T12:00:00Z&limit=7&colour=red&until=",
+        let TaskQuery {
+            filter,
+            page,
+            paged,
+        } = parse_task_query(
+            "search=Zel&status=failed&worker=w1&error=503&since=2026-12-07T12:00:00Z&limit=7&colour=red&until=&sort=title",
         )
         .unwrap();
-        assert_eq!(limit, 7);
+        assert_eq!((page.limit, paged), (7, true));
+        assert_eq!(filter.sort, TaskSort::Title);
         assert_eq!(filter.search.as_deref(), Some("Zel"));
         assert_eq!(filter.status, Some(ProcessingStatus::Failed));
         assert_eq!(filter.worker.as_deref(), Some("w1"));
@@ -189,11 +259,14 @@ mod tests {
             "2026-12-07T12:00:00+00:00"
         );
         assert_eq!(filter.until, None, "a blank filter is as if absent");
+        let TaskQuery { page, paged, .. } = parse_task_query("search=Zel").unwrap();
+        assert_eq!((page.limit, paged), (DEFAULT_LIMIT, false), "an array");
         for (query, field) in [
             ("status=done", "status"),
             ("since=yesterday", "since"),
             ("search=a%00b", "search"),
             ("limit=0", "limit"),
+            ("sort=attempts", "sort"),
         ] {
             let Err(ApiError::BadRequest { errors, .. }) = parse_task_query(query) else {
                 panic!("{query} was taken");

@@ -3,10 +3,10 @@
 //! ([`QuerySink`]).
 
 use super::StoreError;
+use super::cursor::{self, Position};
 use super::rows::GAME_COLUMNS;
 use crate::domain::{Game, ProcessingStatus};
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 /// Sort orders of `GET /api/games`; `-` means descending. The original sorted by title.
@@ -142,19 +142,10 @@ pub(super) fn games_query<Q: QuerySink>(
     }
     let sort = query.sort;
     let column = sort.column();
-    let (direction, comparison) = if sort.descending() {
-        ("DESC", "<")
-    } else {
-        ("ASC", ">")
-    };
-    if let Some(cursor) = query.page.as_ref().and_then(|p| p.cursor.as_deref()) {
-        let cursor = decode_cursor(sort, cursor)?;
-        sql.push(format_args!(" AND ({column}, g.id) {comparison} ("));
-        match cursor.v {
-            serde_json::Value::String(text) => sql.push_text(text),
-            value => sql.push_int(value.as_i64().unwrap_or_default()),
-        };
-        sql.push(", ").push_int(cursor.id).push(")");
+    let direction = if sort.descending() { "DESC" } else { "ASC" };
+    if let Some(text) = query.page.as_ref().and_then(|p| p.cursor.as_deref()) {
+        let position = cursor::decode(sort.name(), sort.by_title(), text)?;
+        cursor::push_after(sql, column, sort.descending(), position);
     }
     sql.push(format_args!(
         " ORDER BY {column} {direction}, g.id {direction}"
@@ -250,21 +241,14 @@ pub(super) fn games_page(query: &GameQuery, mut items: Vec<Game>) -> GamePage {
     let next_cursor = match &query.page {
         Some(page) if items.len() > page.limit as usize => {
             items.truncate(page.limit as usize);
-            items.last().map(|last| encode_cursor(query.sort, last))
+            let sort = query.sort;
+            items
+                .last()
+                .map(|last| cursor::encode(sort.name(), sort.position(last)))
         }
         _ => None,
     };
     GamePage { items, next_cursor }
-}
-
-/// The position of the last row of a page, handed back as `nextCursor`.
-#[derive(Serialize, Deserialize)]
-struct Cursor {
-    /// Which sort the cursor belongs to.
-    s: String,
-    /// The last row's sort value (text or integer).
-    v: serde_json::Value,
-    id: i64,
 }
 
 impl GameSort {
@@ -294,38 +278,22 @@ impl GameSort {
         }
     }
 
-    fn cursor_value(self, game: &Game) -> serde_json::Value {
+    fn by_title(self) -> bool {
+        matches!(self, Self::Title | Self::TitleDesc)
+    }
+
+    /// Where `game` stands in this order, for the cursor of a page it ends.
+    fn position(self, game: &Game) -> Position {
         match self {
-            Self::Title | Self::TitleDesc => game.title.clone().into(),
-            Self::ReleaseYear | Self::ReleaseYearDesc => game.release_year.into(),
-            Self::CreatedAt | Self::CreatedAtDesc => game.created_at.timestamp_millis().into(),
+            Self::Title | Self::TitleDesc => Position::Text(game.title.clone(), game.id),
+            Self::ReleaseYear | Self::ReleaseYearDesc => {
+                Position::Int(game.release_year.into(), game.id)
+            }
+            Self::CreatedAt | Self::CreatedAtDesc => {
+                Position::Int(game.created_at.timestamp_millis(), game.id)
+            }
         }
     }
-}
-
-fn encode_cursor(sort: GameSort, game: &Game) -> String {
-    let cursor = Cursor {
-        s: sort.name().into(),
-        v: sort.cursor_value(game),
-        id: game.id,
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&cursor).expect("cursor serializes"))
-}
-
-fn decode_cursor(sort: GameSort, text: &str) -> Result<Cursor, StoreError> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| StoreError::InvalidCursor)?;
-    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
-    let value_fits = match sort {
-        GameSort::Title | GameSort::TitleDesc => cursor.v.is_string(),
-        _ => cursor.v.is_i64(),
-    };
-    if cursor.s != sort.name() || !value_fits {
-        return Err(StoreError::InvalidCursor);
-    }
-    Ok(cursor)
 }
 
 #[cfg(test)]

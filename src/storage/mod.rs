@@ -20,6 +20,7 @@
 pub mod accounts;
 mod catalog;
 mod connect;
+mod cursor;
 mod direct;
 mod game_query;
 mod game_stream;
@@ -56,7 +57,10 @@ pub use processing::{
 pub use received::{Received, ReceivedMessage};
 pub use references::References;
 pub use retention::{PruneReport, Retention};
-pub use tasks::{Attempt, AttemptOutcome, PendingGame, StatusCounts, TaskFilter, TaskView, Tasks};
+pub use tasks::{
+    Attempt, AttemptOutcome, PendingGame, StatusCounts, TaskFilter, TaskPage, TaskSort, TaskView,
+    Tasks,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,7 +3,8 @@
 //! `processing_attempts`.
 
 use super::StoreError;
-use super::game_query::holding;
+use super::cursor::{self, Position};
+use super::game_query::{PageRequest, holding};
 use super::rows::{Columns, status};
 use super::sql::{Dialect, SqlStore, Value};
 use crate::domain::ProcessingStatus;
@@ -56,6 +57,73 @@ pub struct TaskView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A page of the tasks view, and the cursor of the next one, if more follow.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPage {
+    pub items: Vec<TaskView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Sort orders of the tasks view; `-` means descending. Most recently changed first
+/// by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TaskSort {
+    #[default]
+    UpdatedAtDesc,
+    UpdatedAt,
+    Title,
+    TitleDesc,
+}
+
+impl TaskSort {
+    pub const NAMES: &'static str = "-updatedAt, updatedAt, title, -title";
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "-updatedAt" => Self::UpdatedAtDesc,
+            "updatedAt" => Self::UpdatedAt,
+            "title" => Self::Title,
+            "-title" => Self::TitleDesc,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::UpdatedAtDesc => "-updatedAt",
+            Self::UpdatedAt => "updatedAt",
+            Self::Title => "title",
+            Self::TitleDesc => "-title",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::UpdatedAtDesc | Self::UpdatedAt => "g.updated_at",
+            Self::Title | Self::TitleDesc => "g.title",
+        }
+    }
+
+    fn descending(self) -> bool {
+        matches!(self, Self::UpdatedAtDesc | Self::TitleDesc)
+    }
+
+    fn by_title(self) -> bool {
+        matches!(self, Self::Title | Self::TitleDesc)
+    }
+
+    /// Where `task` stands in this order, for the cursor of a page it ends.
+    fn position(self, task: &TaskView) -> Position {
+        match self {
+            Self::UpdatedAtDesc | Self::UpdatedAt => {
+                Position::Int(task.updated_at.timestamp_millis(), task.game_id)
+            }
+            Self::Title | Self::TitleDesc => Position::Text(task.title.clone(), task.game_id),
+        }
+    }
+}
+
 /// Which games the tasks view lists (`GET /api/tasks`); every one when empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskFilter {
@@ -70,6 +138,7 @@ pub struct TaskFilter {
     pub since: Option<DateTime<Utc>>,
     /// Updated before this time.
     pub until: Option<DateTime<Utc>>,
+    pub sort: TaskSort,
 }
 
 /// How one processing attempt ended.
@@ -109,9 +178,9 @@ pub struct Attempt {
 pub trait Tasks: Send + Sync {
     /// Games still `pending`, newest first (the original's `/api/processing`).
     async fn pending_games(&self) -> Result<Vec<PendingGame>, StoreError>;
-    /// The most recently updated games that `filter` takes, with their processing
+    /// A page of the games that `filter` takes, in its order, with their processing
     /// summary.
-    async fn tasks(&self, filter: &TaskFilter, limit: u32) -> Result<Vec<TaskView>, StoreError>;
+    async fn tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<TaskPage, StoreError>;
     /// Games by processing status, over the whole catalog.
     async fn status_counts(&self) -> Result<StatusCounts, StoreError>;
     async fn history(&self, game_id: i64) -> Result<Vec<Attempt>, StoreError>;
@@ -136,7 +205,7 @@ where
         rows.iter().map(pending_game_from_row).collect()
     }
 
-    async fn tasks(&self, filter: &TaskFilter, limit: u32) -> Result<Vec<TaskView>, StoreError> {
+    async fn tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<TaskPage, StoreError> {
         let like = DB::LIKE;
         let mut sql = QueryBuilder::<DB>::new(tasks_query());
         if let Some(search) = &filter.search {
@@ -169,16 +238,36 @@ where
             sql.push(" AND g.updated_at < ")
                 .push_bind(until.timestamp_millis());
         }
+        let sort = filter.sort;
+        if let Some(text) = &page.cursor {
+            let position = cursor::decode(sort.name(), sort.by_title(), text)?;
+            cursor::push_after(&mut sql, sort.column(), sort.descending(), position);
+        }
+        let direction = if sort.descending() { "DESC" } else { "ASC" };
+        // One row more than asked tells whether a next page exists.
         sql.push(format_args!(
-            " ORDER BY g.updated_at DESC, g.id DESC LIMIT {}",
-            i64::from(limit)
+            " ORDER BY {column} {direction}, g.id {direction} LIMIT {}",
+            i64::from(page.limit) + 1,
+            column = sort.column(),
         ));
         let rows = sql
             .build()
             .fetch_all(&self.pool)
             .await
             .map_err(DB::classify)?;
-        rows.iter().map(task_from_row).collect()
+        let mut items = rows
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = (items.len() > page.limit as usize)
+            .then(|| {
+                items.truncate(page.limit as usize);
+                items
+                    .last()
+                    .map(|last| cursor::encode(sort.name(), sort.position(last)))
+            })
+            .flatten();
+        Ok(TaskPage { items, next_cursor })
     }
 
     async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
