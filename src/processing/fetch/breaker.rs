@@ -6,7 +6,9 @@
 //! At [`BreakerConfig::failures`] of them it opens: fetches from the host are refused
 //! at once, without a request, for [`BreakerConfig::cool_down`]. Then it is half-open:
 //! one fetch goes through as a probe while the others are still refused; its success
-//! closes the breaker, its failure opens it again. An answer that says the request
+//! closes the breaker, its failure opens it again. A probe that has not told within
+//! another cool-down (its task was cancelled, say) is taken as lost: the next fetch
+//! probes. An answer that says the request
 //! itself was wrong (a 404) shows the host is up, and counts as a success.
 //!
 //! A refused fetch is [`super::FetchError::CircuitOpen`], which the worker retries
@@ -46,15 +48,18 @@ enum State {
     Open {
         until: Instant,
     },
-    /// The probe is out; the other fetches wait for its outcome.
-    HalfOpen,
+    /// The probe is out; the other fetches wait for its outcome until `until`, when
+    /// another may probe.
+    HalfOpen {
+        until: Instant,
+    },
 }
 
 impl State {
     fn gauge(&self) -> f64 {
         match self {
             Self::Closed(_) => 0.0,
-            Self::HalfOpen => 1.0,
+            Self::HalfOpen { .. } => 1.0,
             Self::Open { .. } => 2.0,
         }
     }
@@ -84,13 +89,14 @@ impl Breakers {
         let now = Instant::now();
         match state {
             State::Closed(_) => Ok(()),
-            State::Open { until } if now >= *until => {
-                *state = State::HalfOpen;
+            State::Open { until } | State::HalfOpen { until } if now >= *until => {
+                *state = State::HalfOpen {
+                    until: now + self.config.cool_down,
+                };
                 publish(host, state);
                 Ok(())
             }
-            State::Open { until } => Err(*until - now),
-            State::HalfOpen => Err(self.config.cool_down),
+            State::Open { until } | State::HalfOpen { until } => Err(*until - now),
         }
     }
 
@@ -122,7 +128,7 @@ impl Breakers {
                 failures.len() >= self.config.failures as usize
             }
             // The probe failed (or a fetch let out before the breaker opened).
-            State::HalfOpen | State::Open { .. } => true,
+            State::HalfOpen { .. } | State::Open { .. } => true,
         };
         if opens {
             *state = State::Open {
@@ -180,6 +186,21 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(breakers.admit("down"), Ok(()), "closed again");
         }
+    }
+
+    #[test]
+    fn a_probe_that_never_tells_is_taken_as_lost_after_a_cool_down() {
+        let breakers = Breakers::new(FAST);
+        for _ in 0..3 {
+            breakers.record("down", false);
+        }
+        std::thread::sleep(FAST.cool_down);
+        assert_eq!(breakers.admit("down"), Ok(()), "the probe, never recorded");
+        assert!(breakers.admit("down").is_err(), "one probe at a time");
+        std::thread::sleep(FAST.cool_down);
+        assert_eq!(breakers.admit("down"), Ok(()), "another probe");
+        breakers.record("down", true);
+        assert_eq!(breakers.admit("down"), Ok(()), "closed");
     }
 
     #[test]
