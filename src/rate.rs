@@ -19,9 +19,19 @@ pub struct RateLimit {
 impl RateLimit {
     /// The quota of a limiter: `requests` spread over `per`, in bursts of as many.
     pub fn quota(self) -> Quota {
-        Quota::with_period(self.per / self.requests.get())
-            .expect("a period of at least a nanosecond per request")
-            .allow_burst(self.requests)
+        self.share(1)
+    }
+
+    /// One of `shares` equal parts of this rate: a request every
+    /// `per × shares / requests` (a nanosecond at least), in bursts of that part of
+    /// `requests` (one at least).
+    pub fn share(self, shares: u64) -> Quota {
+        let shares = u32::try_from(shares).unwrap_or(u32::MAX).max(1);
+        let period = self.per.saturating_mul(shares) / self.requests.get();
+        let burst = NonZeroU32::new(self.requests.get() / shares).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(period.max(Duration::from_nanos(1)))
+            .expect("a period of at least a nanosecond")
+            .allow_burst(burst)
     }
 }
 
@@ -61,5 +71,26 @@ mod tests {
         for wrong in ["", "50", "0/s", "-1/s", "50/h", "fifty/s", "50/s/s"] {
             assert!(wrong.parse::<RateLimit>().is_err(), "{wrong:?}");
         }
+        // Faster than a request a nanosecond: as fast as a limiter goes, no panic.
+        let fastest: RateLimit = "4294967295/s".parse().unwrap();
+        assert_eq!(
+            fastest.quota().replenish_interval(),
+            Duration::from_nanos(1)
+        );
+    }
+
+    #[test]
+    fn each_of_the_consumers_gets_its_share_of_the_rate() {
+        let rate: RateLimit = "200/s".parse().unwrap();
+        let whole = rate.share(1);
+        assert_eq!(whole.replenish_interval(), Duration::from_millis(5));
+        assert_eq!(whole.burst_size().get(), 200);
+        let quarter = rate.share(4);
+        assert_eq!(quarter.replenish_interval(), Duration::from_millis(20));
+        assert_eq!(quarter.burst_size().get(), 50);
+        // More consumers than deliveries a period: each still takes one at a time.
+        let thin = "2/s".parse::<RateLimit>().unwrap().share(4);
+        assert_eq!(thin.replenish_interval(), Duration::from_secs(2));
+        assert_eq!(thin.burst_size().get(), 1);
     }
 }

@@ -10,8 +10,7 @@ use super::pause::QueuePause;
 use crate::broker::{Broker, topology};
 use crate::rate::RateLimit;
 use crate::shutdown::Shutdown;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use std::num::NonZeroU32;
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +67,7 @@ impl Throttle {
     ) -> Arc<Self> {
         let throttle = Arc::new(Self {
             rate,
-            share: Mutex::new((1, Arc::new(RateLimiter::direct(share_quota(rate, 1))))),
+            share: Mutex::new((1, Arc::new(RateLimiter::direct(rate.share(1))))),
         });
         let watched = throttle.clone();
         tokio::spawn(async move {
@@ -95,7 +94,7 @@ impl Throttle {
         let consumers = consumers.max(1);
         let mut share = self.share.lock().expect("throttle lock");
         if share.0 != consumers {
-            let quota = share_quota(self.rate, consumers);
+            let quota = self.rate.share(consumers);
             tracing::info!(queue, consumers, one_delivery_every = ?quota.replenish_interval(),
                 "this worker's share of --max-rate");
             *share = (consumers, Arc::new(RateLimiter::direct(quota)));
@@ -121,17 +120,6 @@ pub async fn admitted(
     }
 }
 
-/// One of `consumers` shares of `rate`: a delivery every `per × consumers / requests`,
-/// in bursts of the share's part of the rate's burst (at least one).
-fn share_quota(rate: RateLimit, consumers: u64) -> Quota {
-    let consumers = u32::try_from(consumers).unwrap_or(u32::MAX);
-    let period = rate.per.saturating_mul(consumers) / rate.requests.get();
-    let burst = NonZeroU32::new(rate.requests.get() / consumers).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period.max(Duration::from_nanos(1)))
-        .expect("a period of at least a nanosecond")
-        .allow_burst(burst)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,20 +138,5 @@ mod tests {
         ] {
             assert!(wrong.parse::<QueueRate>().is_err(), "{wrong:?}");
         }
-    }
-
-    #[test]
-    fn each_of_the_consumers_gets_its_share_of_the_rate() {
-        let rate: RateLimit = "200/s".parse().unwrap();
-        let whole = share_quota(rate, 1);
-        assert_eq!(whole.replenish_interval(), Duration::from_millis(5));
-        assert_eq!(whole.burst_size().get(), 200);
-        let quarter = share_quota(rate, 4);
-        assert_eq!(quarter.replenish_interval(), Duration::from_millis(20));
-        assert_eq!(quarter.burst_size().get(), 50);
-        // More consumers than deliveries a period: each still takes one at a time.
-        let thin = share_quota("2/s".parse().unwrap(), 4);
-        assert_eq!(thin.replenish_interval(), Duration::from_secs(2));
-        assert_eq!(thin.burst_size().get(), 1);
     }
 }
