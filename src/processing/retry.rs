@@ -42,15 +42,13 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before the next attempt after failed attempt `attempt` (1-based), or
-    /// `None` when it was the last one allowed. Jitter keeps the delay within
+    /// `None` when it was the last one allowed (a deferral, not an attempt, waits its
+    /// own time). Jitter keeps the delay within
     /// [½·d, d] of the exponential schedule d, so retries of a burst spread out without
     /// ever shrinking the backoff by more than half. It moves in 16 steps: enough to
     /// spread a burst, and few enough that a burst's retries share a handful of
     /// RabbitMQ delay queues rather than declaring one each.
     pub fn delay_after(&self, attempt: u32, failure: &Failure) -> Option<Duration> {
-        if let Failure::Deferred { wait, .. } = failure {
-            return Some(*wait);
-        }
         if matches!(failure, Failure::Permanent(_)) || attempt >= self.max_attempts {
             return None;
         }
