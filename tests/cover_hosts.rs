@@ -2,7 +2,8 @@
 //! of every game while its circuit breaker is open, the games wait without using up
 //! their attempts, and once it recovers the breaker closes and every game completes
 //! (on both brokers, since a deferred game waits in the broker's delayed retry); and
-//! the fetches from one host keep to `--fetch-rate-per-host`.
+//! the fetches from one host keep to `--fetch-rate-per-host`, while the games of
+//! other hosts are not held back behind them.
 
 mod common;
 
@@ -126,5 +127,47 @@ async fn the_fetches_from_one_host_keep_to_its_rate() {
         app.wait_for_status(id, "completed", 1).await;
     }
     assert_eq!(asked.load(Ordering::SeqCst), GAMES, "one fetch a game");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_held_back_by_its_rate_holds_no_other_host_back() {
+    let app = TestApp::spawn_with(
+        Roles::Serve,
+        &["--fetch-rate-per-host", "1/m", "--shutdown-grace", "1s"],
+    )
+    .await;
+    let (slow_asked, other_asked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let slow = counting_cover_server(healthy.clone(), slow_asked.clone()).await;
+    let other = counting_cover_server(healthy, other_asked.clone()).await;
+    // More games of the slow host than covers are worked on at once (16).
+    for n in 0..GAMES {
+        let body = with(
+            game_body(&format!("Slow {n:02}")),
+            "imageUrl",
+            json!(format!("http://{slow}/cover.png")),
+        );
+        app.create_game(&body).await;
+    }
+    eventually(
+        "the slow host's one fetch",
+        Duration::from_secs(30),
+        || async { (slow_asked.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    let body = with(
+        game_body("Other Host"),
+        "imageUrl",
+        json!(format!("http://{other}/cover.png")),
+    );
+    let id = app.create_game(&body).await["id"].as_i64().unwrap();
+    app.wait_for_status(id, "completed", 1).await;
+    assert_eq!(other_asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        slow_asked.load(Ordering::SeqCst),
+        1,
+        "the slow host was asked once this minute"
+    );
     app.stop().await;
 }

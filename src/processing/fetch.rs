@@ -24,6 +24,7 @@
 
 pub mod breaker;
 
+use super::retry::Failure;
 use crate::rate::RateLimit;
 use breaker::{BreakerConfig, Breakers};
 use governor::DefaultKeyedRateLimiter;
@@ -95,6 +96,20 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// How this failure of a fetch of `url` counts for the game: an open breaker defers
+    /// it, a refusal fails it, anything else may pass on a retry.
+    pub fn failure(self, url: &str) -> Failure {
+        let message = format!("fetching {}: {self}", redacted_url(url));
+        match self {
+            Self::CircuitOpen { wait, .. } => Failure::Deferred {
+                reason: message,
+                wait,
+            },
+            error if error.is_permanent() => Failure::Permanent(message),
+            _ => Failure::Transient(message),
+        }
+    }
+
     /// True when retrying cannot help: a refused target, a 4xx answer, a body over the
     /// limit, an invalid URL. 408 and 429 are the exceptions among 4xx: they ask the client
     /// to come back later.
@@ -126,6 +141,14 @@ fn error_chain<'a>(
     err: &'a (dyn Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
     std::iter::successors(Some(err), |&e| e.source())
+}
+
+/// A fetch [`CoverFetcher::admit`] let out: its URL, and its host (`HOST:PORT`), if it
+/// has one.
+#[derive(Debug)]
+pub struct Admitted {
+    url: Url,
+    host: Option<String>,
 }
 
 /// Fetches covers over HTTP(S). Cheap to clone: clones share one connection pool.
@@ -164,10 +187,16 @@ impl CoverFetcher {
         }
     }
 
-    /// Fetches `url` and returns its body, following redirects, within the configured
-    /// time and size limits and refusing non-public targets unless allowed.
-    /// A host whose circuit breaker is open is not asked: [`FetchError::CircuitOpen`].
+    /// Fetches `url` and returns its body: [`Self::admit`], then [`Self::fetch_admitted`].
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
+        let admitted = self.admit(url).await?;
+        self.fetch_admitted(admitted).await
+    }
+
+    /// Waits until a fetch of `url` may go out: its host's breaker lets it through
+    /// (if not, [`FetchError::CircuitOpen`] at once), and its host's turn has come
+    /// under `--fetch-rate-per-host`.
+    pub async fn admit(&self, url: &str) -> Result<Admitted, FetchError> {
         let url = Url::parse(url)
             .map_err(|err| FetchError::InvalidUrl(format!("{}: {err}", redacted_url(url))))?;
         // A URL without a host (or of a scheme we do not fetch) is refused by `follow`.
@@ -189,6 +218,14 @@ impl CoverFetcher {
                 rates.until_key_ready(host).await;
             }
         }
+        Ok(Admitted { url, host })
+    }
+
+    /// Fetches what [`Self::admit`] let through and returns its body, following
+    /// redirects, within the configured time and size limits and refusing non-public
+    /// targets unless allowed; its host's breaker hears how it went.
+    pub async fn fetch_admitted(&self, admitted: Admitted) -> Result<Bytes, FetchError> {
+        let Admitted { url, host } = admitted;
         let fetched = tokio::time::timeout(self.config.timeout, self.follow(url))
             .await
             .unwrap_or(Err(FetchError::Timeout));

@@ -10,7 +10,7 @@
 //! describes; `finish_processing` commits the result together with the inbox row, so a
 //! crash before the acknowledgement leads to a redelivery that changes nothing.
 
-use super::fetch::{CoverFetcher, FetchError};
+use super::fetch::CoverFetcher;
 use super::outcome::{EndToEnd, OutcomeMetrics};
 use super::pause::{PauseWatch, QueuePause};
 use super::retry::{Failure, RetryPolicy};
@@ -20,7 +20,7 @@ use crate::broker::{
     Broker, BrokerError, Delivery, Message, Publish, dead_letters, headers, topology,
 };
 pub use crate::domain::Outcome;
-use crate::domain::{EventId, GameAction, Thumbnail, WorkMessage, redacted_url};
+use crate::domain::{EventId, GameAction, Thumbnail, WorkMessage};
 use crate::shutdown::Shutdown;
 use crate::storage::GroupCommit;
 use crate::storage::{
@@ -225,10 +225,17 @@ impl Worker {
                 log_task(joined);
             }
         };
-        if tokio::time::timeout(self.config.shutdown_grace, finish)
-            .await
-            .is_err()
-        {
+        // A pause waits for the work in flight however long it takes; shutdown gives it
+        // the grace period, from when shutdown came.
+        let grace_over = async {
+            shutdown.wait().await;
+            tokio::time::sleep(self.config.shutdown_grace).await;
+        };
+        let finished = tokio::select! {
+            () = finish => true,
+            () = grace_over => false,
+        };
+        if !finished {
             // Aborting drops the deliveries unsettled (they are redelivered) and rolls
             // back any open transaction: nothing half-applied remains.
             tracing::warn!(
@@ -472,34 +479,34 @@ impl Worker {
         if !self.config.simulate_work.is_zero() {
             tokio::time::sleep(self.config.simulate_work).await;
         }
-        if !item.has_cover && item.image_url.is_none() {
-            return Ok(None);
-        }
+        // A fetch waits for its host's turn before it takes a place among the covers
+        // worked on: a host held back holds no other back.
+        let fetch = match &item.image_url {
+            _ if item.has_cover => None,
+            Some(url) => {
+                let admitted = self.fetcher.admit(url).await;
+                Some((url, admitted.map_err(|e| e.failure(url))?))
+            }
+            None => return Ok(None),
+        };
         let _permit = self
             .cover_work
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let image = if item.has_cover {
-            self.store
+        let image = match fetch {
+            Some((url, admitted)) => Some(
+                self.fetcher
+                    .fetch_admitted(admitted)
+                    .await
+                    .map_err(|e| e.failure(url))?,
+            ),
+            None => self
+                .store
                 .cover(item.game_id)
                 .await
                 .map_err(|e| Failure::Transient(format!("reading the cover: {e}")))?
-                .map(|cover| bytes::Bytes::from(cover.bytes))
-        } else if let Some(url) = &item.image_url {
-            Some(self.fetcher.fetch(url).await.map_err(|e| {
-                let message = format!("fetching {}: {e}", redacted_url(url));
-                match e {
-                    FetchError::CircuitOpen { wait, .. } => Failure::Deferred {
-                        reason: message,
-                        wait,
-                    },
-                    e if e.is_permanent() => Failure::Permanent(message),
-                    _ => Failure::Transient(message),
-                }
-            })?)
-        } else {
-            None
+                .map(|cover| bytes::Bytes::from(cover.bytes)),
         };
         let Some(image) = image else {
             return Ok(None);
