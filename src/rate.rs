@@ -1,8 +1,8 @@
 //! A rate as the command line gives it (`50/s`, `600/m`), for the limits that keep a
-//! client or a host from getting more than its share: `--rate-limit` of the API's
-//! clients, and `--fetch-rate-per-host` of the cover fetches. Both are governor's GCRA
-//! limiters, keyed by client or by host, with bursts of up to one second's (or
-//! minute's) worth.
+//! client, a host or a worker from getting more than its share: `--rate-limit` of the
+//! API's clients, `--fetch-rate-per-host` of the cover fetches, and `--max-rate` of a
+//! queue's processing, split among the workers. All are governor's GCRA limiters, with
+//! bursts of up to one second's (or minute's) worth.
 
 use governor::Quota;
 use std::num::NonZeroU32;
