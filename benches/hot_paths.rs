@@ -47,9 +47,7 @@ async fn system(dir: &std::path::Path) -> (Arc<dyn Store>, Arc<dyn Broker>) {
             .await
             .expect("broker"),
     );
-    topology::declare(broker.as_ref(), Default::default())
-        .await
-        .expect("topology");
+    topology::declare(broker.as_ref()).await.expect("topology");
     (store, broker)
 }
 

@@ -8,8 +8,8 @@ use crate::api::admission::AdmissionLimits;
 use crate::api::server::ServerLimits;
 use crate::auth::AuthMode;
 use crate::broker::QueueType;
+use crate::broker::rabbitmq::{Nodes, TlsFiles};
 use crate::broker::sealed::MessageKeys;
-use crate::broker::topology::TopologyConfig;
 use crate::outbox::RelayConfig;
 use crate::processing::fetch::FetchConfig;
 use crate::processing::fetch::breaker::BreakerConfig;
@@ -58,9 +58,26 @@ pub struct DatabaseArgs {
 /// The message broker, shared by every role.
 #[derive(Args, Clone, Debug)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL (amqp:// or amqps://). Unset: the embedded broker, in one process.
-    #[arg(long, env = "RABBITMQ_URL", global = true)]
-    pub rabbitmq_url: Option<String>,
+    /// RabbitMQ URL (amqp:// or amqps://), or a cluster's nodes' URLs separated by
+    /// commas: connections go to the first node that answers, and move on to the next
+    /// when one is lost. Unset: the embedded broker, in one process.
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, global = true,
+          value_parser = clap::value_parser!(Nodes))]
+    pub rabbitmq_url: Option<Nodes>,
+
+    /// CA certificates (a PEM file) that an amqps:// node's certificate may chain to,
+    /// beside the system's roots. The server is always verified.
+    #[arg(long, env = "RETROCAT_RABBITMQ_CA", global = true)]
+    pub rabbitmq_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) to present to amqps:// nodes that ask for one, with
+    /// --rabbitmq-client-key.
+    #[arg(long, env = "RETROCAT_RABBITMQ_CLIENT_CERT", global = true)]
+    pub rabbitmq_client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM, unencrypted).
+    #[arg(long, env = "RETROCAT_RABBITMQ_CLIENT_KEY", global = true)]
+    pub rabbitmq_client_key: Option<PathBuf>,
 
     /// RabbitMQ's management API, such as http://HOST:15672, for GET /api/queues:
     /// unacknowledged messages and rates as RabbitMQ counts them, across every client.
@@ -83,9 +100,11 @@ pub struct BrokerArgs {
     )]
     pub broker_path: PathBuf,
 
-    /// Type of `game_events` and its dead-letter queue on RabbitMQ. quorum replicates
-    /// them across a cluster, but the original system's clients, which declare
-    /// `game_events` as a plain classic queue, can then no longer declare it.
+    /// Type of the durable queues retrocat declares on RabbitMQ. quorum replicates them
+    /// across a cluster's nodes, with a delivery limit and at-least-once dead-lettering
+    /// (catalog.rpc stays classic: quorum queues lack its priorities). The original
+    /// system's clients, which declare `game_events` as a plain classic queue, can then
+    /// no longer declare it.
     #[arg(
         long,
         env = "RETROCAT_QUEUE_TYPE",
@@ -149,6 +168,25 @@ impl BrokerArgs {
         }
     }
 
+    /// The RabbitMQ nodes RABBITMQ_URL names, with their TLS files read and checked;
+    /// `None` for the embedded broker.
+    pub fn rabbitmq(&self) -> Result<Option<Nodes>, String> {
+        let files = TlsFiles {
+            ca: self.rabbitmq_ca.as_deref(),
+            client_cert: self.rabbitmq_client_cert.as_deref(),
+            client_key: self.rabbitmq_client_key.as_deref(),
+        };
+        match &self.rabbitmq_url {
+            Some(nodes) => nodes.clone().with_tls(files).map(Some),
+            None if files.is_empty() => Ok(None),
+            None => Err(
+                "--rabbitmq-ca and the client certificate are RabbitMQ's: set \
+                 RABBITMQ_URL to amqps://… too, or drop them for the embedded broker"
+                    .into(),
+            ),
+        }
+    }
+
     /// RabbitMQ's management API, where RABBITMQ_MANAGEMENT_URL names it.
     pub fn management(&self) -> Result<Option<Management>, String> {
         let Some(url) = &self.rabbitmq_management_url else {
@@ -161,13 +199,7 @@ impl BrokerArgs {
                     .into(),
             );
         };
-        Management::new(url, amqp).map(Some)
-    }
-
-    pub fn topology(&self) -> TopologyConfig {
-        TopologyConfig {
-            queue_type: self.queue_type,
-        }
+        Management::new(url, amqp.first_url()).map(Some)
     }
 }
 

@@ -65,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Replay and purge acknowledge; the process exits right after.
             Ok(broker.close().await?)
         }
-        Command::Bench(args) => bench::run(args, cli.broker.rabbitmq_url.as_deref()).await,
+        Command::Bench(args) => bench::run(args, &cli.broker).await,
         Command::Queue(QueueCommand::List { url, json }) => {
             let views = queues::fetch(&url).await?;
             if json {
@@ -155,7 +155,8 @@ pub fn sealed(args: &BrokerArgs, plain: Arc<dyn Broker>) -> anyhow::Result<Arc<d
 
 /// The broker `RABBITMQ_URL` names, or the embedded one, as it is: no sealing.
 pub async fn connect_plain_broker(args: &BrokerArgs) -> anyhow::Result<Arc<dyn Broker>> {
-    broker::connect::connect(args.rabbitmq_url.as_deref(), &args.broker_path).await
+    let rabbitmq = args.rabbitmq().map_err(anyhow::Error::msg)?;
+    broker::connect::connect(rabbitmq.as_ref(), args.queue_type, &args.broker_path).await
 }
 
 /// The broker the arguments name, sealing bodies when `RETROCAT_MESSAGE_KEYS` is set,
@@ -164,7 +165,7 @@ async fn connect_declared_broker(args: &BrokerArgs) -> anyhow::Result<Arc<dyn Br
     // Checked before connecting: a configuration error says so, not a broker's.
     args.sealing().map_err(anyhow::Error::msg)?;
     let broker = sealed(args, connect_plain_broker(args).await?)?;
-    topology::declare(broker.as_ref(), args.topology())
+    topology::declare(broker.as_ref())
         .await
         .context("declaring the broker topology")?;
     Ok(broker)

@@ -924,7 +924,8 @@ async fn fresh_rabbitmq() -> Option<Fixture> {
         eprintln!("skipped: set TEST_RABBITMQ_URL to run the conformance suite on RabbitMQ");
         return None;
     };
-    let broker = RabbitMqBroker::connect(&url)
+    let nodes = url.parse().expect("TEST_RABBITMQ_URL is a RabbitMQ URL");
+    let broker = RabbitMqBroker::connect(nodes, QueueType::Classic)
         .await
         .expect("connect to TEST_RABBITMQ_URL");
     Some(Fixture::new(Arc::new(broker), Home::RabbitMq(url)))
@@ -955,18 +956,19 @@ mod rabbitmq {
 /// What only RabbitMQ has: queue types, connections that drop.
 mod rabbitmq_only {
     use super::*;
-    use crate::common::rabbitmq::{Vhost, rabbitmqctl};
-    use retrocat::broker::topology::{self, TopologyConfig};
+    use crate::common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
+    use lapin::types::FieldTable;
+    use retrocat::broker::rabbitmq::DELIVERY_LIMIT;
+    use retrocat::broker::topology;
+    use std::collections::BTreeMap;
 
     #[tokio::test]
     async fn a_new_connection_gets_the_whole_topology_declared_again() {
         let Some(vhost) = Vhost::create() else {
             return;
         };
-        let broker = RabbitMqBroker::connect(&vhost.url).await.expect("connect");
-        topology::declare(&broker, TopologyConfig::default())
-            .await
-            .expect("declare");
+        let broker = vhost.connect(QueueType::Classic).await;
+        topology::declare(&broker).await.expect("declare");
         // An exclusive queue and its binding die with the connection; their owner
         // declares them again, so they must not stand in the way of the replay.
         topology::declare_live_feed(&broker, "reconnect")
@@ -1017,27 +1019,82 @@ mod rabbitmq_only {
         );
     }
 
+    /// `--queue-type quorum`: every durable queue but the one with priorities is
+    /// replicated, retries still come back through their (quorum) delay queue, a
+    /// poison message ends in the dead-letter queue, and a classic redeclaration is
+    /// refused with the way out.
     #[tokio::test]
-    async fn a_quorum_queue_works_and_cannot_be_redeclared_classic() {
-        let Some(f) = fresh_rabbitmq().await else {
+    async fn quorum_covers_every_durable_queue_and_dead_letters_a_poison_message() {
+        let Some(vhost) = Vhost::create() else {
             return;
         };
-        let queue = f
-            .declare(QueueSpec::durable("quorum").with_queue_type(QueueType::Quorum))
-            .await;
-        f.send(&queue, &["replicated"]).await;
-        let mut consumer = f.consume(&queue, 10).await;
-        assert_eq!(take_and_ack(&mut consumer, 1).await, ["replicated"]);
+        let broker = vhost.connect(QueueType::Quorum).await;
+        topology::declare(&broker).await.expect("declare");
+        let delayed = Publish {
+            delay: Some(Duration::from_millis(300)),
+            ..Publish::to_queue(topology::GAME_EVENTS_QUEUE, message("retried"))
+        };
+        broker.publish(vec![delayed]).await.expect("publish");
+
+        let listed =
+            rabbitmqctl(&["list_queues", "-p", &vhost.name, "name", "type"]).expect("list queues");
+        let types: BTreeMap<&str, &str> = listed
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .collect();
+        for queue in [
+            topology::GAME_EVENTS_QUEUE,
+            topology::GAME_EVENTS_DLQ,
+            topology::CUSTOM_QUEUE,
+            topology::CUSTOM_DLQ,
+            topology::RPC_DLQ,
+            topology::AUDIT_QUEUE,
+            topology::UNROUTED_QUEUE,
+            "game_events.delay.300",
+        ] {
+            assert_eq!(types.get(queue), Some(&"quorum"), "{queue} in {types:?}");
+        }
+        assert_eq!(types.get(topology::RPC_QUEUE), Some(&"classic"));
+
+        let mut consumer = broker
+            .consume(topology::GAME_EVENTS_QUEUE, 10)
+            .await
+            .expect("consume");
+        assert_eq!(take_and_ack(&mut consumer, 1).await, ["retried"]);
         drop(consumer);
 
-        let classic = f.broker().declare_queue(&QueueSpec::durable(&queue)).await;
-        match classic {
+        // A message that every consumer gives back: after the delivery limit, RabbitMQ
+        // moves it to the dead-letter queue, and only once that queue has it.
+        let amqp = Amqp::connect(&vhost.url).await;
+        amqp.publish_original(
+            topology::GAME_EVENTS_QUEUE,
+            b"poison",
+            FieldTable::default(),
+        )
+        .await;
+        for _ in 0..=DELIVERY_LIMIT {
+            assert!(amqp.requeue_next(topology::GAME_EVENTS_QUEUE).await);
+        }
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        while amqp.queue_state(topology::GAME_EVENTS_DLQ).await.0 == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the poison message was not dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(amqp.queue_state(topology::GAME_EVENTS_QUEUE).await.0, 0);
+
+        let classic = vhost.connect(QueueType::Classic).await;
+        match topology::declare(&classic).await {
             Err(BrokerError::Topology(reason)) => {
-                assert!(reason.contains("delete"), "says how to fix it: {reason}")
+                assert!(
+                    reason.contains("--queue-type"),
+                    "says how to fix it: {reason}"
+                )
             }
             other => panic!("expected a topology error, got {other:?}"),
         }
-        f.cleanup().await;
     }
 }
 

@@ -8,6 +8,7 @@ use common::Backend;
 use common::processes::{Deployment, Effects, Process, create_games, free_port, stop_all};
 use common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
 use lapin::types::{AMQPValue, FieldTable};
+use retrocat::broker::QueueType;
 use serde_json::{Value, json};
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -310,10 +311,8 @@ async fn two_apis_both_stream_what_any_worker_processed() {
 #[tokio::test]
 async fn a_policy_lets_rabbitmq_dead_letter_what_other_consumers_reject() {
     let Some(vhost) = Vhost::create() else { return };
-    let broker = retrocat::broker::rabbitmq::RabbitMqBroker::connect(&vhost.url)
-        .await
-        .expect("connect");
-    retrocat::broker::topology::declare(&broker, Default::default())
+    let broker = vhost.connect(QueueType::Classic).await;
+    retrocat::broker::topology::declare(&broker)
         .await
         .expect("declare the topology");
     // What the README tells operators who also run the original consumer.

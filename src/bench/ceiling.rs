@@ -6,6 +6,7 @@
 use super::load::bar;
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::{Broker, BrokerError, Message, Properties, Publish, QueueSpec};
+use crate::config::BrokerArgs;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -31,23 +32,19 @@ pub struct Ceiling {
     pub per_second: f64,
 }
 
-/// Measures the ceiling of a broker of `kind` (the system's): RabbitMQ at
-/// `rabbitmq_url`, or a fresh embedded broker in the temporary directory (the system's
+/// Measures the ceiling of a broker of `kind` (the system's): the RabbitMQ `brokers`
+/// names, with its queue type, or a fresh embedded broker in the temporary directory (the system's
 /// own broker file is held by the system).
-pub async fn measure(
-    kind: &str,
-    rabbitmq_url: Option<&str>,
-    messages: u64,
-) -> anyhow::Result<Ceiling> {
+pub async fn measure(kind: &str, brokers: &BrokerArgs, messages: u64) -> anyhow::Result<Ceiling> {
     let elapsed = match kind {
         "rabbitmq" => {
-            let Some(url) = rabbitmq_url else {
+            let Some(nodes) = brokers.rabbitmq().map_err(anyhow::Error::msg)? else {
                 bail!(
                     "the system runs on RabbitMQ: set RABBITMQ_URL (or --rabbitmq-url) to \
                      measure the broker's ceiling on it, or --ceiling-messages 0 to skip it"
                 );
             };
-            let broker = crate::broker::connect::rabbitmq(url).await?;
+            let broker = crate::broker::connect::rabbitmq(&nodes, brokers.queue_type).await?;
             let elapsed = publish_and_consume(&broker, messages).await;
             broker.close().await?;
             elapsed?

@@ -20,6 +20,7 @@ mod load;
 mod report;
 mod tracker;
 
+use crate::config::BrokerArgs;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use std::time::Duration;
@@ -104,13 +105,13 @@ impl BenchArgs {
 
 /// Runs the benchmark and prints its report; fails when a request failed or an event
 /// was not processed, after printing the report that says so.
-pub async fn run(args: BenchArgs, rabbitmq_url: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, brokers: &BrokerArgs) -> anyhow::Result<()> {
     let client = load::client(&args)?;
     let broker = system_broker(&client, &args).await?;
     let pool = std::sync::Arc::new(load::setup(&client, &args).await?);
     let ceiling = match args.ceiling_messages {
         0 => None,
-        messages => Some(ceiling::measure(&broker, rabbitmq_url, messages).await?),
+        messages => Some(ceiling::measure(&broker, brokers, messages).await?),
     };
     let tracker = tracker::Tracker::follow(&args).await?;
     let sent = load::send(&client, &args, &pool).await;

@@ -1,22 +1,24 @@
 //! Which broker a process uses: RabbitMQ where `RABBITMQ_URL` names one, the embedded
 //! broker otherwise.
 
-use super::Broker;
 use super::embedded::EmbeddedBroker;
-use super::rabbitmq::RabbitMqBroker;
+use super::rabbitmq::{Nodes, RabbitMqBroker};
 use super::sealed::{MessageKeys, SealedBroker};
-use anyhow::{Context, bail};
+use super::{Broker, QueueType};
+use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The RabbitMQ broker at `rabbitmq_url`, or else the embedded one, its queues kept in
-/// the file `embedded_path`; as it is, bodies not sealed.
+/// The RabbitMQ broker at `rabbitmq`'s nodes, its durable queues of `queue_type`, or
+/// else the embedded one, its queues kept in the file `embedded_path`; as it is,
+/// bodies not sealed.
 pub async fn connect(
-    rabbitmq_url: Option<&str>,
+    rabbitmq: Option<&Nodes>,
+    queue_type: QueueType,
     embedded_path: &Path,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    if let Some(url) = rabbitmq_url {
-        return Ok(Arc::new(rabbitmq(url).await?));
+    if let Some(nodes) = rabbitmq {
+        return Ok(Arc::new(self::rabbitmq(nodes, queue_type).await?));
     }
     let broker = EmbeddedBroker::open(embedded_path)
         .await
@@ -24,17 +26,13 @@ pub async fn connect(
     Ok(Arc::new(broker))
 }
 
-/// The RabbitMQ broker at `url` (`RABBITMQ_URL`), refusing URLs of other schemes.
-pub async fn rabbitmq(url: &str) -> anyhow::Result<RabbitMqBroker> {
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        bail!(
-            "RABBITMQ_URL must start with amqp:// or amqps:// (got {url:?}); unset it to use \
-             the embedded broker"
-        );
-    }
-    RabbitMqBroker::connect(url)
+/// The RabbitMQ broker at `nodes` (`RABBITMQ_URL`), its durable queues of `queue_type`.
+pub async fn rabbitmq(nodes: &Nodes, queue_type: QueueType) -> anyhow::Result<RabbitMqBroker> {
+    RabbitMqBroker::connect(nodes.clone(), queue_type)
         .await
-        .context("is RabbitMQ running, and are RABBITMQ_URL's credentials right?")
+        .with_context(|| {
+            format!("is RabbitMQ running at {nodes}, and are RABBITMQ_URL's credentials right?")
+        })
 }
 
 /// `broker` with bodies sealed and opened by `keys` (`RETROCAT_MESSAGE_KEYS`), and

@@ -279,14 +279,15 @@ impl ExchangeSpec {
     }
 }
 
-/// How RabbitMQ stores a queue; the embedded broker has one kind, and ignores it.
+/// How RabbitMQ stores the durable queues retrocat declares (`--queue-type`); the
+/// embedded broker has one kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueType {
     /// One copy on one node: the fastest, and what older clients declare.
     #[default]
     Classic,
-    /// Replicated (Raft) on a cluster's nodes: survives the loss of a node. Durable
-    /// only, no priorities, not exclusive.
+    /// Replicated (Raft) on a cluster's nodes: survives the loss of a node. Every
+    /// queue but one with priorities (`catalog.rpc`).
     Quorum,
 }
 
@@ -296,7 +297,8 @@ pub struct QueueSpec {
     pub name: String,
     /// Survives a broker restart, and so do its persistent messages.
     pub durable: bool,
-    /// Belongs to this process: deleted when the broker connection closes.
+    /// Belongs to this process: deleted when the broker connection closes (as a quorum
+    /// queue on RabbitMQ, once unused for a minute).
     pub exclusive: bool,
     /// Enables priorities 0..=max_priority (RabbitMQ's `x-max-priority`).
     pub max_priority: Option<u8>,
@@ -304,7 +306,6 @@ pub struct QueueSpec {
     /// reason rather than setting a dead-letter argument on the queue, so a queue keeps
     /// the plain arguments older clients declare it with.
     pub dead_letter_queue: Option<String>,
-    pub queue_type: QueueType,
 }
 
 impl QueueSpec {
@@ -315,7 +316,6 @@ impl QueueSpec {
             exclusive: false,
             max_priority: None,
             dead_letter_queue: None,
-            queue_type: QueueType::Classic,
         }
     }
 
@@ -334,11 +334,6 @@ impl QueueSpec {
 
     pub fn with_dead_letter_queue(mut self, queue: impl Into<String>) -> Self {
         self.dead_letter_queue = Some(queue.into());
-        self
-    }
-
-    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
-        self.queue_type = queue_type;
         self
     }
 }

@@ -16,9 +16,12 @@
 //!   the broker confirmed the copy.
 
 mod acker;
+mod arguments;
 mod link;
+mod nodes;
 mod properties;
 mod publisher;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,10 +35,15 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use tokio::sync::mpsc;
 
+pub use self::arguments::DELIVERY_LIMIT;
+pub use self::nodes::Nodes;
+pub use self::tls::TlsFiles;
+
 use self::acker::{ConsumerChannel, RabbitAcker};
+use self::arguments::DeadLetterRoute;
 use self::link::{Declaration, Link};
 use self::properties::message_of;
 use self::publisher::Publisher;
@@ -44,7 +52,7 @@ use super::reply::Replies;
 
 use super::{
     Broker, BrokerError, Confirms, Consumer, Delivery, ExchangeSpec, Message, Publish, QueueSpec,
-    QueueStats,
+    QueueStats, QueueType,
 };
 
 /// How long an unused delay queue outlives its last message before RabbitMQ deletes it.
@@ -69,9 +77,10 @@ struct Declared {
 }
 
 impl RabbitMqBroker {
-    /// Connects to `url` (`amqp://` or `amqps://`).
-    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let link = Arc::new(Link::open(url).await?);
+    /// Connects to the first of `nodes` that answers; every durable queue it declares
+    /// is of `queue_type` where RabbitMQ allows it.
+    pub async fn connect(nodes: Nodes, queue_type: QueueType) -> Result<Self, BrokerError> {
+        let link = Arc::new(Link::open(nodes, queue_type).await?);
         let replies = Arc::new(Replies::default());
         Ok(Self {
             publisher: Arc::new(Publisher::new(link.clone(), None)),
@@ -106,20 +115,12 @@ impl RabbitMqBroker {
             format!("{exchange}.{routing_key}")
         };
         let name = format!("{target}.delay.{ms}");
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
-        arguments.insert(
-            "x-expires".into(),
-            AMQPValue::LongLongInt(ms + DELAY_QUEUE_IDLE.as_millis() as i64),
-        );
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(exchange.into()),
-        );
-        arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(routing_key.into()),
-        );
+        let expires = ms + DELAY_QUEUE_IDLE.as_millis() as i64;
+        let route = DeadLetterRoute {
+            exchange,
+            routing_key,
+        };
+        let arguments = arguments::delay_queue(ms, expires, route, self.link.queue_type());
         let queue = name.clone();
         self.on_own_channel(|channel| async move {
             channel

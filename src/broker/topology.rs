@@ -14,7 +14,7 @@
 //! catalog.rpc (priorities 0..=10), replies by direct reply-to
 //! ```
 
-use super::{Broker, BrokerError, ExchangeKind, ExchangeSpec, QueueSpec, QueueType};
+use super::{Broker, BrokerError, ExchangeKind, ExchangeSpec, QueueSpec};
 
 /// Topic exchange of domain events: `game.*`, `platform.*`, `genre.*`.
 pub const EVENTS_EXCHANGE: &str = "catalog.events";
@@ -79,16 +79,9 @@ pub fn is_internal_queue(queue: &str) -> bool {
         || queue.contains(".delay.")
 }
 
-/// How the topology is declared.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TopologyConfig {
-    /// The type of `game_events` and its dead-letter queue on RabbitMQ.
-    pub queue_type: QueueType,
-}
-
 /// Declares everything every role relies on, in dependency order: exchanges, then
 /// queues, then bindings. Safe to run from any number of processes at once.
-pub async fn declare(broker: &dyn Broker, config: TopologyConfig) -> Result<(), BrokerError> {
+pub async fn declare(broker: &dyn Broker) -> Result<(), BrokerError> {
     let exchanges = [
         ExchangeSpec::new(UNROUTED_EXCHANGE, ExchangeKind::Fanout),
         // No alternate exchange on the events: once the audit subscriber binds `#`,
@@ -103,16 +96,10 @@ pub async fn declare(broker: &dyn Broker, config: TopologyConfig) -> Result<(), 
         broker.declare_exchange(exchange).await?;
     }
 
-    let queue_type = config.queue_type;
     let queues = [
         QueueSpec::durable(UNROUTED_QUEUE),
-        QueueSpec::durable(GAME_EVENTS_DLQ).with_queue_type(queue_type),
-        // No queue arguments on a classic `game_events`: the original clients declare
-        // it plain durable, and RabbitMQ refuses a redeclaration with other arguments.
-        // Dead letters are republished with their reason by the consumer instead.
-        QueueSpec::durable(GAME_EVENTS_QUEUE)
-            .with_dead_letter_queue(GAME_EVENTS_DLQ)
-            .with_queue_type(queue_type),
+        QueueSpec::durable(GAME_EVENTS_DLQ),
+        QueueSpec::durable(GAME_EVENTS_QUEUE).with_dead_letter_queue(GAME_EVENTS_DLQ),
         QueueSpec::durable(CUSTOM_DLQ),
         QueueSpec::durable(CUSTOM_QUEUE).with_dead_letter_queue(CUSTOM_DLQ),
         QueueSpec::durable(RPC_DLQ),

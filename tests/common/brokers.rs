@@ -57,9 +57,7 @@ impl TestBroker {
         let store = storage::connect(&database_url, PoolConfig::default())
             .await
             .expect("database");
-        topology::declare(broker.as_ref(), args.topology())
-            .await
-            .expect("topology");
+        topology::declare(broker.as_ref()).await.expect("topology");
         let parts = Components {
             store,
             broker,

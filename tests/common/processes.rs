@@ -191,7 +191,8 @@ impl Deployment {
 
     /// The usual deployment on RabbitMQ: migrates the database, starts `retrocat api`
     /// (named `api`) and one `retrocat worker --worker-id ID ARGS` per id, and waits
-    /// until each worker consumes `game_events`. Returns them and a plain AMQP client.
+    /// until each worker consumes `game_events`. Returns them and a plain AMQP client,
+    /// of the first node where `RABBITMQ_URL` lists a cluster's.
     pub async fn start_api_and_workers(
         &self,
         workers: &[&str],
@@ -204,7 +205,8 @@ impl Deployment {
         self.run("migrate", &[]).await;
         let api = self.start_http("api", "api", free_port(), &[]).await;
         let workers = self.start_workers(workers, args);
-        let amqp = Amqp::connect(url).await;
+        let first_node = url.split(',').next().unwrap_or(url);
+        let amqp = Amqp::connect(first_node).await;
         amqp.wait_for_consumers("game_events", workers.len() as u32)
             .await;
         (api, workers, amqp)

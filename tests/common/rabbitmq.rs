@@ -10,6 +10,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use retrocat::broker::QueueType;
+use retrocat::broker::rabbitmq::RabbitMqBroker;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -21,7 +23,7 @@ pub fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
 }
 
 /// Runs `rabbitmqctl ARGS` against `node` (`NAME@localhost`), or the machine's node.
-fn rabbitmqctl_on(node: Option<&str>, args: &[&str]) -> Result<String, String> {
+pub fn rabbitmqctl_on(node: Option<&str>, args: &[&str]) -> Result<String, String> {
     let mut command = Command::new("rabbitmqctl");
     if let Some(node) = node {
         command.args(["-n", node]);
@@ -90,6 +92,14 @@ impl Vhost {
         };
         vhost.add();
         Some(vhost)
+    }
+
+    /// A broker connected to this vhost, declaring durable queues of `queue_type`.
+    pub async fn connect(&self, queue_type: QueueType) -> RabbitMqBroker {
+        let nodes = self.url.parse().expect("a RabbitMQ URL");
+        RabbitMqBroker::connect(nodes, queue_type)
+            .await
+            .expect("connect to the test vhost")
     }
 
     /// Deletes the vhost, as if RabbitMQ went away for every client of it, until
@@ -268,6 +278,19 @@ impl Amqp {
         };
         self.channel
             .basic_reject(message.delivery_tag, BasicRejectOptions { requeue: false })
+            .await
+            .expect("basic.reject");
+        true
+    }
+
+    /// Takes the next message ready in `queue` and hands it back (reject, requeue), as a
+    /// consumer that gives up on it would; false when the queue was empty.
+    pub async fn requeue_next(&self, queue: &str) -> bool {
+        let Some(message) = self.take_next(queue).await else {
+            return false;
+        };
+        self.channel
+            .basic_reject(message.delivery_tag, BasicRejectOptions { requeue: true })
             .await
             .expect("basic.reject");
         true

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::routing;
-use crate::broker::{BrokerError, ExchangeSpec, QueueSpec, QueueType};
+use crate::broker::{BrokerError, ExchangeSpec, QueueSpec};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -169,8 +169,6 @@ pub(super) async fn load(conn: &mut SqliteConnection) -> Result<Loaded, BrokerEr
             exclusive: row.try_get("exclusive").map_err(sql_error)?,
             max_priority,
             dead_letter_queue: row.try_get("dead_letter_queue").map_err(sql_error)?,
-            // One kind of queue here: the type only means something to RabbitMQ.
-            queue_type: QueueType::Classic,
             name,
         });
     }

@@ -1,7 +1,7 @@
 //! The process's one connection to RabbitMQ, and the declarations it replays.
 //!
 //! The connection is opened again on first use after it dropped (broker restart,
-//! network). Callers already retry with backoff on `Unavailable`, so reconnecting lazily
+//! network, a cluster node lost), to the next node of `RABBITMQ_URL` that answers. Callers already retry with backoff on `Unavailable`, so reconnecting lazily
 //! is all recovery needs: consumers end when their channel dies and are started again,
 //! publishes are retried from the outbox. Before a new connection is handed out, every
 //! declaration made so far is replayed on it, so a broker that came back without our
@@ -10,12 +10,13 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::classify;
+use super::nodes::Nodes;
+use super::{arguments, classify};
 use crate::broker::{BrokerError, ExchangeKind, ExchangeSpec, QueueSpec, QueueType};
 
 /// A declaration, kept so that it can be made again on a new connection.
@@ -31,7 +32,7 @@ pub(super) enum Declaration {
 }
 
 impl Declaration {
-    async fn run(&self, channel: &Channel) -> lapin::Result<()> {
+    async fn run(&self, channel: &Channel, queue_type: QueueType) -> lapin::Result<()> {
         match self {
             Self::Exchange(spec) => {
                 let kind = match spec.kind {
@@ -55,24 +56,7 @@ impl Declaration {
                     .await
             }
             Self::Queue(spec) => {
-                let mut arguments = FieldTable::default();
-                if let Some(max) = spec.max_priority {
-                    arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
-                }
-                if spec.queue_type == QueueType::Quorum {
-                    // Only set for quorum: a classic queue declared without the argument
-                    // stays equivalent to what the original clients declare.
-                    arguments.insert(
-                        "x-queue-type".into(),
-                        AMQPValue::LongString("quorum".into()),
-                    );
-                }
-                let options = QueueDeclareOptions {
-                    durable: spec.durable,
-                    exclusive: spec.exclusive,
-                    auto_delete: spec.exclusive,
-                    ..QueueDeclareOptions::default()
-                };
+                let (options, arguments) = arguments::queue(spec, queue_type);
                 channel
                     .queue_declare(spec.name.as_str().into(), options, arguments)
                     .await
@@ -163,40 +147,61 @@ impl Remembered {
     }
 }
 
+/// The connection in use, and the node it goes to.
+struct Current {
+    connection: Arc<Connection>,
+    node: usize,
+}
+
 pub(super) struct Link {
-    url: String,
-    connection: AsyncMutex<Arc<Connection>>,
+    nodes: Nodes,
+    /// What every durable queue declared here is, where RabbitMQ allows it.
+    queue_type: QueueType,
+    current: AsyncMutex<Current>,
     remembered: Mutex<Remembered>,
 }
 
 impl Link {
-    pub async fn open(url: &str) -> Result<Self, BrokerError> {
+    pub async fn open(nodes: Nodes, queue_type: QueueType) -> Result<Self, BrokerError> {
+        let (node, connection) = nodes.connect_from(0).await?;
+        tracing::info!(node = nodes.address(node), "connected to RabbitMQ");
         Ok(Self {
-            connection: AsyncMutex::new(Arc::new(connect(url).await?)),
-            url: url.to_owned(),
+            current: AsyncMutex::new(Current {
+                connection: Arc::new(connection),
+                node,
+            }),
+            nodes,
+            queue_type,
             remembered: Mutex::default(),
         })
     }
 
     /// The live connection, reconnecting (and declaring everything again) first if it
-    /// dropped.
+    /// dropped: to the next node on, so a node that is going down is tried last.
     pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
-        let mut current = self.connection.lock().await;
-        if !current.status().connected() {
-            let fresh = Arc::new(connect(&self.url).await?);
+        let mut current = self.current.lock().await;
+        if !current.connection.status().connected() {
+            let (node, fresh) = self.nodes.connect_from(current.node + 1).await?;
             self.redeclare(&fresh).await?;
-            *current = fresh;
-            tracing::info!("reconnected to RabbitMQ and declared the topology again");
+            *current = Current {
+                connection: Arc::new(fresh),
+                node,
+            };
+            tracing::info!(
+                node = self.nodes.address(node),
+                "reconnected to RabbitMQ and declared the topology again"
+            );
         }
-        Ok(current.clone())
+        Ok(current.connection.clone())
     }
 
     /// Closes the connection cleanly: frames written before (acknowledgements) reach
     /// the broker first.
     pub async fn close(&self) -> Result<(), BrokerError> {
-        let connection = self.connection.lock().await;
-        if connection.status().connected() {
-            connection
+        let current = self.current.lock().await;
+        if current.connection.status().connected() {
+            current
+                .connection
                 .close(200, "closing".into())
                 .await
                 .map_err(classify)?;
@@ -227,10 +232,15 @@ impl Link {
         result
     }
 
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+
     /// Makes a declaration and remembers it for the next connection.
     pub async fn declare(&self, declaration: Declaration) -> Result<(), BrokerError> {
         let run = &declaration;
-        self.on_own_channel(|channel| async move { run.run(&channel).await })
+        let queue_type = self.queue_type;
+        self.on_own_channel(|channel| async move { run.run(&channel, queue_type).await })
             .await
             .map_err(|error| declaration.explain(error))?;
         self.remembered().remember(declaration);
@@ -249,22 +259,31 @@ impl Link {
     }
 
     /// Replays every remembered declaration, in order, on a new connection.
+    ///
+    /// In a cluster, a classic queue (`catalog.rpc`) lives on one node: while that
+    /// node is down, declaring it answers "not found". The rest of the topology does
+    /// not wait for it: that queue comes back with its node, and its consumers retry
+    /// until then.
     async fn redeclare(&self, connection: &Connection) -> Result<(), BrokerError> {
         let declarations = self.remembered().declarations.clone();
-        let channel = connection.create_channel().await.map_err(classify)?;
+        let mut channel = connection.create_channel().await.map_err(classify)?;
         for declaration in &declarations {
-            declaration
-                .run(&channel)
-                .await
-                .map_err(|error| declaration.explain(classify(error)))?;
+            match declaration.run(&channel, self.queue_type).await {
+                Ok(()) => {}
+                Err(error) => match classify(error) {
+                    BrokerError::NotFound(reason) => {
+                        tracing::warn!(
+                            %reason,
+                            "a queue is unavailable until its node is back; declaring the rest"
+                        );
+                        // The refusal closed the channel.
+                        channel = connection.create_channel().await.map_err(classify)?;
+                    }
+                    error => return Err(declaration.explain(error)),
+                },
+            }
         }
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
-}
-
-async fn connect(url: &str) -> Result<Connection, BrokerError> {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {e}")))
 }
