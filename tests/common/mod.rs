@@ -6,6 +6,8 @@
 
 /// The system on either broker, with message keys, and the broker unsealed beside it.
 pub mod brokers;
+/// The 3-node RabbitMQ cluster of `scripts/rabbitmq-cluster`, and a node killed.
+pub mod cluster;
 /// The binary as separate OS processes, and what they did to the database.
 pub mod processes;
 /// A vhost per test on the machine's RabbitMQ, and a plain AMQP client.
@@ -279,7 +281,10 @@ pub fn database_at(url: String) -> DatabaseArgs {
 /// `dir`.
 pub fn broker_in(dir: &std::path::Path, rabbitmq_url: Option<&str>) -> BrokerArgs {
     BrokerArgs {
-        rabbitmq_url: rabbitmq_url.map(str::to_owned),
+        rabbitmq_url: rabbitmq_url.map(|url| url.parse().expect("a RabbitMQ URL")),
+        rabbitmq_ca: None,
+        rabbitmq_client_cert: None,
+        rabbitmq_client_key: None,
         rabbitmq_management_url: None,
         broker_path: dir.join("broker.db"),
         queue_type: Default::default(),
