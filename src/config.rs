@@ -3,6 +3,8 @@
 //! Every setting is a clap argument with an `env` fallback, so `--help` documents the
 //! whole configuration and the defaults run the complete system with nothing installed.
 
+mod secret;
+
 use crate::api::RouterConfig;
 use crate::api::admission::AdmissionLimits;
 use crate::api::server::ServerLimits;
@@ -22,6 +24,7 @@ use crate::rate::RateLimit;
 use crate::storage::PoolConfig;
 use crate::telemetry::management::Management;
 use clap::Args;
+use secret::Secret;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -62,7 +65,7 @@ pub struct BrokerArgs {
     /// commas: connections go to the first node that answers, and move on to the next
     /// when one is lost. Unset: the embedded broker, in one process.
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, global = true,
-          value_parser = clap::value_parser!(Nodes))]
+          value_parser = Secret(parse_nodes))]
     pub rabbitmq_url: Option<Nodes>,
 
     /// CA certificates (a PEM file) that an amqps:// node's certificate may chain to,
@@ -100,8 +103,8 @@ pub struct BrokerArgs {
     )]
     pub broker_path: PathBuf,
 
-    /// Type of the durable queues retrocat declares on RabbitMQ. quorum replicates them
-    /// across a cluster's nodes, with a delivery limit and at-least-once dead-lettering
+    /// Type of the queues retrocat declares on RabbitMQ. quorum replicates them across a
+    /// cluster's nodes, with a delivery limit and at-least-once dead-lettering
     /// (catalog.rpc stays classic: quorum queues lack its priorities). The original
     /// system's clients, which declare `game_events` as a plain classic queue, can then
     /// no longer declare it.
@@ -118,7 +121,7 @@ pub struct BrokerArgs {
     /// seals, all open (rotate by putting the new key first). Off by default: consumers
     /// that expect plain JSON, like the original system's, cannot read sealed messages.
     #[arg(long, env = "RETROCAT_MESSAGE_KEYS", hide_env_values = true, global = true,
-          value_parser = parse_message_keys)]
+          value_parser = Secret(parse_message_keys))]
     pub message_keys: Option<Arc<MessageKeys>>,
 
     /// Dead-letter plain (unsealed) messages that reach a work queue (game_events,
@@ -139,6 +142,10 @@ pub struct CoverArgs {
           default_value_t = DecodeBudget::default().max_bytes,
           value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
     pub max_image_memory: u64,
+}
+
+fn parse_nodes(spec: &str) -> Result<Nodes, String> {
+    spec.parse()
 }
 
 fn parse_message_keys(spec: &str) -> Result<Arc<MessageKeys>, String> {
