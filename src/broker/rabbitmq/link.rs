@@ -1,7 +1,8 @@
 //! The process's one connection to RabbitMQ, and the declarations it replays.
 //!
 //! The connection is opened again on first use after it dropped (broker restart,
-//! network, a cluster node lost), to the next node of `RABBITMQ_URL` that answers. Callers already retry with backoff on `Unavailable`, so reconnecting lazily
+//! network, a cluster node lost), to the next node of `RABBITMQ_URL` that answers.
+//! Callers already retry with backoff on `Unavailable`, so reconnecting lazily
 //! is all recovery needs: consumers end when their channel dies and are started again,
 //! publishes are retried from the outbox. Before a new connection is handed out, every
 //! declaration made so far is replayed on it, so a broker that came back without our
@@ -164,7 +165,8 @@ pub(super) struct Link {
 impl Link {
     pub async fn open(nodes: Nodes, queue_type: QueueType) -> Result<Self, BrokerError> {
         let (node, connection) = nodes.connect_from(0).await?;
-        tracing::info!(node = nodes.address(node), "connected to RabbitMQ");
+        // Debug: commands that print JSON (`bench --json`) log to the same stream.
+        tracing::debug!(node = nodes.address(node), "connected to RabbitMQ");
         Ok(Self {
             current: AsyncMutex::new(Current {
                 connection: Arc::new(connection),

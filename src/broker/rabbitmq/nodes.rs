@@ -17,9 +17,15 @@ use crate::broker::BrokerError;
 /// operating system gives up, minutes later.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The AMQP heartbeat asked for unless the URL gives one (`?heartbeat=N`): a host that
+/// vanished without closing its connections is noticed after two missed heartbeats,
+/// rather than after RabbitMQ's default of 60 s each.
+const HEARTBEAT_SECONDS: u16 = 10;
+
 /// One node: its URL, and the address it is shown by (never the password).
 #[derive(Clone)]
 struct Node {
+    url: String,
     uri: AMQPUri,
     address: String,
 }
@@ -29,8 +35,6 @@ struct Node {
 #[derive(Clone)]
 pub struct Nodes {
     nodes: Vec<Node>,
-    /// The first URL as given, for what reads its user, password and vhost.
-    first_url: String,
     /// The CA and client certificate of `amqps://` nodes.
     tls: OwnedTLSConfig,
 }
@@ -39,7 +43,7 @@ impl Nodes {
     /// The list's first URL, as given: every node of a cluster shares its user,
     /// password and vhost.
     pub fn first_url(&self) -> &str {
-        &self.first_url
+        &self.nodes[0].url
     }
 
     /// These nodes, their TLS connections configured by `files`; refused where no node
@@ -120,7 +124,6 @@ impl FromStr for Nodes {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             nodes,
-            first_url: spec.split(',').next().unwrap_or_default().trim().to_owned(),
             tls: OwnedTLSConfig::default(),
         })
     }
@@ -158,14 +161,14 @@ fn parse_node(url: &str) -> Result<Node, String> {
     let parsed = url::Url::parse(url).map_err(|error| format!("not a URL: {error}"))?;
     let host = parsed.host().ok_or("names no host")?;
     let mut uri = AMQPUri::from_str(url)?;
-    // lapin's parser reads only a domain name as the host, and puts `localhost` in
-    // place of an IP address: `amqp://10.0.0.5` would go to this machine.
-    match &host {
-        url::Host::Ipv4(ip) => uri.authority.host = ip.to_string(),
-        url::Host::Ipv6(ip) => uri.authority.host = ip.to_string(),
-        url::Host::Domain(_) => {}
+    // lapin's parser takes the host from `Url::domain`, which has none for an IPv6
+    // address: `amqp://[fd00::5]` would go to `localhost`.
+    if let url::Host::Ipv6(ip) = &host {
+        uri.authority.host = ip.to_string();
     }
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECONDS);
     Ok(Node {
+        url: url.to_owned(),
         address: format!("{host}:{}", uri.authority.port),
         uri,
     })
@@ -182,6 +185,19 @@ mod tests {
             .expect("two nodes");
         assert_eq!(nodes.to_string(), "10.0.0.1:5672, rabbit-2:5671");
         assert_eq!(nodes.first_url(), "amqp://u:secret@10.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn the_heartbeat_is_ten_seconds_unless_the_url_says() {
+        let nodes: Nodes = "amqp://a/%2f,amqp://b/%2f?heartbeat=30"
+            .parse()
+            .expect("two");
+        let heartbeats: Vec<_> = nodes
+            .nodes
+            .iter()
+            .map(|node| node.uri.query.heartbeat)
+            .collect();
+        assert_eq!(heartbeats, [Some(10), Some(30)]);
     }
 
     #[test]
