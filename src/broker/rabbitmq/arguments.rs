@@ -4,9 +4,10 @@
 //! `game_events` with; dead letters with a reason are republished by the consumer.
 //! A quorum queue is retrocat's own (those clients cannot declare it), so RabbitMQ
 //! guards it too:
-//! - a delivery limit: a message whose consumer died [`DELIVERY_LIMIT`] times with it
-//!   (a poison message that crashes every worker) goes to the dead-letter queue
-//!   instead of round again;
+//! - a delivery limit: a message delivered [`DELIVERY_LIMIT`] times without being
+//!   settled (a poison message that crashes every worker) goes to the dead-letter
+//!   queue instead of round again. RabbitMQ also counts the deliveries a consumer gave
+//!   back: those of a worker stopping or of a queue paused;
 //! - at-least-once dead-lettering (which needs `overflow: reject-publish`): the
 //!   message leaves its queue only once the dead-letter queue has confirmed it, so a
 //!   node lost meanwhile loses nothing. That is also how a delay queue hands a
@@ -17,8 +18,9 @@
 //! a quorum queue too, deleted once unused for [`OWN_QUEUE_IDLE_MS`] instead of with its
 //! connection: a classic one dies with its node, and until that node is back RabbitMQ
 //! refuses every event routed to it, which would hold the whole outbox back. A quorum
-//! queue with no dead-letter queue has no delivery limit: on RabbitMQ 3.x it redelivers
-//! for ever, and a limit there would drop.
+//! queue with no dead-letter queue gets a limit no one reaches ([`NO_LIMIT`]): RabbitMQ
+//! 4.x would otherwise give it 20, and drop a message there once read 20 times, as
+//! `dlq list` reads (-1, "no limit" on 4.x, makes 3.10 drop a message at its first return).
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -27,6 +29,9 @@ use crate::broker::{QueueSpec, QueueType};
 
 /// Deliveries a quorum queue makes of one message before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The delivery limit of a quorum queue with nowhere to dead-letter to.
+const NO_LIMIT: i64 = i32::MAX as i64;
 
 /// How long a process's own queue, as a quorum queue, outlives its last use.
 const OWN_QUEUE_IDLE_MS: i64 = 60_000;
@@ -38,7 +43,7 @@ pub(super) struct DeadLetterRoute<'a> {
 }
 
 /// The type `spec` gets when queues are to be `queue_type`.
-pub(super) fn type_of(spec: &QueueSpec, queue_type: QueueType) -> QueueType {
+fn type_of(spec: &QueueSpec, queue_type: QueueType) -> QueueType {
     if spec.max_priority.is_some() {
         QueueType::Classic
     } else {
@@ -60,27 +65,25 @@ pub(super) fn queue(spec: &QueueSpec, queue_type: QueueType) -> (QueueDeclareOpt
         arguments.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(max));
     }
     if quorum {
-        self::quorum(&mut arguments);
+        set_quorum_type(&mut arguments);
         if spec.exclusive {
             arguments.insert(
                 "x-expires".into(),
                 AMQPValue::LongLongInt(OWN_QUEUE_IDLE_MS),
             );
         }
-        if let Some(dlq) = &spec.dead_letter_queue {
-            dead_letter(
-                &mut arguments,
-                DeadLetterRoute {
+        let limit = match &spec.dead_letter_queue {
+            Some(dlq) => {
+                let route = DeadLetterRoute {
                     exchange: "",
                     routing_key: dlq,
-                },
-                QueueType::Quorum,
-            );
-            arguments.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(DELIVERY_LIMIT),
-            );
-        }
+                };
+                dead_letter(&mut arguments, route, QueueType::Quorum);
+                DELIVERY_LIMIT
+            }
+            None => NO_LIMIT,
+        };
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(limit));
     }
     (options, arguments)
 }
@@ -95,7 +98,7 @@ pub(super) fn delay_queue(
 ) -> FieldTable {
     let mut arguments = FieldTable::default();
     if queue_type == QueueType::Quorum {
-        quorum(&mut arguments);
+        set_quorum_type(&mut arguments);
     }
     arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
     arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires_ms));
@@ -103,7 +106,7 @@ pub(super) fn delay_queue(
     arguments
 }
 
-fn quorum(arguments: &mut FieldTable) {
+fn set_quorum_type(arguments: &mut FieldTable) {
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
@@ -182,7 +185,12 @@ mod tests {
             ["x-max-priority"]
         );
         let dlq = QueueSpec::durable("game_events.dlq");
-        assert_eq!(keys(&arguments(&dlq, QueueType::Quorum)), ["x-queue-type"]);
+        let arguments = arguments(&dlq, QueueType::Quorum);
+        assert_eq!(
+            arguments.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(NO_LIMIT)),
+            "never reached, and so never dropping a dead letter"
+        );
     }
 
     #[test]
@@ -190,7 +198,10 @@ mod tests {
         let feed = QueueSpec::exclusive("live_feed.1");
         let (options, arguments) = queue(&feed, QueueType::Quorum);
         assert!(options.durable && !options.exclusive && !options.auto_delete);
-        assert_eq!(keys(&arguments), ["x-expires", "x-queue-type"]);
+        assert_eq!(
+            keys(&arguments),
+            ["x-delivery-limit", "x-expires", "x-queue-type"]
+        );
         let (options, arguments) = queue(&feed, QueueType::Classic);
         assert!(!options.durable && options.exclusive && options.auto_delete);
         assert!(keys(&arguments).is_empty());
