@@ -63,7 +63,6 @@ async fn amqps_verifies_the_server_and_presents_a_client_certificate_if_given() 
     })
     .await
     .expect("connect with a client certificate");
-    broker.queue_depth(&queue).await.ok();
     assert!(
         connections(&["peer_cert_subject"]).contains("CN=retrocat-client"),
         "the node saw the client certificate"
@@ -78,7 +77,8 @@ async fn amqps_verifies_the_server_and_presents_a_client_certificate_if_given() 
         client_key: Some(&key),
     })
     .await;
-    assert!(rogue.is_err(), "a rogue client certificate was accepted");
+    let refused = rogue.err().expect("a rogue client certificate was refused");
+    assert!(refused.to_string().contains("BadCertificate"), "{refused}");
 }
 
 async fn connect(files: TlsFiles<'_>) -> Result<RabbitMqBroker, BrokerError> {
@@ -111,6 +111,8 @@ impl TlsNode {
                 return None;
             }
         }
+        // A node left by an interrupted run holds other certificates.
+        stop_node();
         let certs = TempDir::new().expect("a directory for the certificates");
         make_certificates(certs.path());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-node");
@@ -133,11 +135,14 @@ impl TlsNode {
 
 impl Drop for TlsNode {
     fn drop(&mut self) {
-        if let Err(error) = rabbitmqctl_on(Some(NODE), &["stop"]) {
-            eprintln!("could not stop {NODE}: {error}");
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/var/tmp/retrocat-rabbitmq/retrocat-tls"));
+        stop_node();
     }
+}
+
+/// Stops the node, if it runs, and deletes its data.
+fn stop_node() {
+    let _ = rabbitmqctl_on(Some(NODE), &["stop"]);
+    let _ = std::fs::remove_dir_all(Path::new("/var/tmp/retrocat-rabbitmq/retrocat-tls"));
 }
 
 /// A CA; a server certificate it signs for localhost and 127.0.0.1; a client

@@ -83,9 +83,12 @@ impl Cluster {
             );
             return None;
         };
+        let (urls, names): (Vec<&str>, Vec<&str>) =
+            (urls.split(',').collect(), names.split(',').collect());
+        assert_eq!(urls.len(), names.len(), "a node name for each URL");
         let nodes: Vec<ClusterNode> = urls
-            .split(',')
-            .zip(names.split(','))
+            .into_iter()
+            .zip(names)
             .map(|(url, name)| ClusterNode {
                 name: name.to_owned(),
                 url: url::Url::parse(url).expect("a node's AMQP URL"),
