@@ -138,7 +138,8 @@ impl LiveFeed {
     }
 
     /// Declares this instance's queue and relays it until shutdown, reconnecting when
-    /// the broker goes away. The queue is exclusive: it disappears with the instance.
+    /// the broker goes away. The queue is exclusive: it disappears with the instance
+    /// (as a quorum queue on RabbitMQ, a minute later).
     pub async fn run(self, broker: Arc<dyn Broker>, instance: String, shutdown: Shutdown) {
         let open = || async {
             let queue = topology::declare_live_feed(broker.as_ref(), &instance).await?;

@@ -13,6 +13,10 @@
 //!        └── unroutable ──► catalog.unrouted (fanout) ──► unrouted
 //! catalog.rpc (priorities 0..=10), replies by direct reply-to
 //! ```
+//!
+//! retrocat's consumers dead-letter with a reason through the default exchange, to the
+//! `.dlq` by name; `catalog.dlx` is there for RabbitMQ's own dead-lettering (a policy on
+//! a queue other clients consume).
 
 use super::{Broker, BrokerError, ExchangeKind, ExchangeSpec, QueueSpec};
 
