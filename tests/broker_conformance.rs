@@ -920,12 +920,22 @@ async fn fresh_embedded() -> Option<Fixture> {
 
 /// A connection to the RabbitMQ at `TEST_RABBITMQ_URL`; the case is skipped without it.
 async fn fresh_rabbitmq() -> Option<Fixture> {
+    fresh_rabbitmq_of(QueueType::Classic).await
+}
+
+/// The same with `--queue-type quorum`: the queues a case declares are quorum queues
+/// (but one with priorities), and must behave the same.
+async fn fresh_rabbitmq_quorum() -> Option<Fixture> {
+    fresh_rabbitmq_of(QueueType::Quorum).await
+}
+
+async fn fresh_rabbitmq_of(queue_type: QueueType) -> Option<Fixture> {
     let Ok(url) = std::env::var("TEST_RABBITMQ_URL") else {
         eprintln!("skipped: set TEST_RABBITMQ_URL to run the conformance suite on RabbitMQ");
         return None;
     };
     let nodes = url.parse().expect("TEST_RABBITMQ_URL is a RabbitMQ URL");
-    let broker = RabbitMqBroker::connect(nodes, QueueType::Classic)
+    let broker = RabbitMqBroker::connect(nodes, queue_type)
         .await
         .expect("connect to TEST_RABBITMQ_URL");
     Some(Fixture::new(Arc::new(broker), Home::RabbitMq(url)))
@@ -951,6 +961,10 @@ mod sealed_embedded {
 
 mod rabbitmq {
     conformance_suite!(super::fresh_rabbitmq);
+}
+
+mod rabbitmq_quorum {
+    conformance_suite!(super::fresh_rabbitmq_quorum);
 }
 
 /// What only RabbitMQ has: queue types, connections that drop.
