@@ -9,6 +9,7 @@
 //! once the queue is resumed. The messages stay in the queue all along.
 
 use super::subscriber;
+use crate::backoff::reconnect_backoff;
 use crate::broker::topology;
 use crate::shutdown::Shutdown;
 use crate::storage::Store;
@@ -46,10 +47,11 @@ pub struct PauseWatch {
 
 impl PauseWatch {
     /// Reads the paused queues from `store` now, then every [`POLL_EVERY`] until
-    /// shutdown. While the database does not answer, the last state read holds.
+    /// shutdown. While the database does not answer, the last state read holds; the
+    /// first read is waited for, so that no consumer starts on a paused queue.
     pub async fn start(store: Arc<dyn Store>, shutdown: Shutdown) -> Self {
-        let first = store.paused_queues().await.unwrap_or_default();
-        let (sender, paused) = watch::channel(first.into_iter().collect());
+        let first = first_read(store.as_ref(), &shutdown).await;
+        let (sender, paused) = watch::channel(first);
         tokio::spawn(async move {
             let poll = || async {
                 match store.paused_queues().await {
@@ -74,6 +76,25 @@ impl PauseWatch {
         QueuePause {
             queue: queue.to_owned(),
             paused: self.paused.clone(),
+        }
+    }
+}
+
+/// The paused queues, read again with backoff until the database answers (or
+/// shutdown, when nothing will consume anyway).
+async fn first_read(store: &dyn Store, shutdown: &Shutdown) -> BTreeSet<String> {
+    let mut backoff = reconnect_backoff();
+    loop {
+        match store.paused_queues().await {
+            Ok(paused) => return paused.into_iter().collect(),
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(%error, retry_in = ?delay, "paused queues not read; consumers wait");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return BTreeSet::new(),
+                }
+            }
         }
     }
 }
