@@ -5,7 +5,7 @@ use super::ApiContext;
 use super::error::ApiError;
 use super::openapi::{blank_or, query_param};
 use crate::domain::ProcessingStatus;
-use crate::domain::text::{ONE_LINE_PATTERN, check_one_line};
+use crate::domain::text::{MAX_SEARCH_CHARS, ONE_LINE_PATTERN, check_one_line, check_search};
 use crate::storage::{
     PageRequest, PendingGame, StatusCounts, TaskFilter, TaskPage, TaskSort, TaskView,
 };
@@ -144,7 +144,10 @@ fn parse_task_query(query: &str) -> Result<TaskQuery, ApiError> {
                     ApiError::bad_field("sort", format!("must be one of {}", TaskSort::NAMES))
                 })?;
             }
-            "search" => filter.search = text("search")?,
+            "search" => {
+                check_search(value).map_err(|reason| ApiError::bad_field("search", reason))?;
+                filter.search = Some(value.to_owned());
+            }
             "worker" => filter.worker = text("worker")?,
             "error" => filter.error = text("error")?,
             "status" => {
@@ -189,7 +192,11 @@ impl IntoParams for TaskQuery {
             .schema_type(Type::String)
             .pattern(Some(r"^-?(updatedAt|title)$"));
         vec![
-            query_param("search", "A part of the title, in any case", text().into()),
+            query_param(
+                "search",
+                "A part of the title, in any case",
+                text().max_length(Some(MAX_SEARCH_CHARS)).into(),
+            ),
             query_param(
                 "status",
                 "Games at this processing status",
@@ -265,6 +272,7 @@ mod tests {
             ("status=done", "status"),
             ("since=yesterday", "since"),
             ("search=a%00b", "search"),
+            (&format!("search={}", "a".repeat(101)), "search"),
             ("limit=0", "limit"),
             ("sort=attempts", "sort"),
         ] {

@@ -20,6 +20,18 @@ pub fn check_one_line(value: &str) -> Result<(), String> {
     refuse_controls(value, &[])
 }
 
+/// The longest search term a list takes: no title or developer is longer.
+pub const MAX_SEARCH_CHARS: usize = 100;
+
+/// Refuses a search term with a control character, or longer than [`MAX_SEARCH_CHARS`].
+pub fn check_search(value: &str) -> Result<(), String> {
+    check_one_line(value)?;
+    if value.chars().count() > MAX_SEARCH_CHARS {
+        return Err(format!("must be at most {MAX_SEARCH_CHARS} characters"));
+    }
+    Ok(())
+}
+
 /// Refuses a control character other than a line break or a tab.
 pub fn check_lines(value: &str) -> Result<(), String> {
     refuse_controls(value, &['\n', '\r', '\t'])

@@ -3,7 +3,7 @@
 
 use crate::api::error::ApiError;
 use crate::api::openapi::{blank_or, query_param};
-use crate::domain::text::{ONE_LINE_PATTERN, check_one_line};
+use crate::domain::text::{MAX_SEARCH_CHARS, ONE_LINE_PATTERN, check_search};
 use crate::domain::{Game, ProcessingStatus};
 use crate::storage::{GameBatches, GamePage, GameQuery, GameSort, PageRequest};
 use axum::body::{Body, Bytes};
@@ -128,7 +128,9 @@ impl IntoParams for ListQuery {
             query_param(
                 "search",
                 "A substring of the title or the developer, case-insensitive",
-                text(100).pattern(Some(ONE_LINE_PATTERN)).into(),
+                text(MAX_SEARCH_CHARS)
+                    .pattern(Some(ONE_LINE_PATTERN))
+                    .into(),
             ),
             query_param(
                 "platformId",
@@ -180,13 +182,7 @@ pub(super) fn parse_list_query(raw: &str) -> Result<GameQuery, ApiError> {
         }
         match key.as_ref() {
             "search" => {
-                check_one_line(value).map_err(|reason| ApiError::bad_field("search", reason))?;
-                if value.chars().count() > 100 {
-                    return Err(ApiError::bad_field(
-                        "search",
-                        "must be at most 100 characters",
-                    ));
-                }
+                check_search(value).map_err(|reason| ApiError::bad_field("search", reason))?;
                 query.search = Some(value.to_owned());
             }
             "platformId" => query.platform_id = Some(query_id("platformId", value)?),
@@ -322,7 +318,7 @@ mod tests {
             prop_assert_eq!(query.search.as_deref(), last("search"));
             if let Some(search) = &query.search {
                 prop_assert!(search.chars().count() <= 100);
-                prop_assert!(check_one_line(search).is_ok());
+                prop_assert!(!search.chars().any(char::is_control));
             }
             let id = |key| last(key).map(|value| value.parse::<i64>().unwrap());
             prop_assert_eq!(query.platform_id, id("platformId"));
