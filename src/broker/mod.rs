@@ -482,16 +482,16 @@ pub async fn consume_until_shutdown<Open, Opened, Drain, Drained>(
     Drain: FnMut(Consumer) -> Drained,
     Drained: Future<Output = ()>,
 {
-    let mut backoff = crate::backoff::reconnect_backoff();
+    let mut backoff = crate::backoff::ReconnectBackoff::new();
     while !shutdown.is_triggered() {
         match open().await {
             Ok(consumer) => {
-                backoff = crate::backoff::reconnect_backoff();
+                backoff = crate::backoff::ReconnectBackoff::new();
                 drain(consumer).await;
             }
             Err(_) if shutdown.is_triggered() => break,
             Err(error) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                let delay = backoff.next_delay();
                 tracing::warn!(%error, consumer = what, retry_in = ?delay, "cannot consume");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -19,7 +19,7 @@
 pub mod bound;
 
 use self::bound::QueueBound;
-use crate::backoff::reconnect_backoff;
+use crate::backoff::ReconnectBackoff;
 use crate::broker::meter::QueueMeter;
 use crate::broker::{Broker, Confirms};
 use crate::shutdown::Shutdown;
@@ -92,25 +92,25 @@ impl Relay {
     /// Publishes until shutdown. Errors (broker or database down) are logged and retried
     /// with capped exponential backoff; rows stay in the outbox meanwhile.
     pub async fn run(self, shutdown: Shutdown) {
-        let mut backoff = reconnect_backoff();
+        let mut backoff = ReconnectBackoff::new();
         while !shutdown.is_triggered() {
             // Register interest before looking, so a commit between the look and the
             // wait is not missed.
             let written = self.store.outbox_written().notified();
             match self.relay_pass().await {
                 Ok(Pass { full: true, .. }) => {
-                    backoff = reconnect_backoff();
+                    backoff = ReconnectBackoff::new();
                     tokio::select! {
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                         _ = shutdown.wait() => {}
                     }
                 }
                 Ok(Pass { more: true, .. }) => {
-                    backoff = reconnect_backoff();
+                    backoff = ReconnectBackoff::new();
                     continue;
                 }
                 Ok(Pass { more: false, .. }) => {
-                    backoff = reconnect_backoff();
+                    backoff = ReconnectBackoff::new();
                     tokio::select! {
                         _ = written => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
@@ -118,7 +118,7 @@ impl Relay {
                     }
                 }
                 Err(error) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in = ?delay, "outbox relay failed; events wait in the outbox");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

@@ -9,7 +9,7 @@
 //! once the queue is resumed. The messages stay in the queue all along.
 
 use super::subscriber;
-use crate::backoff::reconnect_backoff;
+use crate::backoff::ReconnectBackoff;
 use crate::broker::topology;
 use crate::shutdown::Shutdown;
 use crate::storage::Store;
@@ -83,12 +83,12 @@ impl PauseWatch {
 /// The paused queues, read again with backoff until the database answers (or
 /// shutdown, when nothing will consume anyway).
 async fn first_read(store: &dyn Store, shutdown: &Shutdown) -> BTreeSet<String> {
-    let mut backoff = reconnect_backoff();
+    let mut backoff = ReconnectBackoff::new();
     loop {
         match store.paused_queues().await {
             Ok(paused) => return paused.into_iter().collect(),
             Err(error) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "paused queues not read; consumers wait");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
