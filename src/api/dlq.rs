@@ -8,6 +8,7 @@ use crate::broker::dead_letters::{
     self, BulkAction, BulkReport, DeadLetter, DeadLetterError, Filter,
 };
 use crate::broker::topology;
+use crate::domain::time::parse_time;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -98,16 +99,7 @@ impl BulkParams {
     fn filter(&self) -> Result<Filter, ApiError> {
         let time = |field: &'static str, text: &Option<String>| {
             text.as_deref()
-                .map(|text| {
-                    chrono::DateTime::parse_from_rfc3339(text)
-                        .map(|at| at.to_utc())
-                        .map_err(|_| {
-                            ApiError::bad_field(
-                                field,
-                                "an RFC 3339 time, e.g. 2026-12-07T12:00:00Z",
-                            )
-                        })
-                })
+                .map(|text| parse_time(text).map_err(|reason| ApiError::bad_field(field, reason)))
                 .transpose()
         };
         Ok(Filter {

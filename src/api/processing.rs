@@ -6,12 +6,12 @@ use super::error::ApiError;
 use super::openapi::{blank_or, query_param};
 use crate::domain::ProcessingStatus;
 use crate::domain::text::{MAX_SEARCH_CHARS, ONE_LINE_PATTERN, check_one_line, check_search};
+use crate::domain::time::parse_time;
 use crate::storage::{
     PageRequest, PendingGame, StatusCounts, TaskFilter, TaskPage, TaskSort, TaskView,
 };
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use chrono::DateTime;
 use serde::Serialize;
 use utoipa::IntoParams;
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -117,11 +117,9 @@ fn parse_task_query(query: &str) -> Result<TaskQuery, ApiError> {
                 .map_err(|reason| ApiError::bad_field(field, reason))
         };
         let time = |field: &'static str| {
-            DateTime::parse_from_rfc3339(value)
-                .map(|at| Some(at.to_utc()))
-                .map_err(|_| {
-                    ApiError::bad_field(field, "an RFC 3339 time, e.g. 2026-12-07T12:00:00Z")
-                })
+            parse_time(value)
+                .map(Some)
+                .map_err(|reason| ApiError::bad_field(field, reason))
         };
         match key.as_ref() {
             "limit" => {

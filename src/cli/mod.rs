@@ -7,6 +7,7 @@ use crate::auth::Role;
 use crate::bench::BenchArgs;
 use crate::broker::{HeaderValue, dead_letters, topology};
 use crate::config::{BrokerArgs, CoverArgs, DatabaseArgs, HttpArgs, ProducerArgs, WorkerArgs};
+use crate::domain::time::parse_time;
 use crate::producer::Outgoing;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
@@ -213,12 +214,6 @@ pub struct DlqBulk {
     /// With --all: only messages dead-lettered at or after this time (RFC 3339).
     #[arg(long, requires = "all", value_parser = parse_time)]
     pub after: Option<DateTime<Utc>>,
-}
-
-fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.to_utc())
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2026-12-07T12:00:00Z"))
 }
 
 #[derive(Args, Debug, Clone)]

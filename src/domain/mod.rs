@@ -9,6 +9,7 @@ pub mod number;
 mod outcome;
 pub mod text;
 mod thumbnail;
+pub mod time;
 
 pub use catalog::{GenreDraft, GenreName, PlatformDraft, PlatformName, manufacturer_name};
 pub use catalog_event::{
