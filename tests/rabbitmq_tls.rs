@@ -77,8 +77,14 @@ async fn amqps_verifies_the_server_and_presents_a_client_certificate_if_given() 
         client_key: Some(&key),
     })
     .await;
+    // Under TLS 1.3 the server's refusal comes after the client's handshake is done:
+    // as the certificate alert, or as the connection reset that follows it.
     let refused = rogue.err().expect("a rogue client certificate was refused");
-    assert!(refused.to_string().contains("BadCertificate"), "{refused}");
+    let reason = refused.to_string();
+    assert!(
+        reason.contains("BadCertificate") || reason.contains("Connection reset"),
+        "{reason}"
+    );
 }
 
 async fn connect(files: TlsFiles<'_>) -> Result<RabbitMqBroker, BrokerError> {
