@@ -16,8 +16,8 @@ use crate::telemetry::management::Management;
 #[derive(Args, Clone, Debug)]
 pub struct BrokerArgs {
     /// RabbitMQ URL (amqp:// or amqps://), or a cluster's nodes' URLs separated by
-    /// commas: connections go to the first node that answers, and move on to the next
-    /// when one is lost. Unset: the embedded broker, in one process.
+    /// commas: each process starts at a node chosen at random, goes round the list to
+    /// the first that answers, and moves on to the next when its connection is lost. Unset: the embedded broker, in one process.
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, global = true,
           value_parser = Secret(parse_nodes))]
     pub rabbitmq_url: Option<Nodes>,

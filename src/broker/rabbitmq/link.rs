@@ -164,7 +164,7 @@ pub(super) struct Link {
 
 impl Link {
     pub async fn open(nodes: Nodes, queue_type: QueueType) -> Result<Self, BrokerError> {
-        let (node, connection) = nodes.connect_from(0).await?;
+        let (node, connection) = nodes.connect_from(nodes.random_start()).await?;
         // Debug: commands that print JSON (`bench --json`) log to the same stream.
         tracing::debug!(node = nodes.address(node), "connected to RabbitMQ");
         Ok(Self {

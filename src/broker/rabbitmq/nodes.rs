@@ -69,6 +69,12 @@ impl Nodes {
         })
     }
 
+    /// Where a process starts going round the list: a node chosen at random, so that
+    /// the connections of a deployment's processes spread over the cluster.
+    pub fn random_start(&self) -> usize {
+        rand::random_range(0..self.nodes.len())
+    }
+
     /// The address (`host:port`) of the node at `index`.
     pub fn address(&self, index: usize) -> &str {
         &self.nodes[index].address
@@ -185,6 +191,17 @@ mod tests {
             .expect("two nodes");
         assert_eq!(nodes.to_string(), "10.0.0.1:5672, rabbit-2:5671");
         assert_eq!(nodes.first_url(), "amqp://u:secret@10.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn processes_start_at_every_node_of_a_list() {
+        let nodes: Nodes = "amqp://a/%2f,amqp://b/%2f,amqp://c/%2f"
+            .parse()
+            .expect("three");
+        let starts: std::collections::BTreeSet<usize> =
+            (0..300).map(|_| nodes.random_start()).collect();
+        // Missing one of three in 300 draws has a chance of 3 × (2/3)^300, about 1e-52.
+        assert_eq!(starts.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
     }
 
     #[test]
