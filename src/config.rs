@@ -234,6 +234,15 @@ fn parse_exchange(name: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+/// A worker's name: 1 to 255 characters, none of them a control character (it is
+/// shown in the pages and logs, and keys the worker's open circuits in the database).
+fn parse_worker_id(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err("a worker id has 1 to 255 characters, and no control characters".into());
+    }
+    Ok(name.to_owned())
+}
+
 impl ProducerArgs {
     pub fn policy(&self) -> PublishPolicy {
         PublishPolicy::new(&self.publish_exchanges)
@@ -345,7 +354,7 @@ pub struct WorkerArgs {
 
     /// Name recorded with each processing attempt (default: HOST-PID), to tell
     /// workers apart in a game's history.
-    #[arg(long, env = "RETROCAT_WORKER_ID")]
+    #[arg(long, env = "RETROCAT_WORKER_ID", value_parser = parse_worker_id)]
     pub worker_id: Option<String>,
 
     /// Deliveries of a queue processed per second or minute by every worker together:
@@ -449,6 +458,20 @@ mod tests {
             assert!(error.contains(args[0]), "{args:?}: {error}");
             assert!(error.contains(reason), "{args:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_worker_id_that_is_empty_too_long_or_has_control_characters_is_refused() {
+        let worker = |id: &str| Cli::try_parse_from(["retrocat", "worker", "--worker-id", id]);
+        let long = "w".repeat(256);
+        for id in ["", long.as_str(), "w1\nforged log line"] {
+            let error = worker(id).expect_err(id).to_string();
+            assert!(
+                error.contains("a worker id has 1 to 255 characters"),
+                "{error}"
+            );
+        }
+        assert!(worker("host-a-1234").is_ok());
     }
 
     #[test]
