@@ -273,24 +273,21 @@ impl Amqp {
     /// Takes the next message ready in `queue` and rejects it without requeueing, as a
     /// consumer that cannot handle it would; false when the queue was empty.
     pub async fn reject_next(&self, queue: &str) -> bool {
-        let Some(message) = self.take_next(queue).await else {
-            return false;
-        };
-        self.channel
-            .basic_reject(message.delivery_tag, BasicRejectOptions { requeue: false })
-            .await
-            .expect("basic.reject");
-        true
+        self.take_and_reject(queue, false).await
     }
 
     /// Takes the next message ready in `queue` and hands it back (reject, requeue), as a
     /// consumer that gives up on it would; false when the queue was empty.
     pub async fn requeue_next(&self, queue: &str) -> bool {
+        self.take_and_reject(queue, true).await
+    }
+
+    async fn take_and_reject(&self, queue: &str, requeue: bool) -> bool {
         let Some(message) = self.take_next(queue).await else {
             return false;
         };
         self.channel
-            .basic_reject(message.delivery_tag, BasicRejectOptions { requeue: true })
+            .basic_reject(message.delivery_tag, BasicRejectOptions { requeue })
             .await
             .expect("basic.reject");
         true
