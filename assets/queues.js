@@ -106,10 +106,28 @@ function queueRow(queue) {
   return row;
 }
 
+/** One worker's open (or half-open) breaker for one cover host. */
+function circuitItem(circuit) {
+  const until = new Date(circuit.until).toLocaleTimeString();
+  const item = el("li", {
+    textContent: `${circuit.target}: ${circuit.state} until ${until} (worker ${circuit.worker})`,
+  });
+  item.dataset.target = circuit.target;
+  item.dataset.state = circuit.state;
+  return item;
+}
+
+function showCircuits(queues) {
+  const circuits = queues.flatMap((queue) => queue.circuits || []);
+  $("circuits").replaceChildren(...circuits.map(circuitItem));
+  $("circuits-panel").hidden = circuits.length === 0;
+}
+
 async function loadQueues() {
   try {
     const queues = await api("/api/queues");
     $("queues").replaceChildren(...queues.map(queueRow));
+    showCircuits(queues);
     $("queues-error").textContent = "";
   } catch (error) {
     // Keep the last rows on screen: a missed poll says nothing about the queues.

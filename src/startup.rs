@@ -291,14 +291,18 @@ pub async fn run_worker(
     args: &WorkerArgs,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let fetcher = CoverFetcher::new(args.fetch());
+    let config = WorkerConfig {
+        decode_budget: parts.decode_budget,
+        ..args.worker()
+    };
+    let worker_id = config.worker_id.clone();
+    let circuits = fetcher.report_circuits(&*parts.store, &worker_id, shutdown.clone());
     let worker = Worker::new(
         parts.store.clone(),
         parts.broker.clone(),
-        CoverFetcher::new(args.fetch()),
-        WorkerConfig {
-            decode_budget: parts.decode_budget,
-            ..args.worker()
-        },
+        fetcher.clone(),
+        config,
     );
     let worker = Arc::new(worker);
     let pauses = PauseWatch::start(parts.store.clone(), shutdown.clone()).await;
@@ -316,6 +320,7 @@ pub async fn run_worker(
         worker.run(topology::RPC_QUEUE, &pauses, shutdown.clone()),
         futures::future::join_all(subscribers),
         Retention::new(store.clone(), args.retain).run(shutdown.clone()),
+        circuits,
     );
     Ok(())
 }

@@ -3,12 +3,17 @@
 //! their attempts, and once it recovers the breaker closes and every game completes
 //! (on both brokers, since a deferred game waits in the broker's delayed retry); and
 //! the fetches from one host keep to `--fetch-rate-per-host`, while the games of
-//! other hosts are not held back behind them.
+//! other hosts are not held back behind them. `GET /api/queues` shows the open circuit
+//! while it lasts.
 
 mod common;
 
+use chrono::{SubsecRound, Utc};
 use common::brokers::{TestBroker, on_every_broker};
-use common::{Backend, Roles, TestApp, counting_cover_server, eventually, game_body, with};
+use common::{
+    Backend, Roles, TestApp, counting_cover_server, eventually, game_body, on_every_backend, with,
+};
+use retrocat::storage::{self, CircuitState, OpenCircuit, PoolConfig};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +30,24 @@ async fn wait_for_breaker(app: &TestApp, host: &str, state: u8) {
         metrics.lines().any(|l| l == line).then_some(())
     })
     .await;
+}
+
+/// Waits until `GET /api/queues` shows `host` among `game_events`' open circuits
+/// (`held`), or no circuit at all (`!held`); returns what it showed.
+async fn wait_for_circuits(app: &TestApp, host: &str, held: bool) -> serde_json::Value {
+    let what = format!("{host} held back: {held}, in /api/queues");
+    eventually(&what, Duration::from_secs(30), || async {
+        let queues = app.get_json("/api/queues").await;
+        let game_events = queues
+            .as_array()?
+            .iter()
+            .find(|queue| queue["name"] == "game_events")?;
+        let circuits = game_events.get("circuits").cloned().unwrap_or(json!([]));
+        let shown = circuits.as_array()?.iter().any(|c| c["target"] == host);
+        let none = circuits.as_array()?.is_empty();
+        (if held { shown } else { none }).then_some(circuits)
+    })
+    .await
 }
 
 on_every_broker!(a_failing_cover_host_is_left_alone_until_it_recovers);
@@ -71,6 +94,14 @@ async fn a_failing_cover_host_is_left_alone_until_it_recovers(broker: TestBroker
 
     // Three failures open the breaker; then one probe a second gets through.
     wait_for_breaker(&app, &host, 2).await;
+    let circuits = wait_for_circuits(&app, &host, true).await;
+    let circuit = &circuits[0];
+    assert!(
+        ["open", "half-open"].contains(&circuit["state"].as_str().unwrap_or_default())
+            && circuit["worker"].as_str().is_some_and(|w| !w.is_empty())
+            && circuit["until"].as_str().is_some(),
+        "{circuits}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let while_down = asked.load(Ordering::SeqCst);
     eprintln!("the host was asked {while_down} times while down, for {GAMES} games");
@@ -91,6 +122,7 @@ async fn a_failing_cover_host_is_left_alone_until_it_recovers(broker: TestBroker
         app.wait_for_status(id, "completed", 1).await;
     }
     wait_for_breaker(&app, &host, 0).await;
+    wait_for_circuits(&app, &host, false).await;
     app.stop().await;
 }
 
@@ -170,4 +202,41 @@ async fn a_host_held_back_by_its_rate_holds_no_other_host_back() {
         "the slow host was asked once this minute"
     );
     app.stop().await;
+}
+
+on_every_backend!(open_circuits_are_kept_in_the_catalog_database);
+
+/// What the API reads of the workers' breakers: each worker's report replaces its
+/// earlier one, and every process sees every worker's.
+async fn open_circuits_are_kept_in_the_catalog_database(backend: Backend) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (url, _database) = backend.fresh_database(dir.path()).await;
+    let store = storage::connect(&url, PoolConfig::default()).await.unwrap();
+    let until = Utc::now().round_subsecs(3) + chrono::Duration::seconds(30);
+    let circuit = |target: &str, state, worker: &str| OpenCircuit {
+        target: target.into(),
+        state,
+        until,
+        worker: worker.into(),
+    };
+    assert!(store.open_circuits().await.unwrap().is_empty());
+    let w1 = [
+        circuit("b.example:443", CircuitState::Open, "w1"),
+        circuit("a.example:80", CircuitState::HalfOpen, "w1"),
+    ];
+    store.report_circuits("w1", &w1).await.unwrap();
+    let w2 = [circuit("b.example:443", CircuitState::Open, "w2")];
+    store.report_circuits("w2", &w2).await.unwrap();
+    // Another process's connection sees them, by host then worker.
+    let other = storage::connect(&url, PoolConfig::default()).await.unwrap();
+    assert_eq!(
+        other.open_circuits().await.unwrap(),
+        [w1[1].clone(), w1[0].clone(), w2[0].clone()]
+    );
+    store.report_circuits("w1", &[]).await.unwrap();
+    assert_eq!(
+        other.open_circuits().await.unwrap(),
+        w2,
+        "w1's report replaced"
+    );
 }

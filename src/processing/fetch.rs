@@ -26,6 +26,8 @@ pub mod breaker;
 
 use super::retry::Failure;
 use crate::rate::RateLimit;
+use crate::shutdown::Shutdown;
+use crate::storage::Circuits;
 use breaker::{BreakerConfig, Breakers};
 use governor::DefaultKeyedRateLimiter;
 use std::error::Error;
@@ -185,6 +187,12 @@ impl CoverFetcher {
             breakers,
             host_rates,
         }
+    }
+
+    /// Reports the hosts whose breaker is open to `store`, as `worker`'s, until
+    /// shutdown ([`Breakers::report`]).
+    pub async fn report_circuits(&self, store: &dyn Circuits, worker: &str, shutdown: Shutdown) {
+        self.breakers.report(store, worker, shutdown).await;
     }
 
     /// Fetches `url` and returns its body: [`Self::admit`], then [`Self::fetch_admitted`].

@@ -9,7 +9,8 @@
 //! [`catalog`] (games), [`references`] (platforms and genres), [`processing`] (a
 //! worker's start and finish, and the inbox), [`tasks`] (the processing views),
 //! [`received`] (what subscribers received), [`outbox`], [`pauses`] (paused queues),
-//! [`accounts`] and [`retention`]. The SQL is written once for every backend ([`sql`]), with rows read
+//! [`circuits`] (the workers' open circuit breakers), [`accounts`] and [`retention`].
+//! The SQL is written once for every backend ([`sql`]), with rows read
 //! by [`rows`] and the list query built by [`game_query`].
 //!
 //! SQLite is the embedded default; PostgreSQL and MySQL/MariaDB are the database servers
@@ -19,6 +20,7 @@
 
 pub mod accounts;
 mod catalog;
+mod circuits;
 mod connect;
 mod cursor;
 mod direct;
@@ -44,6 +46,7 @@ use std::time::Duration;
 
 pub use accounts::Accounts;
 pub use catalog::{Catalog, Cover, GameUpdate, NewGame};
+pub use circuits::{CircuitState, Circuits, OpenCircuit};
 pub use connect::connect;
 pub use game_query::{GamePage, GameQuery, GameSort, PageRequest};
 pub use game_stream::GameBatches;
@@ -187,6 +190,7 @@ pub trait Store:
     + Received
     + Outbox
     + Pauses
+    + Circuits
     + Retention
     + 'static
 {
@@ -202,6 +206,7 @@ impl<T> Store for T where
         + Received
         + Outbox
         + Pauses
+        + Circuits
         + Retention
         + 'static
 {

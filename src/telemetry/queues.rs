@@ -17,7 +17,7 @@ use crate::broker::meter::{MeterTotals, QueueMeter};
 use crate::broker::{Broker, QueueStats, topology};
 use crate::domain::Outcome;
 use crate::shutdown::Shutdown;
-use crate::storage::{OutboxBacklog, Store};
+use crate::storage::{OpenCircuit, OutboxBacklog, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -72,6 +72,10 @@ pub struct QueueView {
     /// unacknowledged messages and rates from RabbitMQ's management API, across every
     /// client) or `database` (the outbox).
     pub source: String,
+    /// On `game_events`: the cover hosts whose circuit breaker holds fetches back in
+    /// some worker (open or half-open); those games wait without using up attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub circuits: Vec<OpenCircuit>,
 }
 
 /// One sampling of every queue.
@@ -89,6 +93,8 @@ struct Sample {
     /// The queues paused ([`crate::storage::Pauses`]); none when the database did
     /// not answer.
     paused: Vec<String>,
+    /// Every worker's open circuit breakers ([`crate::storage::Circuits`]).
+    circuits: Vec<OpenCircuit>,
     /// What this process's worker settled and finished.
     charts: charts::Take,
 }
@@ -157,10 +163,11 @@ impl QueueWatch {
                 None => None,
             }
         };
-        let (stats, outbox, paused, ping, managed) = tokio::join!(
+        let (stats, outbox, paused, circuits, ping, managed) = tokio::join!(
             stats,
             self.store.outbox_backlog(),
             self.store.paused_queues(),
+            self.store.open_circuits(),
             self.broker.ping(),
             managed
         );
@@ -183,6 +190,7 @@ impl QueueWatch {
             outbox: outbox.ok(),
             outbox_meter: QueueMeter::of(OUTBOX).totals(),
             paused: paused.unwrap_or_default(),
+            circuits: circuits.unwrap_or_default(),
             charts: charts::take(),
         }
     }
@@ -292,6 +300,11 @@ impl QueueWatch {
                 ack_rate: rates.ack,
                 oldest_age_seconds: None,
                 source: source.to_owned(),
+                circuits: if queue == topology::GAME_EVENTS_QUEUE {
+                    latest.circuits.clone()
+                } else {
+                    Vec::new()
+                },
             });
         }
         views
@@ -433,6 +446,7 @@ fn outbox_view(latest: &Sample, earlier: Option<&Sample>) -> QueueView {
         ack_rate: rates.ack,
         oldest_age_seconds: backlog.map(|b| b.oldest_age.map_or(0.0, |age| age.as_secs_f64())),
         source: "database".to_owned(),
+        circuits: Vec::new(),
     }
 }
 
@@ -514,6 +528,17 @@ pub fn table(views: &[QueueView]) -> String {
             rate(view.ack_rate),
             oldest,
             view.source,
+        );
+    }
+    for circuit in views.iter().flat_map(|view| &view.circuits) {
+        out += &format!(
+            "circuit {} for cover host {} in worker {}, until {}\n",
+            circuit.state.as_str(),
+            circuit.target,
+            circuit.worker,
+            circuit
+                .until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
     out

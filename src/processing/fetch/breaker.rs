@@ -16,10 +16,20 @@
 //! each host's breaker is the gauge `retrocat_circuit_state{target}`: 0 closed, 1
 //! half-open, 2 open.
 
+use crate::shutdown::Shutdown;
+use crate::storage::{CircuitState, Circuits, OpenCircuit};
 use crate::telemetry::metrics::CIRCUIT_STATE;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// How often a worker reports its open breakers to the database, while it has any.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The open breakers a worker reports at most (the first by host name): enough to see
+/// an outage, and a bound on the report's rows when every host fails.
+const REPORTED_AT_MOST: usize = 100;
 
 /// When a host's breaker opens, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +147,51 @@ impl Breakers {
             tracing::warn!(host, cool_down = ?self.config.cool_down, "cover host failing: circuit open");
         }
         publish(host, state);
+    }
+
+    /// The breakers that hold fetches back now, as `worker`'s.
+    pub fn open_circuits(&self, worker: &str) -> Vec<OpenCircuit> {
+        let hosts = self.hosts.lock().expect("breakers lock");
+        let (now, wall) = (Instant::now(), chrono::Utc::now());
+        let mut open: Vec<OpenCircuit> = hosts
+            .iter()
+            .filter_map(|(host, state)| {
+                let (state, until) = match state {
+                    State::Closed(_) => return None,
+                    State::Open { until } => (CircuitState::Open, until),
+                    State::HalfOpen { until } => (CircuitState::HalfOpen, until),
+                };
+                Some(OpenCircuit {
+                    target: host.clone(),
+                    state,
+                    until: wall + until.saturating_duration_since(now),
+                    worker: worker.to_owned(),
+                })
+            })
+            .collect();
+        open.sort_by(|a, b| a.target.cmp(&b.target));
+        open
+    }
+
+    /// Reports this process's open breakers as `worker`'s to `store` once a second
+    /// while it has any, and once more when the last has closed, until shutdown: the
+    /// API's `GET /api/queues` reads them there.
+    pub async fn report(&self, store: &dyn Circuits, worker: &str, shutdown: Shutdown) {
+        let reported_any = AtomicBool::new(false);
+        let report = || async {
+            let mut open = self.open_circuits(worker);
+            open.truncate(REPORTED_AT_MOST);
+            if open.is_empty() && !reported_any.load(Ordering::Relaxed) {
+                return;
+            }
+            match store.report_circuits(worker, &open).await {
+                Ok(()) => reported_any.store(!open.is_empty(), Ordering::Relaxed),
+                Err(error) => {
+                    tracing::warn!(%error, "could not report the open circuit breakers");
+                }
+            }
+        };
+        shutdown.every(REPORT_EVERY, report).await;
     }
 }
 
