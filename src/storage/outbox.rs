@@ -78,6 +78,24 @@ pub struct OutboxBacklog {
     pub pending: u64,
     /// How long the oldest has waited; `None` when nothing waits.
     pub oldest_age: Option<std::time::Duration>,
+    /// The id of the newest row, sent or not; `None` in an empty outbox. Ids only grow
+    /// while rows are kept, so two readings tell how many rows every writer together
+    /// wrote between them (on PostgreSQL and MySQL, a few more: the ids of rolled-back
+    /// writes), and with the pending counts, how many every relay sent.
+    pub last_id: Option<i64>,
+}
+
+impl OutboxBacklog {
+    /// The rows sent per second between `earlier` and this reading, `elapsed` later,
+    /// by whichever relay held the lease; `None` when a reading has no id to go by.
+    pub fn drain_rate(&self, earlier: &Self, elapsed: Duration) -> Option<f64> {
+        let written = self.last_id?.checked_sub(earlier.last_id?)?;
+        if written < 0 || elapsed.is_zero() {
+            return None; // an emptied outbox may hand out its ids again
+        }
+        let sent = (written + earlier.pending as i64 - self.pending as i64).max(0);
+        Some(sent as f64 / elapsed.as_secs_f64())
+    }
 }
 
 /// One relay's lease on the outbox: it takes the oldest unsent rows batch after
@@ -151,8 +169,8 @@ where
     }
 
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        // Two index reads: the count, and the oldest row by id (ids grow with time),
-        // where MIN(created_at) would read every pending row.
+        // Three index reads: the count, the oldest row by id (ids grow with time),
+        // where MIN(created_at) would read every pending row, and the newest id.
         let pending = sqlx::query("SELECT COUNT(*) AS pending FROM outbox WHERE sent_at IS NULL")
             .fetch_one(&self.pool)
             .await
@@ -165,7 +183,13 @@ where
                 .map_err(DB::classify)?
                 .map(|row| row.int("created_at"))
                 .transpose()?;
+        let last_id = sqlx::query("SELECT MAX(id) AS last_id FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(DB::classify)?
+            .opt_int("last_id")?;
         Ok(OutboxBacklog {
+            last_id,
             pending: pending as u64,
             oldest_age: oldest.map(|created| {
                 Duration::from_millis(now_ms().saturating_sub(created).max(0) as u64)
@@ -415,4 +439,34 @@ fn outbox_from_row(row: &impl Columns) -> Result<(i64, OutboxMessage), StoreErro
 
 fn headers_json(message: &OutboxMessage) -> String {
     serde_json::to_string(&message.headers).expect("headers serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(pending: u64, last_id: Option<i64>) -> OutboxBacklog {
+        OutboxBacklog {
+            pending,
+            oldest_age: None,
+            last_id,
+        }
+    }
+
+    #[test]
+    fn the_drain_rate_is_what_was_written_less_what_still_waits() {
+        let ten = Duration::from_secs(10);
+        // 1,000 rows written in 10 s, and the backlog grew by 200: 800 were sent.
+        let rate = reading(700, Some(2_000)).drain_rate(&reading(500, Some(1_000)), ten);
+        assert_eq!(rate, Some(80.0));
+        // Nothing written, the backlog drained by 300.
+        let rate = reading(200, Some(1_000)).drain_rate(&reading(500, Some(1_000)), ten);
+        assert_eq!(rate, Some(30.0));
+        // No id to go by: an empty outbox, or one emptied and begun again.
+        assert_eq!(reading(0, None).drain_rate(&reading(5, Some(9)), ten), None);
+        assert_eq!(
+            reading(1, Some(1)).drain_rate(&reading(0, Some(9)), ten),
+            None
+        );
+    }
 }

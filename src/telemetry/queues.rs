@@ -237,10 +237,8 @@ impl QueueWatch {
         let samples = self.samples.lock().expect("samples lock");
         let latest = samples.back()?;
         let backlog = latest.outbox?;
-        let drain_rate = rate_base(&samples, latest).map(|earlier| {
-            let settled =
-                (latest.outbox_meter.settled).saturating_sub(earlier.outbox_meter.settled);
-            settled as f64 / latest.at.duration_since(earlier.at).as_secs_f64()
+        let drain_rate = rate_base(&samples, latest).and_then(|earlier| {
+            backlog.drain_rate(&earlier.outbox?, latest.at.duration_since(earlier.at))
         });
         Some(OutboxSample {
             pending: backlog.pending,
@@ -329,8 +327,8 @@ pub struct OutboxSample {
     pub pending: u64,
     /// How long the oldest of them has waited.
     pub oldest_age: Option<Duration>,
-    /// Events the broker confirmed per second over the last 10 s; `None` before two
-    /// samples.
+    /// Events the broker confirmed per second over the last 10 s, from whichever
+    /// relay (of any API instance) held the outbox lease; `None` before two samples.
     pub drain_rate: Option<f64>,
 }
 
