@@ -123,6 +123,9 @@ impl Breakers {
             }
             return;
         }
+        if hosts.len() >= super::HOSTS_KEPT && !hosts.contains_key(host) {
+            self.forget_recovered(&mut hosts, now);
+        }
         let state = hosts
             .entry(host.to_owned())
             .or_insert_with(|| State::Closed(VecDeque::new()));
@@ -147,6 +150,19 @@ impl Breakers {
             tracing::warn!(host, cool_down = ?self.config.cool_down, "cover host failing: circuit open");
         }
         publish(host, state);
+    }
+
+    /// Forgets the closed breakers whose failures are all older than the window: they
+    /// would count none of them. The map then holds the hosts that failed within one
+    /// window, and those whose breaker is open or half-open, however many hosts came
+    /// and went before.
+    fn forget_recovered(&self, hosts: &mut HashMap<String, State>, now: Instant) {
+        hosts.retain(|_, state| match state {
+            State::Closed(failures) => failures
+                .back()
+                .is_some_and(|at| now.duration_since(*at) <= self.config.window),
+            State::Open { .. } | State::HalfOpen { .. } => true,
+        });
     }
 
     /// The breakers that hold fetches back now, as `worker`'s.
@@ -256,6 +272,30 @@ mod tests {
         assert_eq!(breakers.admit("down"), Ok(()), "another probe");
         breakers.record("down", true);
         assert_eq!(breakers.admit("down"), Ok(()), "closed");
+    }
+
+    #[test]
+    fn past_the_hosts_kept_the_breakers_with_no_recent_failure_are_forgotten() {
+        let breakers = Breakers::new(BreakerConfig {
+            window: Duration::from_millis(20),
+            ..FAST
+        });
+        for _ in 0..3 {
+            breakers.record("down", false);
+        }
+        for n in 1..super::super::HOSTS_KEPT {
+            breakers.record(&format!("once-{n}"), false);
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        breakers.record("new", false);
+        let hosts = breakers.hosts.lock().unwrap();
+        let mut kept: Vec<&str> = hosts.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            ["down", "new"],
+            "the open breaker and the newest failure"
+        );
     }
 
     #[test]
