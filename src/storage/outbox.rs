@@ -169,13 +169,17 @@ where
     }
 
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        // Three index reads: the count, the oldest row by id (ids grow with time),
-        // where MIN(created_at) would read every pending row, and the newest id.
-        let pending = sqlx::query("SELECT COUNT(*) AS pending FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(DB::classify)?
-            .int("pending")?;
+        // Index reads only: the count and the newest id in one round trip, then the
+        // oldest pending row by id (ids grow with time), where MIN(created_at) would
+        // read every pending row.
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL) AS pending, \
+             (SELECT MAX(id) FROM outbox) AS last_id",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(DB::classify)?;
+        let (pending, last_id) = (row.int("pending")?, row.opt_int("last_id")?);
         let oldest =
             sqlx::query("SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1")
                 .fetch_optional(&self.pool)
@@ -183,11 +187,6 @@ where
                 .map_err(DB::classify)?
                 .map(|row| row.int("created_at"))
                 .transpose()?;
-        let last_id = sqlx::query("SELECT MAX(id) AS last_id FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(DB::classify)?
-            .opt_int("last_id")?;
         Ok(OutboxBacklog {
             last_id,
             pending: pending as u64,
