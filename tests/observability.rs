@@ -305,6 +305,14 @@ async fn queues_on_the_embedded_broker_show_a_backlog_its_consumers_and_its_drai
     let outbox = wait_row(&api, "outbox", "ready", json!(0)).await;
     assert_eq!(outbox["source"], "database", "{outbox}");
     assert_queue_list_shows(&deployment, &api, "game_events", "50").await;
+    // The outbox's rates are read from the outbox: rows written, and rows sent.
+    create(&api, "Measured", 5, None).await;
+    let outbox = eventually("the outbox's rates", Duration::from_secs(30), || async {
+        let row = queue_row(&api, "outbox").await;
+        (row["ready"] == 0 && row["ackRate"].as_f64()? > 0.0).then_some(row)
+    })
+    .await;
+    assert!(outbox["publishRate"].as_f64().unwrap() > 0.0, "{outbox}");
     api.stop().await;
 
     // The whole system on the same files: its worker consumes the backlog.

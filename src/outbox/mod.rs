@@ -20,12 +20,10 @@ pub mod bound;
 
 use self::bound::QueueBound;
 use crate::backoff::ReconnectBackoff;
-use crate::broker::meter::QueueMeter;
 use crate::broker::{Broker, Confirms};
 use crate::shutdown::Shutdown;
 use crate::storage::{OutboxMessage, Store, StoreError};
 use crate::telemetry::metrics::OUTBOX_PUBLISHED;
-use crate::telemetry::queues::OUTBOX;
 use futures::FutureExt;
 use futures::future::{self, MaybeDone};
 use std::collections::VecDeque;
@@ -208,7 +206,6 @@ impl Relay {
         lease.end().await?;
         tracing::debug!(sent, "outbox rows published");
         metrics::counter!(OUTBOX_PUBLISHED).increment(sent as u64);
-        QueueMeter::of(OUTBOX).settled(sent as u64);
         Ok(Pass { sent, more, full })
     }
 }

@@ -86,15 +86,29 @@ pub struct OutboxBacklog {
 }
 
 impl OutboxBacklog {
+    /// The rows every writer together wrote per second between `earlier` and this
+    /// reading, `elapsed` later; `None` when a reading has no id to go by.
+    pub fn write_rate(&self, earlier: &Self, elapsed: Duration) -> Option<f64> {
+        let written = self.written_since(earlier, elapsed)?;
+        Some(written as f64 / elapsed.as_secs_f64())
+    }
+
     /// The rows sent per second between `earlier` and this reading, `elapsed` later,
-    /// by whichever relay held the lease; `None` when a reading has no id to go by.
+    /// by whichever relay held the lease: those written, less the backlog's growth.
     pub fn drain_rate(&self, earlier: &Self, elapsed: Duration) -> Option<f64> {
-        let written = self.last_id?.checked_sub(earlier.last_id?)?;
-        if written < 0 || elapsed.is_zero() {
-            return None; // an emptied outbox may hand out its ids again
-        }
-        let sent = (written + earlier.pending as i64 - self.pending as i64).max(0);
+        let written = self.written_since(earlier, elapsed)?;
+        let sent = (written + earlier.pending).saturating_sub(self.pending);
         Some(sent as f64 / elapsed.as_secs_f64())
+    }
+
+    /// The rows written between `earlier` and this reading; `None` without an id on
+    /// either side, when the ids went back (an emptied outbox may hand them out
+    /// again), or when no time passed.
+    fn written_since(&self, earlier: &Self, elapsed: Duration) -> Option<u64> {
+        if elapsed.is_zero() {
+            return None;
+        }
+        u64::try_from(self.last_id?.checked_sub(earlier.last_id?)?).ok()
     }
 }
 
@@ -456,8 +470,9 @@ mod tests {
     fn the_drain_rate_is_what_was_written_less_what_still_waits() {
         let ten = Duration::from_secs(10);
         // 1,000 rows written in 10 s, and the backlog grew by 200: 800 were sent.
-        let rate = reading(700, Some(2_000)).drain_rate(&reading(500, Some(1_000)), ten);
-        assert_eq!(rate, Some(80.0));
+        let (earlier, later) = (reading(500, Some(1_000)), reading(700, Some(2_000)));
+        assert_eq!(later.write_rate(&earlier, ten), Some(100.0));
+        assert_eq!(later.drain_rate(&earlier, ten), Some(80.0));
         // Nothing written, the backlog drained by 300.
         let rate = reading(200, Some(1_000)).drain_rate(&reading(500, Some(1_000)), ten);
         assert_eq!(rate, Some(30.0));

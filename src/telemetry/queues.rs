@@ -58,12 +58,12 @@ pub struct QueueView {
     pub paused: bool,
     /// Whether retrocat consumes the queue, so that an admin can pause it.
     pub pausable: bool,
-    /// Messages in per second over the last 10 s.
+    /// Messages in per second over the last 10 s; for the outbox, rows written.
     pub publish_rate: Option<f64>,
     /// Deliveries to this process's consumers per second.
     pub deliver_rate: Option<f64>,
     /// Settlements (acknowledgements, dead letters) per second; for the outbox, rows
-    /// the broker confirmed.
+    /// the broker confirmed, whichever relay sent them.
     pub ack_rate: Option<f64>,
     /// The outbox's oldest unpublished event; queues don't say.
     pub oldest_age_seconds: Option<f64>,
@@ -89,7 +89,6 @@ struct Sample {
     /// Per [`WATCHED`] queue.
     queues: Vec<QueueSample>,
     outbox: Option<OutboxBacklog>,
-    outbox_meter: MeterTotals,
     /// The queues paused ([`crate::storage::Pauses`]); none when the database did
     /// not answer.
     paused: Vec<String>,
@@ -188,7 +187,6 @@ impl QueueWatch {
             connected: ping.is_ok(),
             queues: queues.collect(),
             outbox: outbox.ok(),
-            outbox_meter: QueueMeter::of(OUTBOX).totals(),
             paused: paused.unwrap_or_default(),
             circuits: circuits.unwrap_or_default(),
             charts: charts::take(),
@@ -237,9 +235,8 @@ impl QueueWatch {
         let samples = self.samples.lock().expect("samples lock");
         let latest = samples.back()?;
         let backlog = latest.outbox?;
-        let drain_rate = rate_base(&samples, latest).and_then(|earlier| {
-            backlog.drain_rate(&earlier.outbox?, latest.at.duration_since(earlier.at))
-        });
+        let drain_rate = outbox_base(&samples, latest)
+            .and_then(|(earlier, elapsed)| backlog.drain_rate(&earlier, elapsed));
         Some(OutboxSample {
             pending: backlog.pending,
             oldest_age: backlog.oldest_age,
@@ -250,13 +247,16 @@ impl QueueWatch {
     /// The rows of `GET /api/queues`, from the latest sample, with rates over the
     /// last 10 s. Before the first sample, one is taken now.
     pub async fn views(&self) -> Vec<QueueView> {
-        let (latest, earlier) = {
+        let (latest, earlier, outbox_earlier) = {
             let samples = self.samples.lock().expect("samples lock");
             let latest = samples.back().cloned();
             let earlier = latest
                 .as_ref()
-                .and_then(|latest| rate_base(&samples, latest).cloned());
-            (latest, earlier)
+                .and_then(|latest| rate_base(&samples, latest, |_| true).cloned());
+            let outbox_earlier = latest
+                .as_ref()
+                .and_then(|latest| outbox_base(&samples, latest));
+            (latest, earlier, outbox_earlier)
         };
         let latest = match latest {
             Some(latest) => latest,
@@ -264,7 +264,7 @@ impl QueueWatch {
         };
         let whole = self.broker.kind() == "embedded";
         let source = if whole { "embedded" } else { "amqp" };
-        let mut views = vec![outbox_view(&latest, earlier.as_ref())];
+        let mut views = vec![outbox_view(latest.outbox, outbox_earlier)];
         for (index, queue) in WATCHED.into_iter().enumerate() {
             let QueueSample {
                 stats,
@@ -309,15 +309,28 @@ impl QueueWatch {
     }
 }
 
-/// The sample rates are measured from, up to `latest`: the newest one 10 s older, or
-/// the oldest kept; `None` when there is no earlier one.
-fn rate_base<'a>(samples: &'a VecDeque<Sample>, latest: &Sample) -> Option<&'a Sample> {
+/// The sample rates are measured from, up to `latest`: among those `usable`, the
+/// newest one 10 s older, or the oldest kept; `None` when there is no earlier one.
+fn rate_base<'a>(
+    samples: &'a VecDeque<Sample>,
+    latest: &Sample,
+    usable: impl Fn(&Sample) -> bool,
+) -> Option<&'a Sample> {
     samples
         .iter()
         .rev()
+        .filter(|sample| usable(sample))
         .find(|sample| latest.at.duration_since(sample.at) >= RATE_WINDOW)
-        .or(samples.front())
+        .or_else(|| samples.iter().find(|sample| usable(sample)))
         .filter(|earlier| latest.at > earlier.at)
+}
+
+/// The outbox reading its rates are measured from, and how long before `latest`: as
+/// [`rate_base`], among the readings with a row id to go by (an empty outbox has none).
+fn outbox_base(samples: &VecDeque<Sample>, latest: &Sample) -> Option<(OutboxBacklog, Duration)> {
+    let has_id = |sample: &Sample| sample.outbox.is_some_and(|b| b.last_id.is_some());
+    let earlier = rate_base(samples, latest, has_id)?;
+    Some((earlier.outbox?, latest.at.duration_since(earlier.at)))
 }
 
 /// The outbox in the latest sample, as admission control reads it.
@@ -413,24 +426,17 @@ pub struct Latency {
 }
 
 /// The outbox's row: events written and not yet confirmed by the broker. Every event
-/// enters it in a catalog write and leaves when the relay's batch is confirmed.
-fn outbox_view(latest: &Sample, earlier: Option<&Sample>) -> QueueView {
-    let backlog = latest.outbox;
-    let rates = earlier.map(|earlier| {
-        let stats = |backlog: Option<OutboxBacklog>| {
-            backlog.map(|backlog| QueueStats {
-                ready: backlog.pending,
-                unacked: Some(0),
-                ..QueueStats::default()
-            })
-        };
-        Rates::between(
-            (stats(earlier.outbox), earlier.outbox_meter, earlier.at),
-            (stats(latest.outbox), latest.outbox_meter, latest.at),
-            true,
-        )
-    });
-    let rates = rates.unwrap_or_default();
+/// enters it in a catalog write and leaves when the relay's batch is confirmed. Its
+/// rates are read from the outbox itself, so every API instance shows the same: rows
+/// written by all of them, and sent by whichever relay held the lease.
+fn outbox_view(
+    backlog: Option<OutboxBacklog>,
+    earlier: Option<(OutboxBacklog, Duration)>,
+) -> QueueView {
+    let rate = |rate: fn(&OutboxBacklog, &OutboxBacklog, Duration) -> Option<f64>| {
+        let (earlier, elapsed) = earlier?;
+        rate(&backlog?, &earlier, elapsed)
+    };
     QueueView {
         name: OUTBOX.to_owned(),
         ready: backlog.map(|b| b.pending),
@@ -439,9 +445,9 @@ fn outbox_view(latest: &Sample, earlier: Option<&Sample>) -> QueueView {
         consumers: None,
         paused: false,
         pausable: false,
-        publish_rate: rates.publish,
+        publish_rate: rate(OutboxBacklog::write_rate),
         deliver_rate: None,
-        ack_rate: rates.ack,
+        ack_rate: rate(OutboxBacklog::drain_rate),
         oldest_age_seconds: backlog.map(|b| b.oldest_age.map_or(0.0, |age| age.as_secs_f64())),
         source: "database".to_owned(),
         circuits: Vec::new(),
