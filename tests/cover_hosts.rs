@@ -13,7 +13,7 @@ use common::brokers::{TestBroker, on_every_broker};
 use common::{
     Backend, Roles, TestApp, counting_cover_server, eventually, game_body, on_every_backend, with,
 };
-use retrocat::storage::{self, CircuitState, OpenCircuit, PoolConfig};
+use retrocat::storage::{self, Circuit, CircuitState, OpenCircuit, PoolConfig};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -213,30 +213,33 @@ async fn open_circuits_are_kept_in_the_catalog_database(backend: Backend) {
     let (url, _database) = backend.fresh_database(dir.path()).await;
     let store = storage::connect(&url, PoolConfig::default()).await.unwrap();
     let until = Utc::now().round_subsecs(3) + chrono::Duration::seconds(30);
-    let circuit = |target: &str, state, worker: &str| OpenCircuit {
+    let circuit = |target: &str, state| Circuit {
         target: target.into(),
         state,
         until,
+    };
+    let of = |worker: &str, circuit: &Circuit| OpenCircuit {
+        circuit: circuit.clone(),
         worker: worker.into(),
     };
     assert!(store.open_circuits().await.unwrap().is_empty());
     let w1 = [
-        circuit("b.example:443", CircuitState::Open, "w1"),
-        circuit("a.example:80", CircuitState::HalfOpen, "w1"),
+        circuit("b.example:443", CircuitState::Open),
+        circuit("a.example:80", CircuitState::HalfOpen),
     ];
     store.report_circuits("w1", &w1).await.unwrap();
-    let w2 = [circuit("b.example:443", CircuitState::Open, "w2")];
+    let w2 = [circuit("b.example:443", CircuitState::Open)];
     store.report_circuits("w2", &w2).await.unwrap();
     // Another process's connection sees them, by host then worker.
     let other = storage::connect(&url, PoolConfig::default()).await.unwrap();
     assert_eq!(
         other.open_circuits().await.unwrap(),
-        [w1[1].clone(), w1[0].clone(), w2[0].clone()]
+        [of("w1", &w1[1]), of("w1", &w1[0]), of("w2", &w2[0])]
     );
     store.report_circuits("w1", &[]).await.unwrap();
     assert_eq!(
         other.open_circuits().await.unwrap(),
-        w2,
+        [of("w2", &w2[0])],
         "w1's report replaced"
     );
 }

@@ -30,6 +30,8 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    const ALL: [Self; 2] = [Self::Open, Self::HalfOpen];
+
     /// As the API and the table store it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,23 +41,27 @@ impl CircuitState {
     }
 
     fn parse(text: &str) -> Option<Self> {
-        match text {
-            "open" => Some(Self::Open),
-            "half-open" => Some(Self::HalfOpen),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
     }
+}
+
+/// A cover host whose breaker holds fetches back, as its worker reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Circuit {
+    /// The cover host (`host:port`).
+    pub target: String,
+    pub state: CircuitState,
+    /// When the breaker lets a probe through.
+    pub until: DateTime<Utc>,
 }
 
 /// One worker's breaker for one cover host, as `GET /api/queues` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenCircuit {
-    /// The cover host (`host:port`).
-    pub target: String,
-    pub state: CircuitState,
-    /// When the breaker lets a probe through.
-    pub until: DateTime<Utc>,
+    #[serde(flatten)]
+    pub circuit: Circuit,
     /// The worker process whose breaker it is (`--worker-id`).
     pub worker: String,
 }
@@ -63,13 +69,9 @@ pub struct OpenCircuit {
 /// Open circuits: a part of every [`super::Store`].
 #[async_trait]
 pub trait Circuits: Send + Sync {
-    /// Replaces what `worker` reported before with `circuits` (each with its `worker`
-    /// set to it); an empty list clears its report.
-    async fn report_circuits(
-        &self,
-        worker: &str,
-        circuits: &[OpenCircuit],
-    ) -> Result<(), StoreError>;
+    /// Replaces what `worker` reported before with `circuits`; an empty list clears
+    /// its report.
+    async fn report_circuits(&self, worker: &str, circuits: &[Circuit]) -> Result<(), StoreError>;
     /// Every worker's open circuits, by host then worker; reports older than a few
     /// seconds are left out.
     async fn open_circuits(&self) -> Result<Vec<OpenCircuit>, StoreError>;
@@ -83,11 +85,7 @@ where
     i64: Value<DB>,
     String: Value<DB>,
 {
-    async fn report_circuits(
-        &self,
-        worker: &str,
-        circuits: &[OpenCircuit],
-    ) -> Result<(), StoreError> {
+    async fn report_circuits(&self, worker: &str, circuits: &[Circuit]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         sqlx::query(DB::sql(
@@ -126,11 +124,14 @@ where
         .map_err(DB::classify)?;
         rows.iter()
             .map(|row| {
-                Ok(OpenCircuit {
+                let circuit = Circuit {
                     target: row.text("target")?,
                     // The schema allows only the two names.
                     state: CircuitState::parse(&row.text("state")?).unwrap_or(CircuitState::Open),
                     until: from_ms(row.int("until_at")?),
+                };
+                Ok(OpenCircuit {
+                    circuit,
                     worker: row.text("worker")?,
                 })
             })

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 pub use accounts::Accounts;
 pub use catalog::{Catalog, Cover, GameUpdate, NewGame};
-pub use circuits::{CircuitState, Circuits, OpenCircuit};
+pub use circuits::{Circuit, CircuitState, Circuits, OpenCircuit};
 pub use connect::connect;
 pub use game_query::{GamePage, GameQuery, GameSort, PageRequest};
 pub use game_stream::GameBatches;

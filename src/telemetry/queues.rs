@@ -534,12 +534,11 @@ pub fn table(views: &[QueueView]) -> String {
             view.source,
         );
     }
-    for circuit in views.iter().flat_map(|view| &view.circuits) {
+    for OpenCircuit { circuit, worker } in views.iter().flat_map(|view| &view.circuits) {
         out += &format!(
-            "circuit {} for cover host {} in worker {}, until {}\n",
+            "circuit {} for cover host {} in worker {worker}, until {}\n",
             circuit.state.as_str(),
             circuit.target,
-            circuit.worker,
             circuit
                 .until
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

@@ -17,7 +17,7 @@
 //! half-open, 2 open.
 
 use crate::shutdown::Shutdown;
-use crate::storage::{CircuitState, Circuits, OpenCircuit};
+use crate::storage::{Circuit, CircuitState, Circuits};
 use crate::telemetry::metrics::CIRCUIT_STATE;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -165,11 +165,11 @@ impl Breakers {
         });
     }
 
-    /// The breakers that hold fetches back now, as `worker`'s.
-    pub fn open_circuits(&self, worker: &str) -> Vec<OpenCircuit> {
+    /// The breakers that hold fetches back now, by host.
+    pub fn open_circuits(&self) -> Vec<Circuit> {
         let hosts = self.hosts.lock().expect("breakers lock");
         let (now, wall) = (Instant::now(), chrono::Utc::now());
-        let mut open: Vec<OpenCircuit> = hosts
+        let mut open: Vec<Circuit> = hosts
             .iter()
             .filter_map(|(host, state)| {
                 let (state, until) = match state {
@@ -177,11 +177,10 @@ impl Breakers {
                     State::Open { until } => (CircuitState::Open, until),
                     State::HalfOpen { until } => (CircuitState::HalfOpen, until),
                 };
-                Some(OpenCircuit {
+                Some(Circuit {
                     target: host.clone(),
                     state,
                     until: wall + until.saturating_duration_since(now),
-                    worker: worker.to_owned(),
                 })
             })
             .collect();
@@ -195,7 +194,7 @@ impl Breakers {
     pub async fn report(&self, store: &dyn Circuits, worker: &str, shutdown: Shutdown) {
         let reported_any = AtomicBool::new(false);
         let report = || async {
-            let mut open = self.open_circuits(worker);
+            let mut open = self.open_circuits();
             open.truncate(REPORTED_AT_MOST);
             if open.is_empty() && !reported_any.load(Ordering::Relaxed) {
                 return;
