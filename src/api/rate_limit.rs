@@ -4,13 +4,16 @@
 //!
 //! Clients are told apart by their address, not by the token they send: a token is
 //! checked only after the limit, and keying by it would let a client that sends a new
-//! made-up token with each request escape the limit. Behind a proxy every client has
-//! the proxy's address, so limit there. The probes and `/metrics` are never limited:
+//! made-up token with each request escape the limit. An IPv6 client is known by its
+//! /64 network, the least a site is given, since any host in it may take a new address
+//! for each request. Behind a proxy every client has the proxy's address, so limit
+//! there. The probes and `/metrics` are never limited:
 //! an orchestrator or Prometheus must always get through.
 //!
-//! Built on governor's keyed GCRA limiter: one small state per address, checked
-//! without a lock of its own. Addresses idle long enough to be full again are
-//! forgotten once there are many, so the table stays bounded.
+//! Built on governor's keyed GCRA limiter: one small state per client, checked
+//! without a lock of its own. Clients idle long enough to be full again are forgotten
+//! once there are many, so the table stays bounded; a sweep runs each time the table
+//! doubles, so that a crowd of active clients does not cost one on every request.
 
 use super::error::ApiError;
 use crate::rate::RateLimit;
@@ -19,34 +22,54 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::DefaultKeyedRateLimiter;
 use governor::clock::{Clock, DefaultClock};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Addresses kept before the idle ones are forgotten.
-const ADDRESSES_KEPT: usize = 10_000;
+/// Clients kept before the idle ones are forgotten.
+const CLIENTS_KEPT: usize = 10_000;
 
 /// The limiter the API's requests pass: one per API instance.
 #[derive(Clone)]
 pub struct ClientLimiter {
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// The clients kept past which the next request sweeps the idle ones out:
+    /// [`CLIENTS_KEPT`], or twice what the last sweep kept.
+    sweep_past: Arc<AtomicUsize>,
 }
 
 impl ClientLimiter {
     pub fn new(limit: RateLimit) -> Self {
         Self {
             limiter: Arc::new(DefaultKeyedRateLimiter::keyed(limit.quota())),
+            sweep_past: Arc::new(AtomicUsize::new(CLIENTS_KEPT)),
         }
     }
 
     /// `None` if the client at `address` may make a request now; otherwise how long
     /// until it may.
     fn wait(&self, address: IpAddr) -> Option<Duration> {
-        if self.limiter.len() > ADDRESSES_KEPT {
+        if self.limiter.len() > self.sweep_past.load(Ordering::Relaxed) {
             self.limiter.retain_recent();
+            let kept = self.limiter.len();
+            self.sweep_past
+                .store(kept.saturating_mul(2).max(CLIENTS_KEPT), Ordering::Relaxed);
         }
-        let refused = self.limiter.check_key(&address).err()?;
+        let refused = self.limiter.check_key(&client(address)).err()?;
         Some(refused.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// What the limit knows a client by: its IPv4 address (also when mapped into IPv6), or
+/// the /64 network of its IPv6 address.
+fn client(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & (u128::MAX << 64))),
+        },
     }
 }
 
@@ -92,6 +115,45 @@ mod tests {
             limiter.wait(other),
             None,
             "another address is not held back"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_network_and_a_mapped_ipv4_one_its_address() {
+        let limiter = ClientLimiter::new("2/s".parse().unwrap());
+        let address = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(limiter.wait(address("2001:db8:1:2::1")), None);
+        assert_eq!(limiter.wait(address("2001:db8:1:2:ffff::9")), None);
+        assert!(
+            limiter.wait(address("2001:db8:1:2::3")).is_some(),
+            "a third address of the same /64 shares its limit"
+        );
+        assert_eq!(
+            limiter.wait(address("2001:db8:1:3::1")),
+            None,
+            "another /64"
+        );
+        assert_eq!(limiter.wait(address("192.0.2.7")), None);
+        assert_eq!(limiter.wait(address("::ffff:192.0.2.7")), None);
+        assert!(
+            limiter.wait(address("192.0.2.7")).is_some(),
+            "the same client"
+        );
+    }
+
+    #[test]
+    fn active_clients_are_swept_once_per_doubling_not_on_every_request() {
+        let limiter = ClientLimiter::new("1/m".parse().unwrap());
+        for n in 0..=u32::try_from(CLIENTS_KEPT).unwrap() {
+            assert_eq!(limiter.wait(IpAddr::from(n.to_be_bytes())), None);
+        }
+        // The next request sweeps: every client is active, so all are kept, and the
+        // next sweep waits until there are twice as many.
+        assert_eq!(limiter.wait(IpAddr::from([10, 0, 0, 0])), None);
+        assert_eq!(limiter.limiter.len(), CLIENTS_KEPT + 2);
+        assert_eq!(
+            limiter.sweep_past.load(Ordering::Relaxed),
+            2 * (CLIENTS_KEPT + 1)
         );
     }
 }
