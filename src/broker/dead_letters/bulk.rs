@@ -13,7 +13,7 @@
 //! (`processing::worker`): the second copy is a duplicate, and changes nothing. So
 //! each letter is processed once, however often a bulk replay is interrupted.
 
-use super::{DeadLetter, MAX_SCAN, NEXT_DELIVERY, SCAN_AGAIN_AFTER, put_back, replay_copy};
+use super::{DeadLetter, MAX_SCAN, SCAN_AGAIN_AFTER, Scan, replay_copy};
 use crate::broker::{Broker, BrokerError, Delivery, Publish};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -112,24 +112,18 @@ pub async fn bulk(
     if count == 0 {
         return Ok(report);
     }
-    let prefetch = u16::try_from(count).unwrap_or(u16::MAX);
-    let mut consumer = broker.consume(dlq, prefetch).await?;
-    // Held until the pass ends, then put back: looked at and not acted on.
-    let mut kept = Vec::new();
+    let mut scan = Scan::begin(broker, dlq, count).await?;
     let mut batch = Batch::default();
-    while report.scanned < count {
-        let Ok(Some(delivery)) = tokio::time::timeout(NEXT_DELIVERY, consumer.next()).await else {
-            break; // the rest was taken by someone else
-        };
+    while let Some(delivery) = scan.next().await {
         report.scanned += 1;
         let dead = DeadLetter::of(&delivery.message);
         if !filter.matches(&dead) {
-            kept.push(delivery);
+            scan.keep(delivery);
             continue;
         }
         report.matched += 1;
         match action {
-            BulkAction::Count => kept.push(delivery),
+            BulkAction::Count => scan.keep(delivery),
             BulkAction::Purge => batch.letters.push(delivery),
             BulkAction::Replay => match replay_copy(&dead, &delivery.message) {
                 Ok(copy) => {
@@ -138,7 +132,7 @@ pub async fn bulk(
                 }
                 Err(_) => {
                     report.skipped += 1;
-                    kept.push(delivery);
+                    scan.keep(delivery);
                 }
             },
         }
@@ -148,8 +142,7 @@ pub async fn bulk(
         }
     }
     report.done += batch.settle(broker).await?;
-    drop(consumer);
-    put_back(broker, dlq, kept).await;
+    scan.end().await;
     progress(&report);
     Ok(report)
 }

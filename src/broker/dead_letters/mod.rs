@@ -15,8 +15,10 @@
 //! [`DeadLetterError::Unopenable`]; put its key back in the list to replay it.
 
 mod bulk;
+mod scan;
 
 pub use bulk::{BulkAction, BulkReport, Filter, bulk};
+use scan::{Scan, put_back};
 
 use super::{Broker, BrokerError, Delivery, Message, Publish, headers, topology};
 use crate::domain::EventId;
@@ -24,15 +26,8 @@ use base64::Engine as _;
 use serde::Serialize;
 use std::time::Duration;
 
-/// How long to wait for the next message the queue said it holds; past it, someone
-/// else took it.
-const NEXT_DELIVERY: Duration = Duration::from_secs(2);
-
 /// How long a search that missed waits before it looks once more (see [`find`]).
 const SCAN_AGAIN_AFTER: Duration = Duration::from_millis(250);
-
-/// How long [`put_back`] waits at most for the broker to count what it put back.
-const PUT_BACK_WAIT: Duration = Duration::from_secs(1);
 
 /// How many of the oldest messages replay and purge look through for the one named:
 /// each is held, unsettled, until the search ends, so the search is bounded.
@@ -246,71 +241,29 @@ struct Taken {
 }
 
 /// Takes deliveries from `queue` until `limit`, the end of what it holds, or one that
-/// `wanted` picks; every other delivery is dropped unsettled, back to its place.
+/// `wanted` picks; every other delivery is put back in its place.
 async fn take(
     broker: &dyn Broker,
     queue: &str,
     limit: usize,
     wanted: impl Fn(&Message) -> bool,
 ) -> Result<Taken, BrokerError> {
-    let ready = usize::try_from(broker.queue_depth(queue).await?).unwrap_or(usize::MAX);
-    let count = ready.min(limit);
+    let count = broker.queue_depth(queue).await?.min(limit as u64);
+    let mut scan = Scan::begin(broker, queue, count).await?;
     let mut taken = Taken {
         seen: Vec::new(),
         found: None,
     };
-    if count == 0 {
-        return Ok(taken);
-    }
-    let prefetch = u16::try_from(count).unwrap_or(u16::MAX);
-    let mut consumer = broker.consume(queue, prefetch).await?;
-    let mut held = Vec::with_capacity(count.min(1024));
-    while taken.seen.len() < count {
-        let Ok(Some(delivery)) = tokio::time::timeout(NEXT_DELIVERY, consumer.next()).await else {
-            break;
-        };
+    while let Some(delivery) = scan.next().await {
         taken.seen.push(DeadLetter::of(&delivery.message));
         if wanted(&delivery.message) {
             taken.found = Some(delivery);
             break;
         }
-        held.push(delivery);
+        scan.keep(delivery);
     }
-    drop(consumer);
-    put_back(broker, queue, held).await;
+    scan.end().await;
     Ok(taken)
-}
-
-/// Requeues deliveries of `queue` taken only to be read, each in its place, and waits
-/// (up to [`PUT_BACK_WAIT`]) until the broker counts them ready again: dropped
-/// unsettled they would go back too, but on RabbitMQ only once a background task got
-/// to it, and even a requeue it was told of is counted a moment later; a replay or
-/// purge right after a list or another pass, which reads the depth first, would miss
-/// them. A failed requeue is no loss: the delivery goes back with its channel.
-async fn put_back(broker: &dyn Broker, queue: &str, held: Vec<Delivery>) {
-    if held.is_empty() {
-        return;
-    }
-    let expected = broker
-        .queue_depth(queue)
-        .await
-        .map(|depth| depth + held.len() as u64);
-    for delivery in held {
-        if let Err(error) = delivery.nack(true).await {
-            tracing::debug!(%error, "dead letter left to go back with its channel");
-        }
-    }
-    let Ok(expected) = expected else { return };
-    let counted = async {
-        while broker
-            .queue_depth(queue)
-            .await
-            .is_ok_and(|depth| depth < expected)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let _ = tokio::time::timeout(PUT_BACK_WAIT, counted).await;
 }
 
 #[cfg(test)]
