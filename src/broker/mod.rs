@@ -420,6 +420,17 @@ pub trait Broker: Send + Sync + 'static {
     /// What a queue holds now and who consumes it, for monitoring (`GET /api/queues`).
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError>;
 
+    /// A quick look at a queue: [`Self::queue_stats`] without the delayed messages
+    /// (`delayed` is 0), for the relay's queue bound and the workers' rate shares. On
+    /// RabbitMQ one round trip, where the full count takes one per delay queue too.
+    async fn queue_glance(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let stats = self.queue_stats(queue).await?;
+        Ok(QueueStats {
+            delayed: 0,
+            ..stats
+        })
+    }
+
     /// Messages ready or waiting (delayed) in a queue, excluding unacknowledged ones.
     async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
         let stats = self.queue_stats(queue).await?;

@@ -353,9 +353,7 @@ impl Broker for RabbitMqBroker {
     /// delay queues this process declared for it. Unacknowledged counts need the
     /// management API.
     async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
-        let Some(mut stats) = self.inspect(queue).await? else {
-            return Err(BrokerError::NotFound(format!("queue {queue:?}")));
-        };
+        let mut stats = self.queue_glance(queue).await?;
         let delays = self
             .declared
             .lock()
@@ -370,6 +368,12 @@ impl Broker for RabbitMqBroker {
             }
         }
         Ok(stats)
+    }
+
+    async fn queue_glance(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inspect(queue)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(format!("queue {queue:?}")))
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -273,6 +273,10 @@ impl Broker for SealedBroker {
         self.inner.queue_stats(queue).await
     }
 
+    async fn queue_glance(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        self.inner.queue_glance(queue).await
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         self.inner.ping().await
     }

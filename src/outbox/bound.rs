@@ -54,7 +54,7 @@ impl QueueBound {
         if stale || self.estimate + wanted > self.max_length {
             let queue = topology::GAME_EVENTS_QUEUE;
             // Rows not confirmed yet may not be in the queue yet: counted, to err high.
-            self.estimate = broker.queue_stats(queue).await?.ready + in_flight;
+            self.estimate = broker.queue_glance(queue).await?.ready + in_flight;
             self.read_at = Some(Instant::now());
             let full = self.estimate >= self.max_length;
             if full != self.full {

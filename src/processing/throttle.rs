@@ -73,7 +73,7 @@ impl Throttle {
         tokio::spawn(async move {
             shutdown
                 .every(SHARE_EVERY, || async {
-                    match broker.queue_stats(queue).await {
+                    match broker.queue_glance(queue).await {
                         Ok(stats) => watched.shared_by(queue, stats.consumers),
                         Err(error) => tracing::debug!(%error, queue, "consumers not read"),
                     }
