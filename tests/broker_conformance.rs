@@ -1033,6 +1033,59 @@ mod rabbitmq_only {
         );
     }
 
+    /// While one caller goes round the nodes after the connection dropped, and a node
+    /// that accepts and never answers holds it up for seconds, the others (a readiness
+    /// probe, a request) are told the broker is unavailable instead of waiting; the
+    /// reconnect then reaches the node that answers.
+    #[tokio::test]
+    async fn a_slow_reconnect_does_not_hold_up_the_other_callers() {
+        let Some(vhost) = Vhost::create() else {
+            return;
+        };
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket); // accepted, never answered
+            }
+        });
+        let silent_url = format!("amqp://guest:guest@127.0.0.1:{silent_port}/{}", vhost.name);
+        let nodes = format!("{},{silent_url}", vhost.url)
+            .parse()
+            .expect("two nodes");
+        let broker = Arc::new(
+            RabbitMqBroker::connect(nodes, QueueType::Classic)
+                .await
+                .expect("connect to the node that answers"),
+        );
+        broker.ping().await.expect("connected");
+        // The connection drops (noticed within moments): the next node tried is the
+        // silent one.
+        rabbitmqctl(&["-p", &vhost.name, "close_all_connections", "test: drop"])
+            .expect("close the connection");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reconnecting = tokio::spawn({
+            let broker = broker.clone();
+            async move { broker.ping().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let other = tokio::time::timeout(Duration::from_secs(5), broker.ping())
+            .await
+            .expect("another caller is answered without waiting out the reconnect");
+        assert!(
+            matches!(&other, Err(BrokerError::Unavailable(reason)) if reason.contains("reconnecting")),
+            "{other:?}"
+        );
+        assert!(!reconnecting.is_finished(), "the silent node holds it up");
+        tokio::time::timeout(Duration::from_secs(60), reconnecting)
+            .await
+            .expect("the reconnect goes past the silent node")
+            .unwrap()
+            .expect("reconnected to the node that answers");
+        broker.ping().await.expect("connected again");
+    }
+
     /// `--queue-type quorum`: every durable queue but the one with priorities is
     /// replicated, retries still come back through their (quorum) delay queue, a
     /// poison message ends in the dead-letter queue, and a classic redeclaration is

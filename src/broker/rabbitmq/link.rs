@@ -4,12 +4,16 @@
 //! network, a cluster node lost), to the next node of `RABBITMQ_URL` that answers.
 //! Callers already retry with backoff on `Unavailable`, so reconnecting lazily
 //! is all recovery needs: consumers end when their channel dies and are started again,
-//! publishes are retried from the outbox. Before a new connection is handed out, every
-//! declaration made so far is replayed on it, so a broker that came back without our
-//! exchanges, queues or bindings (a reset node, a new cluster member) has them again.
+//! publishes are retried from the outbox. One caller reconnects; the others wait for it
+//! up to [`RECONNECT_WAIT`], then are told the broker is unavailable: going round the
+//! nodes may take seconds per node that does not answer, too long for a readiness
+//! probe or an API request. Before a new connection is handed out, every declaration made so far is
+//! replayed on it, so a broker that came back without our exchanges, queues or
+//! bindings (a reset node, a new cluster member) has them again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -19,6 +23,10 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::nodes::Nodes;
 use super::{arguments, classify};
 use crate::broker::{BrokerError, ExchangeKind, ExchangeSpec, QueueSpec, QueueType};
+
+/// How long a caller waits for another's reconnect before it is told the broker is
+/// unavailable: a node that is up takes a few milliseconds.
+const RECONNECT_WAIT: Duration = Duration::from_millis(500);
 
 /// A declaration, kept so that it can be made again on a new connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +157,7 @@ impl Remembered {
 }
 
 /// The connection in use, and the node it goes to.
+#[derive(Clone)]
 struct Current {
     connection: Arc<Connection>,
     node: usize,
@@ -158,7 +167,9 @@ pub(super) struct Link {
     nodes: Nodes,
     /// What every durable queue declared here is, where RabbitMQ allows it.
     queue_type: QueueType,
-    current: AsyncMutex<Current>,
+    current: Mutex<Current>,
+    /// Held by the one caller that reconnects.
+    reconnecting: AsyncMutex<()>,
     remembered: Mutex<Remembered>,
 }
 
@@ -168,10 +179,11 @@ impl Link {
         // Debug: commands that print JSON (`bench --json`) log to the same stream.
         tracing::debug!(node = nodes.address(node), "connected to RabbitMQ");
         Ok(Self {
-            current: AsyncMutex::new(Current {
+            current: Mutex::new(Current {
                 connection: Arc::new(connection),
                 node,
             }),
+            reconnecting: AsyncMutex::new(()),
             nodes,
             queue_type,
             remembered: Mutex::default(),
@@ -179,31 +191,50 @@ impl Link {
     }
 
     /// The live connection, reconnecting (and declaring everything again) first if it
-    /// dropped: to the next node on, so a node that is going down is tried last.
+    /// dropped: to the next node on, so a node that is going down is tried last. While
+    /// another caller reconnects, waits up to [`RECONNECT_WAIT`] for it, then fails with
+    /// [`BrokerError::Unavailable`].
     pub async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
-        let mut current = self.current.lock().await;
-        if !current.connection.status().connected() {
-            let (node, fresh) = self.nodes.connect_from(current.node + 1).await?;
-            self.redeclare(&fresh).await?;
-            *current = Current {
-                connection: Arc::new(fresh),
-                node,
-            };
-            tracing::info!(
-                node = self.nodes.address(node),
-                "reconnected to RabbitMQ and declared the topology again"
-            );
+        let current = self.current();
+        if current.connection.status().connected() {
+            return Ok(current.connection);
         }
-        Ok(current.connection.clone())
+        let Ok(_reconnecting) =
+            tokio::time::timeout(RECONNECT_WAIT, self.reconnecting.lock()).await
+        else {
+            return Err(BrokerError::Unavailable(
+                "the connection to RabbitMQ dropped, and another task is reconnecting".into(),
+            ));
+        };
+        // Another caller may have reconnected since the connection was read.
+        let current = self.current();
+        if current.connection.status().connected() {
+            return Ok(current.connection);
+        }
+        let (node, fresh) = self.nodes.connect_from(current.node + 1).await?;
+        self.redeclare(&fresh).await?;
+        let connection = Arc::new(fresh);
+        *self.current.lock().expect("connection lock") = Current {
+            connection: connection.clone(),
+            node,
+        };
+        tracing::info!(
+            node = self.nodes.address(node),
+            "reconnected to RabbitMQ and declared the topology again"
+        );
+        Ok(connection)
+    }
+
+    fn current(&self) -> Current {
+        self.current.lock().expect("connection lock").clone()
     }
 
     /// Closes the connection cleanly: frames written before (acknowledgements) reach
     /// the broker first.
     pub async fn close(&self) -> Result<(), BrokerError> {
-        let current = self.current.lock().await;
-        if current.connection.status().connected() {
-            current
-                .connection
+        let connection = self.current().connection;
+        if connection.status().connected() {
+            connection
                 .close(200, "closing".into())
                 .await
                 .map_err(classify)?;

@@ -86,16 +86,16 @@ impl Nodes {
         &self,
         start: usize,
     ) -> Result<(usize, Connection), BrokerError> {
+        let runtime = lapin::runtime::default_runtime().map_err(super::classify)?;
         let mut failures = Vec::with_capacity(self.nodes.len());
         for offset in 0..self.nodes.len() {
             let index = (start + offset) % self.nodes.len();
             let node = &self.nodes[index];
-            let runtime = lapin::runtime::default_runtime().map_err(super::classify)?;
             let attempt = Connection::connect_uri_with_config(
                 node.uri.clone(),
                 ConnectionProperties::default(),
                 self.tls.clone(),
-                runtime,
+                runtime.clone(),
             );
             match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
                 Ok(Ok(connection)) => return Ok((index, connection)),
