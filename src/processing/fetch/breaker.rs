@@ -14,7 +14,8 @@
 //! A refused fetch is [`super::FetchError::CircuitOpen`], which the worker retries
 //! once the breaker may let it through, without counting it as an attempt. The state of
 //! each host's breaker is the gauge `retrocat_circuit_state{target}`: 0 closed, 1
-//! half-open, 2 open.
+//! half-open, 2 open. A forgotten host's series stays at 0 until the process ends:
+//! the Prometheus exporter has no way to drop one.
 
 use crate::shutdown::Shutdown;
 use crate::storage::{Circuit, CircuitState, Circuits};
