@@ -1086,6 +1086,42 @@ mod rabbitmq_only {
         broker.ping().await.expect("connected again");
     }
 
+    /// Delayed messages sent together to a delay queue that does not exist yet are all
+    /// confirmed: RabbitMQ refuses a message published to a quorum queue that another
+    /// channel is still creating, so the process declares each one at a time.
+    #[tokio::test]
+    async fn delayed_messages_sent_together_to_new_quorum_delay_queues_are_all_confirmed() {
+        let Some(vhost) = Vhost::create() else {
+            return;
+        };
+        let broker = vhost.connect(QueueType::Quorum).await;
+        topology::declare(&broker).await.expect("declare");
+        // Three at a time to each of 30 new delay queues, due long after the test.
+        let publishes = (0..90u64).map(|n| {
+            let delayed = Publish {
+                delay: Some(Duration::from_millis(600_000 + n / 3 * 20)),
+                ..Publish::to_queue(topology::GAME_EVENTS_QUEUE, message("later"))
+            };
+            broker.publish(vec![delayed])
+        });
+        let refused: Vec<BrokerError> = futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{} of 90 refused, such as {:?}",
+            refused.len(),
+            refused.first()
+        );
+        let stats = broker
+            .queue_stats(topology::GAME_EVENTS_QUEUE)
+            .await
+            .unwrap();
+        assert_eq!(stats.delayed, 90);
+    }
+
     /// `--queue-type quorum`: every durable queue but the one with priorities is
     /// replicated, retries still come back through their (quorum) delay queue, a
     /// poison message ends in the dead-letter queue, and a classic redeclaration is

@@ -22,6 +22,7 @@ mod nodes;
 mod properties;
 mod publisher;
 mod tls;
+mod turns;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,7 @@ use self::arguments::DeadLetterRoute;
 use self::link::{Declaration, Link};
 use self::properties::message_of;
 use self::publisher::Publisher;
+use self::turns::Turns;
 use super::meter::QueueMeter;
 use super::reply::Replies;
 
@@ -68,6 +70,8 @@ pub struct RabbitMqBroker {
     /// What this process declared, so a consumer knows its queue's dead-letter queue and
     /// the depth of a queue can include the delay queues feeding it.
     declared: Arc<Mutex<Declared>>,
+    /// Delay queues are declared one at a time each ([`Turns`]).
+    delay_queue_turns: Turns,
 }
 
 #[derive(Default)]
@@ -88,6 +92,7 @@ impl RabbitMqBroker {
             replies,
             link,
             declared: Arc::default(),
+            delay_queue_turns: Turns::default(),
         })
     }
 
@@ -122,7 +127,7 @@ impl RabbitMqBroker {
         };
         let arguments = arguments::delay_queue(ms, expires, route, self.link.queue_type());
         let queue = name.clone();
-        self.on_own_channel(|channel| async move {
+        let declare = self.on_own_channel(|channel| async move {
             channel
                 .queue_declare(
                     queue.as_str().into(),
@@ -133,8 +138,8 @@ impl RabbitMqBroker {
                     arguments,
                 )
                 .await
-        })
-        .await?;
+        });
+        self.delay_queue_turns.one_at_a_time(&name, declare).await?;
         if exchange.is_empty() {
             let mut declared = self.declared.lock().expect("declared lock");
             let delays = declared.delay_queues.entry(target).or_default();
