@@ -5,6 +5,9 @@
 //! and refuses (nacks) a message published to the queue right after. Publishers of a
 //! new delay queue often come together (the retries of one batch, delayed messages
 //! sent at once), so each waits for the declaration before its own to finish.
+//! Processes do not coordinate: two that create one delay queue at the same moment may
+//! still see a message refused, which fails its publish as any refusal does: what was
+//! to be sent stays where it was (an outbox row, a worker's unacknowledged delivery).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
