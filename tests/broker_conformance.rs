@@ -971,7 +971,7 @@ mod rabbitmq_quorum {
 mod rabbitmq_only {
     use super::*;
     use crate::common::rabbitmq::{Amqp, Vhost, rabbitmqctl};
-    use lapin::types::FieldTable;
+    use lapin::types::{AMQPValue, FieldTable};
     use retrocat::broker::rabbitmq::DELIVERY_LIMIT;
     use retrocat::broker::topology;
     use std::collections::BTreeMap;
@@ -1084,6 +1084,38 @@ mod rabbitmq_only {
             .unwrap()
             .expect("reconnected to the node that answers");
         broker.ping().await.expect("connected again");
+    }
+
+    /// A message RabbitMQ refuses (here: a full queue that rejects publishes) fails its
+    /// publish as unavailable, so that its sender tries again later: the outbox keeps
+    /// the row, and an API request answers 503.
+    #[tokio::test]
+    async fn a_refused_message_is_unavailable_not_an_internal_error() {
+        let Some(vhost) = Vhost::create() else {
+            return;
+        };
+        let broker = vhost.connect(QueueType::Classic).await;
+        let declarer = lapin::Connection::connect(&vhost.url, Default::default())
+            .await
+            .expect("connect");
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        let reject = AMQPValue::LongString("reject-publish".into());
+        arguments.insert("x-overflow".into(), reject);
+        declarer
+            .create_channel()
+            .await
+            .unwrap()
+            .queue_declare("full".into(), Default::default(), arguments)
+            .await
+            .expect("declare a queue of one message");
+        let publish = || broker.publish(vec![Publish::to_queue("full", message("one"))]);
+        publish().await.expect("room for one");
+        let refused = publish().await;
+        assert!(
+            matches!(&refused, Err(BrokerError::Unavailable(reason)) if reason.contains("refused")),
+            "{refused:?}"
+        );
     }
 
     /// Delayed messages sent together to a delay queue that does not exist yet are all

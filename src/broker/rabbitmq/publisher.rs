@@ -108,14 +108,16 @@ impl Publisher {
 
 /// Waits for the confirm of each message sent. As in AMQP, a message no binding matches
 /// is dropped; the topology gives the exchanges that matter an alternate exchange to
-/// catch those.
+/// catch those. A refusal (a nack: a queue it routes to has no leader yet or any more,
+/// or is full) is [`BrokerError::Unavailable`]: sent again later, it may be taken.
 async fn confirmed(confirms: Vec<(String, String, PublisherConfirm)>) -> Result<(), BrokerError> {
     for (exchange, routing_key, confirm) in confirms {
         match confirm.await.map_err(classify)? {
             Confirmation::Ack(_) => {}
             Confirmation::Nack(_) => {
-                return Err(BrokerError::Other(format!(
-                    "RabbitMQ refused a message for {exchange:?}/{routing_key:?}"
+                return Err(BrokerError::Unavailable(format!(
+                    "RabbitMQ refused a message for {exchange:?}/{routing_key:?}: a queue \
+                     it routes to cannot take it now"
                 )));
             }
             Confirmation::NotRequested => {
