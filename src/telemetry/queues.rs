@@ -115,7 +115,8 @@ struct QueueSample {
 pub struct QueueWatch {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
-    management: Option<Management>,
+    /// Shared: the API's context, and so this watch, is cloned for every request.
+    management: Option<Arc<Management>>,
     samples: Arc<Mutex<VecDeque<Sample>>>,
 }
 
@@ -130,7 +131,7 @@ impl QueueWatch {
         Self {
             store,
             broker,
-            management,
+            management: management.map(Arc::new),
             samples: Arc::default(),
         }
     }
