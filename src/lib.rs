@@ -26,7 +26,8 @@
 //!   through its API against the ceiling of its broker.
 //! - [`config`], [`cli`], [`telemetry`], [`shutdown`], [`backoff`] and [`startup`]: how a
 //!   process reads its settings, logs, stops cleanly, reconnects, and composes the roles
-//!   (`serve` = `api` + `worker`).
+//!   (`serve` = `api` + `worker`); [`rate`] and [`sweep`]: the rate limits, and how the
+//!   tables keyed by client or host stay bounded.
 //!
 //! No module depends on another in a circle: `scripts/module-cycles`, run by CI, checks.
 
@@ -49,6 +50,7 @@ pub mod rate;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;
+pub mod sweep;
 pub mod telemetry;
 pub mod web;
 

@@ -2,11 +2,55 @@
 //! client, a host or a worker from getting more than its share: `--rate-limit` of the
 //! API's clients, `--fetch-rate-per-host` of the cover fetches, and `--max-rate` of a
 //! queue's processing, split among the workers. All are governor's GCRA limiters, with
-//! bursts of up to one second's (or minute's) worth.
+//! bursts of up to one second's (or minute's) worth; those of clients and hosts are
+//! [`KeyedLimiter`]s.
 
-use governor::Quota;
+use crate::sweep::Sweeps;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::time::Duration;
+
+/// A limit per key (a client, a cover host): one small state each, checked without a
+/// lock of its own. Keys idle long enough to be full again are forgotten once there
+/// are more than `kept`, each time the table has doubled since ([`Sweeps`]).
+#[derive(Debug)]
+pub struct KeyedLimiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    sweeps: Sweeps,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    pub fn new(limit: RateLimit, kept: usize) -> Self {
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(limit.quota()),
+            sweeps: Sweeps::past(kept),
+        }
+    }
+
+    /// `Ok` if `key` may go now (and it is counted); otherwise how long until it may.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        self.sweep();
+        let refused = self.limiter.check_key(key).err();
+        refused.map_or(Ok(()), |refused| {
+            Err(refused.wait_time_from(DefaultClock::default().now()))
+        })
+    }
+
+    /// Waits until `key` may go, and counts it.
+    pub async fn until_ready(&self, key: &K) {
+        self.sweep();
+        self.limiter.until_key_ready(key).await;
+    }
+
+    fn sweep(&self) {
+        if self.sweeps.due(self.limiter.len()) {
+            self.limiter.retain_recent();
+            self.sweeps.swept(self.limiter.len());
+        }
+    }
+}
 
 /// Requests per second or per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +99,21 @@ impl std::str::FromStr for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_keys_are_swept_once_per_doubling_not_on_every_check() {
+        let limiter = KeyedLimiter::new("1/m".parse().unwrap(), 100);
+        for key in 0..=100 {
+            assert_eq!(limiter.check(&key), Ok(()));
+        }
+        // The next check sweeps: every key is active, so all are kept, and the next
+        // sweep waits until there are twice as many.
+        assert_eq!(limiter.check(&1_000), Ok(()));
+        assert_eq!(limiter.limiter.len(), 102);
+        assert!(!limiter.sweeps.due(202));
+        assert!(limiter.sweeps.due(203));
+        assert!(limiter.check(&0).is_err(), "a key past its limit waits");
+    }
 
     #[test]
     fn a_rate_reads_as_requests_per_second_or_minute() {

@@ -10,21 +10,16 @@
 //! there. The probes and `/metrics` are never limited:
 //! an orchestrator or Prometheus must always get through.
 //!
-//! Built on governor's keyed GCRA limiter: one small state per client, checked
-//! without a lock of its own. Clients idle long enough to be full again are forgotten
-//! once there are many, so the table stays bounded; a sweep runs each time the table
-//! doubles, so that a crowd of active clients does not cost one on every request.
+//! Built on a [`KeyedLimiter`]: one small state per client, the idle ones forgotten
+//! once there are many.
 
 use super::error::ApiError;
-use crate::rate::RateLimit;
+use crate::rate::{KeyedLimiter, RateLimit};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::DefaultKeyedRateLimiter;
-use governor::clock::{Clock, DefaultClock};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Clients kept before the idle ones are forgotten.
@@ -33,31 +28,20 @@ const CLIENTS_KEPT: usize = 10_000;
 /// The limiter the API's requests pass: one per API instance.
 #[derive(Clone)]
 pub struct ClientLimiter {
-    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    /// The clients kept past which the next request sweeps the idle ones out:
-    /// [`CLIENTS_KEPT`], or twice what the last sweep kept.
-    sweep_past: Arc<AtomicUsize>,
+    limiter: Arc<KeyedLimiter<IpAddr>>,
 }
 
 impl ClientLimiter {
     pub fn new(limit: RateLimit) -> Self {
         Self {
-            limiter: Arc::new(DefaultKeyedRateLimiter::keyed(limit.quota())),
-            sweep_past: Arc::new(AtomicUsize::new(CLIENTS_KEPT)),
+            limiter: Arc::new(KeyedLimiter::new(limit, CLIENTS_KEPT)),
         }
     }
 
     /// `None` if the client at `address` may make a request now; otherwise how long
     /// until it may.
     fn wait(&self, address: IpAddr) -> Option<Duration> {
-        if self.limiter.len() > self.sweep_past.load(Ordering::Relaxed) {
-            self.limiter.retain_recent();
-            let kept = self.limiter.len();
-            self.sweep_past
-                .store(kept.saturating_mul(2).max(CLIENTS_KEPT), Ordering::Relaxed);
-        }
-        let refused = self.limiter.check_key(&client(address)).err()?;
-        Some(refused.wait_time_from(DefaultClock::default().now()))
+        self.limiter.check(&client(address)).err()
     }
 }
 
@@ -138,22 +122,6 @@ mod tests {
         assert!(
             limiter.wait(address("192.0.2.7")).is_some(),
             "the same client"
-        );
-    }
-
-    #[test]
-    fn active_clients_are_swept_once_per_doubling_not_on_every_request() {
-        let limiter = ClientLimiter::new("1/m".parse().unwrap());
-        for n in 0..=u32::try_from(CLIENTS_KEPT).unwrap() {
-            assert_eq!(limiter.wait(IpAddr::from(n.to_be_bytes())), None);
-        }
-        // The next request sweeps: every client is active, so all are kept, and the
-        // next sweep waits until there are twice as many.
-        assert_eq!(limiter.wait(IpAddr::from([10, 0, 0, 0])), None);
-        assert_eq!(limiter.limiter.len(), CLIENTS_KEPT + 2);
-        assert_eq!(
-            limiter.sweep_past.load(Ordering::Relaxed),
-            2 * (CLIENTS_KEPT + 1)
         );
     }
 }

@@ -25,11 +25,10 @@
 pub mod breaker;
 
 use super::retry::Failure;
-use crate::rate::RateLimit;
+use crate::rate::{KeyedLimiter, RateLimit};
 use crate::shutdown::Shutdown;
 use crate::storage::Circuits;
 use breaker::{BreakerConfig, Breakers};
-use governor::DefaultKeyedRateLimiter;
 use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -160,7 +159,7 @@ pub struct CoverFetcher {
     config: FetchConfig,
     breakers: Arc<Breakers>,
     /// `--fetch-rate-per-host`, keyed by `HOST:PORT`.
-    host_rates: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    host_rates: Option<Arc<KeyedLimiter<String>>>,
 }
 
 impl CoverFetcher {
@@ -180,7 +179,7 @@ impl CoverFetcher {
         let breakers = Arc::new(Breakers::new(config.breaker));
         let host_rates = config
             .rate_per_host
-            .map(|rate| Arc::new(DefaultKeyedRateLimiter::keyed(rate.quota())));
+            .map(|rate| Arc::new(KeyedLimiter::new(rate, HOSTS_KEPT)));
         Self {
             client,
             config,
@@ -220,10 +219,7 @@ impl CoverFetcher {
                     wait,
                 })?;
             if let Some(rates) = &self.host_rates {
-                if rates.len() > HOSTS_KEPT {
-                    rates.retain_recent();
-                }
-                rates.until_key_ready(host).await;
+                rates.until_ready(host).await;
             }
         }
         Ok(Admitted { url, host })

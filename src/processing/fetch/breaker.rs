@@ -19,6 +19,7 @@
 
 use crate::shutdown::Shutdown;
 use crate::storage::{Circuit, CircuitState, Circuits};
+use crate::sweep::Sweeps;
 use crate::telemetry::metrics::CIRCUIT_STATE;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -77,10 +78,12 @@ impl State {
 }
 
 /// The breakers of every host fetched from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breakers {
     config: BreakerConfig,
     hosts: Mutex<HashMap<String, State>>,
+    /// When the recovered hosts are forgotten: past `HOSTS_KEPT`.
+    sweeps: Sweeps,
 }
 
 impl Breakers {
@@ -88,6 +91,7 @@ impl Breakers {
         Self {
             config,
             hosts: Mutex::default(),
+            sweeps: Sweeps::past(super::HOSTS_KEPT),
         }
     }
 
@@ -124,8 +128,9 @@ impl Breakers {
             }
             return;
         }
-        if hosts.len() >= super::HOSTS_KEPT && !hosts.contains_key(host) {
+        if !hosts.contains_key(host) && self.sweeps.due(hosts.len() + 1) {
             self.forget_recovered(&mut hosts, now);
+            self.sweeps.swept(hosts.len());
         }
         let state = hosts
             .entry(host.to_owned())
