@@ -183,24 +183,20 @@ where
     }
 
     async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        // Index reads only: the count and the newest id in one round trip, then the
+        // Index reads only, in one round trip: the count, the newest id, and the
         // oldest pending row by id (ids grow with time), where MIN(created_at) would
         // read every pending row.
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL) AS pending, \
-             (SELECT MAX(id) FROM outbox) AS last_id",
+             (SELECT MAX(id) FROM outbox) AS last_id, \
+             (SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1) \
+             AS oldest",
         )
         .fetch_one(&self.pool)
         .await
         .map_err(DB::classify)?;
         let (pending, last_id) = (row.int("pending")?, row.opt_int("last_id")?);
-        let oldest =
-            sqlx::query("SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(DB::classify)?
-                .map(|row| row.int("created_at"))
-                .transpose()?;
+        let oldest = row.opt_int("oldest")?;
         Ok(OutboxBacklog {
             last_id,
             pending: pending as u64,
