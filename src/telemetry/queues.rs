@@ -89,6 +89,9 @@ struct Sample {
     /// Per [`WATCHED`] queue.
     queues: Vec<QueueSample>,
     outbox: Option<OutboxBacklog>,
+    /// The outbox's rows written and sent per second over the last 10 s, worked out
+    /// once, as the sample is kept ([`OutboxRates::since`]).
+    outbox_rates: OutboxRates,
     /// The queues paused ([`crate::storage::Pauses`]); none when the database did
     /// not answer.
     paused: Vec<String>,
@@ -140,10 +143,11 @@ impl QueueWatch {
     /// histogram buffers, which otherwise grow until the next scrape.
     pub async fn run(self, shutdown: Shutdown) {
         let take = || async {
-            let sample = self.sample().await;
+            let mut sample = self.sample().await;
             publish_gauges(&sample);
             super::metrics::handle().run_upkeep();
             let mut samples = self.samples.lock().expect("samples lock");
+            sample.outbox_rates = OutboxRates::since(&samples, &sample);
             if samples.len() == HISTORY {
                 samples.pop_front();
             }
@@ -188,6 +192,7 @@ impl QueueWatch {
             connected: ping.is_ok(),
             queues: queues.collect(),
             outbox: outbox.ok(),
+            outbox_rates: OutboxRates::default(),
             paused: paused.unwrap_or_default(),
             circuits: circuits.unwrap_or_default(),
             charts: charts::take(),
@@ -236,28 +241,23 @@ impl QueueWatch {
         let samples = self.samples.lock().expect("samples lock");
         let latest = samples.back()?;
         let backlog = latest.outbox?;
-        let drain_rate = outbox_base(&samples, latest)
-            .and_then(|(earlier, elapsed)| backlog.drain_rate(&earlier, elapsed));
         Some(OutboxSample {
             pending: backlog.pending,
             oldest_age: backlog.oldest_age,
-            drain_rate,
+            drain_rate: latest.outbox_rates.sent,
         })
     }
 
     /// The rows of `GET /api/queues`, from the latest sample, with rates over the
     /// last 10 s. Before the first sample, one is taken now.
     pub async fn views(&self) -> Vec<QueueView> {
-        let (latest, earlier, outbox_earlier) = {
+        let (latest, earlier) = {
             let samples = self.samples.lock().expect("samples lock");
             let latest = samples.back().cloned();
             let earlier = latest
                 .as_ref()
                 .and_then(|latest| rate_base(&samples, latest, |_| true).cloned());
-            let outbox_earlier = latest
-                .as_ref()
-                .and_then(|latest| outbox_base(&samples, latest));
-            (latest, earlier, outbox_earlier)
+            (latest, earlier)
         };
         let latest = match latest {
             Some(latest) => latest,
@@ -265,7 +265,7 @@ impl QueueWatch {
         };
         let whole = self.broker.kind() == "embedded";
         let source = if whole { "embedded" } else { "amqp" };
-        let mut views = vec![outbox_view(latest.outbox, outbox_earlier)];
+        let mut views = vec![outbox_view(&latest)];
         for (index, queue) in WATCHED.into_iter().enumerate() {
             let QueueSample {
                 stats,
@@ -326,12 +326,32 @@ fn rate_base<'a>(
         .filter(|earlier| latest.at > earlier.at)
 }
 
-/// The outbox reading its rates are measured from, and how long before `latest`: as
-/// [`rate_base`], among the readings with a row id to go by (an empty outbox has none).
-fn outbox_base(samples: &VecDeque<Sample>, latest: &Sample) -> Option<(OutboxBacklog, Duration)> {
-    let has_id = |sample: &Sample| sample.outbox.is_some_and(|b| b.last_id.is_some());
-    let earlier = rate_base(samples, latest, has_id)?;
-    Some((earlier.outbox?, latest.at.duration_since(earlier.at)))
+/// The outbox's rates, from its own readings: so every API instance shows the same.
+#[derive(Clone, Copy, Debug, Default)]
+struct OutboxRates {
+    /// Rows written per second, by every writer together.
+    written: Option<f64>,
+    /// Rows sent per second, by whichever relay held the lease.
+    sent: Option<f64>,
+}
+
+impl OutboxRates {
+    /// The rates up to `latest` from `samples` before it: from the reading [`rate_base`]
+    /// picks among those with a row id to go by (an empty outbox has none).
+    fn since(samples: &VecDeque<Sample>, latest: &Sample) -> Self {
+        let has_id = |sample: &Sample| sample.outbox.is_some_and(|b| b.last_id.is_some());
+        let readings = rate_base(samples, latest, has_id).and_then(|earlier| {
+            let elapsed = latest.at.duration_since(earlier.at);
+            Some((latest.outbox?, earlier.outbox?, elapsed))
+        });
+        let Some((now, then, elapsed)) = readings else {
+            return Self::default();
+        };
+        Self {
+            written: now.write_rate(&then, elapsed),
+            sent: now.drain_rate(&then, elapsed),
+        }
+    }
 }
 
 /// The outbox in the latest sample, as admission control reads it.
@@ -430,14 +450,8 @@ pub struct Latency {
 /// enters it in a catalog write and leaves when the relay's batch is confirmed. Its
 /// rates are read from the outbox itself, so every API instance shows the same: rows
 /// written by all of them, and sent by whichever relay held the lease.
-fn outbox_view(
-    backlog: Option<OutboxBacklog>,
-    earlier: Option<(OutboxBacklog, Duration)>,
-) -> QueueView {
-    let rate = |rate: fn(&OutboxBacklog, &OutboxBacklog, Duration) -> Option<f64>| {
-        let (earlier, elapsed) = earlier?;
-        rate(&backlog?, &earlier, elapsed)
-    };
+fn outbox_view(latest: &Sample) -> QueueView {
+    let backlog = latest.outbox;
     QueueView {
         name: OUTBOX.to_owned(),
         ready: backlog.map(|b| b.pending),
@@ -446,9 +460,9 @@ fn outbox_view(
         consumers: None,
         paused: false,
         pausable: false,
-        publish_rate: rate(OutboxBacklog::write_rate),
+        publish_rate: latest.outbox_rates.written,
         deliver_rate: None,
-        ack_rate: rate(OutboxBacklog::drain_rate),
+        ack_rate: latest.outbox_rates.sent,
         oldest_age_seconds: backlog.map(|b| b.oldest_age.map_or(0.0, |age| age.as_secs_f64())),
         source: "database".to_owned(),
         circuits: Vec::new(),
