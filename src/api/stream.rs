@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use utoipa::ToSchema;
@@ -85,6 +85,11 @@ pub const DEFAULT_MAX_SUBSCRIBERS: u32 = 1000;
 /// leave, which no server can predict, so a short wait that does not invite hammering.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a stream opened as the instance starts waits for its feed to be consuming,
+/// so that it sees every event after its headers; past it (the broker is away), it
+/// opens anyway.
+const FEED_WAIT: Duration = Duration::from_secs(2);
+
 /// Fans this instance's live-feed queue out to every connected stream, at most
 /// `max_subscribers` of them at once.
 #[derive(Clone)]
@@ -92,6 +97,9 @@ pub struct LiveFeed {
     sender: broadcast::Sender<LiveEvent>,
     /// One permit per place; a [`Subscription`] holds one until it is dropped.
     places: Arc<Semaphore>,
+    /// Whether the feed's queue has been bound and consumed: events routed before
+    /// that reach no stream.
+    consuming: Arc<watch::Sender<bool>>,
 }
 
 impl Default for LiveFeed {
@@ -124,7 +132,14 @@ impl LiveFeed {
         Self {
             sender,
             places: Arc::new(places),
+            consuming: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// Waits, up to `within`, until the feed is consuming its queue.
+    async fn consuming(&self, within: Duration) {
+        let mut consuming = self.consuming.subscribe();
+        let _ = tokio::time::timeout(within, consuming.wait_for(|consuming| *consuming)).await;
     }
 
     /// A subscription to every event from now on, or `None` when every place is taken.
@@ -143,7 +158,9 @@ impl LiveFeed {
     pub async fn run(self, broker: Arc<dyn Broker>, instance: String, shutdown: Shutdown) {
         let open = || async {
             let queue = topology::declare_live_feed(broker.as_ref(), &instance).await?;
-            broker.consume(&queue, 256).await
+            let consumer = broker.consume(&queue, 256).await?;
+            self.consuming.send_replace(true);
+            Ok(consumer)
         };
         let (sender, stop) = (&self.sender, &shutdown);
         let drain = |mut consumer: Consumer| async move {
@@ -184,6 +201,7 @@ impl LiveFeed {
 async fn stream(
     State(ctx): State<ApiContext>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    ctx.live.consuming(FEED_WAIT).await;
     let subscription = ctx.live.subscribe().ok_or_else(|| ApiError::AtCapacity {
         detail: "too many live streams are open on this server; try again later".into(),
         retry_after: RETRY_AFTER,
